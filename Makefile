@@ -1,0 +1,38 @@
+# The two commands the README promises: `make book` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROFILE ?= cpu
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: book test lint format bench clean clean-results
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+## Execute every chapter with papermill on PROFILE (default cpu) and render _build/html.
+book: $(STAMP)
+	$(BIN)/python -m flatness book --profile $(PROFILE)
+
+## The whole test suite, including a smoke-profile build of the book.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+clean:
+	rm -rf _build
+
+clean-results:
+	rm -rf results

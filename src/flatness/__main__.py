@@ -1,0 +1,5 @@
+import sys
+
+from flatness.cli import main
+
+sys.exit(main())

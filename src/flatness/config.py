@@ -1,0 +1,247 @@
+"""Profiles (how big each chapter's experiments are) and the semantic config of one run.
+
+A *profile* says how large every chapter's experiments are: ``smoke`` runs in seconds for CI,
+``cpu`` is the default book on real offline data, ``paper`` uses the paper's data and settings
+and wants a GPU. Chapters never hard-code sizes; they ask the profile.
+
+A :class:`RunConfig` holds everything that changes a training run's result, and nothing else
+(no paths, no device, no progress bars), so its :meth:`RunConfig.key` names the run in the
+results store.
+
+>>> cfg = RunConfig(model="logreg", dataset="digits", weight_decay=1e-4, seed=0, epochs=5)
+>>> cfg.key() == RunConfig(**cfg.to_dict()).key()
+True
+>>> len(cfg.key())
+16
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flatness.data import DATASETS
+from flatness.errors import FlatnessError, unknown
+from flatness.models import MODELS
+
+#: Bumped when the training code changes what a stored run means; old runs then stop matching.
+RUN_FORMAT = 1
+
+SCHEDULES = ("linear", "constant")
+
+
+def _as_int(name: str, value: object, *, minimum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise FlatnessError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise FlatnessError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _as_float(name: str, value: object, *, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FlatnessError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise FlatnessError(f"{name} must be finite, got {value}")
+    if minimum is not None and value < minimum:
+        raise FlatnessError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _as_tuple(name: str, value: object, convert) -> tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise FlatnessError(f"{name} must be a list, got {value!r}")
+    items = tuple(convert(f"{name}[{i}]", v) for i, v in enumerate(value))
+    if not items:
+        raise FlatnessError(f"{name} must not be empty")
+    return items
+
+
+def _check_choice(kind: str, value: object, valid) -> str:
+    if value not in valid:
+        raise unknown(kind, value, valid)
+    return value
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one training run's result.
+
+    Args:
+        model: a name from :data:`flatness.models.MODELS`.
+        dataset: a name from :data:`flatness.data.DATASETS`.
+        weight_decay: coupled L2 coefficient (SGD's ``weight_decay``).
+        seed: seeds the initialisation and the batch order.
+        epochs: passes over the training set.
+        batch_size: minibatch size.
+        lr: the initial learning rate.
+        momentum: heavy-ball momentum.
+        schedule: ``"linear"`` (the authors' schedule) or ``"constant"``.
+        train_size: use only the first ``train_size`` examples of a fixed shuffle (``None``: all).
+        hessian_every: measure the exact Hessian every this many epochs (and at the last).
+    """
+
+    model: str
+    dataset: str
+    weight_decay: float
+    seed: int
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    schedule: str = "linear"
+    train_size: int | None = None
+    hessian_every: int = 1
+
+    def __post_init__(self):
+        fix = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731
+        _check_choice("model", self.model, MODELS)
+        _check_choice("dataset", self.dataset, DATASETS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        fix("weight_decay", _as_float("weight_decay", self.weight_decay, minimum=0.0))
+        fix("seed", _as_int("seed", self.seed, minimum=0))
+        fix("epochs", _as_int("epochs", self.epochs, minimum=1))
+        fix("batch_size", _as_int("batch_size", self.batch_size, minimum=1))
+        fix("lr", _as_float("lr", self.lr, minimum=0.0))
+        fix("momentum", _as_float("momentum", self.momentum, minimum=0.0))
+        if self.train_size is not None:
+            fix("train_size", _as_int("train_size", self.train_size, minimum=2))
+        fix("hessian_every", _as_int("hessian_every", self.hessian_every, minimum=1))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        """A stable 16-hex-digit hash of the config (and :data:`RUN_FORMAT`)."""
+        payload = {"format": RUN_FORMAT, **self.to_dict()}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def label(self) -> str:
+        return f"{self.model}/{self.dataset} wd={self.weight_decay:g} seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class LogregSettings:
+    """Sizes for the logistic-regression chapter."""
+
+    dataset: str
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decays: tuple[float, ...]
+    seeds: tuple[int, ...]
+    train_size: int | None = None
+    hessian_every: int = 1
+    #: log10 range and count of the scale factors alpha applied to a trained W
+    alpha_log10_range: tuple[float, float] = (-1.0, 1.5)
+    alpha_count: int = 21
+    pyhessian_max_iter: int = 100
+    pyhessian_tol: float = 1e-3
+
+    def run_configs(self) -> list[RunConfig]:
+        """One run per (weight decay, seed), weight decay varying slowest."""
+        return [
+            RunConfig(
+                model="logreg",
+                dataset=self.dataset,
+                weight_decay=wd,
+                seed=seed,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                train_size=self.train_size,
+                hessian_every=self.hessian_every,
+            )
+            for wd in self.weight_decays
+            for seed in self.seeds
+        ]
+
+    def with_overrides(self, *, dataset=None, seeds=None, weight_decays=None, epochs=None):
+        """Replace the fields a chapter's parameters may override; ``None`` keeps the profile's."""
+        changes = {}
+        if dataset is not None:
+            changes["dataset"] = _check_choice("dataset", dataset, DATASETS)
+        if seeds is not None:
+            changes["seeds"] = _as_tuple("seeds", seeds, lambda n, v: _as_int(n, v, minimum=0))
+        if weight_decays is not None:
+            changes["weight_decays"] = _as_tuple(
+                "weight_decays", weight_decays, lambda n, v: _as_float(n, v, minimum=0.0)
+            )
+        if epochs is not None:
+            changes["epochs"] = _as_int("epochs", epochs, minimum=1)
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How large every chapter's experiments are."""
+
+    name: str
+    description: str
+    progress: bool
+    logreg: LogregSettings
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke",
+        description="seconds per chapter, for CI; the numbers mean nothing",
+        progress=False,
+        logreg=LogregSettings(
+            dataset="digits",
+            train_size=200,
+            epochs=3,
+            batch_size=64,
+            lr=0.1,
+            weight_decays=(0.0, 1e-2),
+            seeds=(0,),
+            alpha_count=5,
+            pyhessian_max_iter=20,
+        ),
+    ),
+    "cpu": Profile(
+        name="cpu",
+        description="real offline data (scikit-learn's digits), minutes on a laptop",
+        progress=True,
+        logreg=LogregSettings(
+            dataset="digits",
+            epochs=100,
+            batch_size=128,
+            lr=0.1,
+            weight_decays=(0.0, 1e-4, 5e-4, 1e-3, 1e-2),
+            seeds=(0, 1, 2),
+        ),
+    ),
+    "paper": Profile(
+        name="paper",
+        description="the paper's data and settings (MNIST, 300 epochs); wants a GPU",
+        progress=True,
+        logreg=LogregSettings(
+            dataset="mnist",
+            epochs=300,
+            batch_size=128,
+            lr=0.1,
+            weight_decays=(0.0, 1e-4, 5e-4, 1e-3, 1e-2),
+            seeds=(0, 1, 2),
+            hessian_every=10,
+        ),
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The profile called ``name``, or an error listing the valid ones."""
+    if name not in PROFILES:
+        raise unknown("profile", name, PROFILES)
+    return PROFILES[name]

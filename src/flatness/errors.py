@@ -1,0 +1,14 @@
+"""The one exception type users see for bad input or missing data."""
+
+
+class FlatnessError(ValueError):
+    """Bad input, missing data or a diverged run, with a message that names the fix.
+
+    The command line prints the message (no traceback) and exits with code 2.
+    """
+
+
+def unknown(kind: str, name: object, valid) -> FlatnessError:
+    """An error for a name that is not one of the valid choices, listing them."""
+    choices = ", ".join(repr(v) for v in valid)
+    return FlatnessError(f"unknown {kind} {name!r}; valid choices: {choices}")

@@ -1,0 +1,189 @@
+"""The book: chapter structure, smoke execution, failures that say where, and a real browser."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from conftest import ROOT
+
+from flatness import book
+
+
+def test_every_chapter_is_a_myst_notebook_with_one_parameters_cell():
+    names = book.chapters(ROOT)
+    assert "logreg" in names
+    for name in names:
+        source = ROOT / "book" / f"{name}.md"
+        head = source.read_text().split("---")[1]
+        assert "jupytext" in head and "format_name: myst" in head, name
+        assert "name: python3" in head, name
+        notebook = book.read_chapter(source)
+        assert len(book.parameters_cells(notebook)) == 1, name
+        assert {"profile", "seeds", "dataset"} <= set(book.chapter_parameters(name, ROOT)), name
+
+
+def test_plain_pages_have_no_code_and_nothing_is_left_out_of_the_toc():
+    pages = book.toc_files(ROOT)
+    for page in book.PLAIN_PAGES:
+        assert page in pages
+        assert "{code-cell}" not in (ROOT / f"{page}.md").read_text()
+    on_disk = {f"book/{p.stem}" for p in (ROOT / "book").glob("*.md")}
+    assert on_disk == set(pages)
+    assert not list((ROOT / "book").glob("*.ipynb"))
+
+
+def test_smoke_book_executes_every_chapter_and_builds(smoke_book):
+    html = smoke_book.parent
+    assert smoke_book.is_file()
+    for name in book.chapters(ROOT):
+        executed = nbformat.read(html.parent / "executed" / f"{name}.ipynb", as_version=4)
+        errors = [
+            o
+            for c in executed.cells
+            for o in c.get("outputs", [])
+            if o.get("output_type") == "error"
+        ]
+        assert not errors, name
+        page = (html / "book" / f"{name}.html").read_text()
+        assert "Traceback" not in page
+    status = (html / "book" / "status.html").read_text()
+    assert "passed" in status and "smoke" in status
+
+
+def test_the_logreg_page_shows_figures_glued_numbers_and_a_verdict(smoke_book):
+    page = (smoke_book.parent / "book" / "logreg.html").read_text()
+    assert page.count("<figure") >= 3
+    assert "Fig. 1" in page and "Fig. 3" in page
+    assert "profile <strong>smoke</strong>" in page
+    assert any(v in page for v in ("not reproduced", "partly reproduced", "reproduced"))
+    assert "mathjax/tex-chtml.js" in page  # formulas render offline
+
+
+BROKEN_CHAPTER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# Broken
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "cpu"
+seeds = None
+dataset = None
+```
+
+```{code-cell} ipython3
+def inner():
+    raise ValueError("the chapter broke here")
+
+inner()
+```
+"""
+
+
+@pytest.fixture
+def broken_checkout(tmp_path):
+    root = tmp_path / "checkout"
+    (root / "book").mkdir(parents=True)
+    for name in ("_config.yml",):
+        shutil.copy2(ROOT / name, root / name)
+    (root / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/index\nchapters:\n  - file: book/broken\n"
+    )
+    (root / "book" / "index.md").write_text("# Index\n")
+    (root / "book" / "broken.md").write_text(BROKEN_CHAPTER)
+    return root
+
+
+def test_a_failing_cell_fails_with_the_chapter_name_and_traceback(
+    broken_checkout, monkeypatch, tmp_path
+):
+    monkeypatch.chdir(broken_checkout)
+    with pytest.raises(book.ChapterError) as err:
+        book.build_book(profile="smoke", progress=False)
+    message = str(err.value)
+    assert "chapter broken failed (profile smoke)" in message
+    assert "ValueError: the chapter broke here" in message and "inner()" in message
+    assert not (broken_checkout / "_build" / "html").exists()
+    done = subprocess.run(
+        [sys.executable, "-m", "flatness", "chapter", "broken", "--profile", "smoke"],
+        capture_output=True,
+        text=True,
+        cwd=broken_checkout,
+        env={**os.environ, "FLATNESS_RESULTS": str(tmp_path / "results")},
+    )
+    assert done.returncode == 1
+    assert "chapter broken failed" in done.stderr and "ValueError" in done.stderr
+
+
+def chromium_driver():
+    """A headless Chromium driven by Debian's chromedriver; installed first under CI."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("CI") != "true":
+            pytest.skip(
+                "no chromium/chromedriver here (apt-get install chromium chromium-driver); CI installs them"
+            )
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], check=True
+        )
+        chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,2400",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_a_real_browser_opens_every_page(smoke_book):
+    html = smoke_book.parent
+    browser = chromium_driver()
+    try:
+        pages = [smoke_book] + [
+            html / "book" / f"{n}.html" for n in ("index", *book.chapters(ROOT), "status")
+        ]
+        for page in pages:
+            browser.get(page.as_uri())
+            text = browser.find_element("tag name", "body").text
+            assert "Traceback" not in text, page
+            images = browser.execute_script(
+                "return Array.from(document.images).map(i => [i.src, i.complete && i.naturalWidth > 0])"
+            )
+            broken = [src for src, ok in images if not ok]
+            assert not broken, (page, broken)
+        browser.get((html / "book" / "logreg.html").as_uri())
+        shot = html.parent / "screenshot-logreg.png"
+        browser.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+        copy = ROOT / "_build" / "screenshot-logreg.png"  # kept for people to look at
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy2(shot, copy)
+        figures = browser.execute_script("return document.querySelectorAll('figure img').length")
+        assert figures >= 3
+    finally:
+        browser.quit()

@@ -1,0 +1,53 @@
+"""Profiles and run configs: valid choices, type checks, clear messages."""
+
+import pytest
+
+from flatness.config import PROFILES, RunConfig, get_profile
+from flatness.errors import FlatnessError
+
+
+def test_unknown_profile_lists_the_valid_ones():
+    with pytest.raises(
+        FlatnessError, match="unknown profile 'big'; valid choices: 'smoke', 'cpu', 'paper'"
+    ):
+        get_profile("big")
+
+
+def test_profiles_grow_from_smoke_to_paper():
+    smoke, cpu, paper = (PROFILES[n].logreg for n in ("smoke", "cpu", "paper"))
+    assert smoke.dataset == cpu.dataset == "digits" and paper.dataset == "mnist"
+    assert smoke.epochs < cpu.epochs < paper.epochs
+    assert len(cpu.seeds) >= 3 and {0.0, 1e-4, 5e-4, 1e-3, 1e-2} <= set(cpu.weight_decays)
+    assert len(cpu.run_configs()) == len(cpu.seeds) * len(cpu.weight_decays)
+
+
+def test_overrides_are_type_checked():
+    settings = get_profile("smoke").logreg
+    assert settings.with_overrides(seeds=[3, 4]).seeds == (3, 4)
+    assert settings.with_overrides(seeds=5).seeds == (5,)
+    assert settings.with_overrides(weight_decays=[0, 1e-3]).weight_decays == (0.0, 1e-3)
+    with pytest.raises(FlatnessError, match="seeds must be a list"):
+        settings.with_overrides(seeds="abc")
+    with pytest.raises(FlatnessError, match=r"seeds\[1\] must be an integer"):
+        settings.with_overrides(seeds=[0, 1.5])
+    with pytest.raises(FlatnessError, match=r"weight_decays\[0\] must be at least 0"):
+        settings.with_overrides(weight_decays=[-1])
+    with pytest.raises(FlatnessError, match="unknown dataset 'imagenet'"):
+        settings.with_overrides(dataset="imagenet")
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("model", "resnet", "unknown model 'resnet'; valid choices: 'logreg'"),
+        ("dataset", "cifar", "unknown dataset"),
+        ("weight_decay", "big", "weight_decay must be a number"),
+        ("weight_decay", float("nan"), "weight_decay must be finite"),
+        ("seed", True, "seed must be an integer"),
+        ("epochs", 0, "epochs must be at least 1"),
+    ],
+)
+def test_run_config_rejects_bad_fields(field, value, message):
+    fields = dict(model="logreg", dataset="digits", weight_decay=0.0, seed=0, epochs=1)
+    with pytest.raises(FlatnessError, match=message):
+        RunConfig(**{**fields, field: value})
