@@ -30,12 +30,12 @@ def _default(sub: str) -> Path:
 
 
 def results_root() -> Path:
-    """``$FLATNESS_RESULTS``, else ``<checkout>/results`` (git-ignored), else ``~/.cache/flatness/results``."""
+    """``$FLATNESS_RESULTS``, else ``<checkout>/results`` (git-ignored), else a per-user cache."""
     env = os.environ.get(RESULTS_ENV)
     return Path(env).expanduser() if env else _default("results")
 
 
 def data_root() -> Path:
-    """``$FLATNESS_DATA``, else ``<checkout>/data`` (git-ignored), else ``~/.cache/flatness/data``."""
+    """``$FLATNESS_DATA``, else ``<checkout>/data`` (git-ignored), else a per-user cache."""
     env = os.environ.get(DATA_ENV)
     return Path(env).expanduser() if env else _default("data")
