@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= cpu
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: book test lint format bench clean clean-results
+.PHONY: book test lint format clean clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
