@@ -161,29 +161,34 @@ def chromium_driver():
 
 
 def test_a_real_browser_opens_every_page(smoke_book):
+    from selenium.webdriver.support.ui import WebDriverWait
+
     html = smoke_book.parent
     browser = chromium_driver()
     try:
-        pages = [smoke_book] + [
-            html / "book" / f"{n}.html" for n in ("index", *book.chapters(ROOT), "status")
-        ]
+        browser.get(smoke_book.as_uri())  # the root page redirects to the book's first page
+        WebDriverWait(browser, 20).until(lambda b: b.current_url.endswith("book/index.html"))
+        pages = [html / "book" / f"{n}.html" for n in ("index", *book.chapters(ROOT), "status")]
         for page in pages:
             browser.get(page.as_uri())
-            text = browser.find_element("tag name", "body").text
-            assert "Traceback" not in text, page
+            WebDriverWait(browser, 20).until(
+                lambda b: b.execute_script("return document.readyState") == "complete"
+            )
+            text = browser.execute_script("return document.body.innerText")
+            assert "Traceback" not in text and len(text) > 200, page
             images = browser.execute_script(
                 "return Array.from(document.images).map(i => [i.src, i.complete && i.naturalWidth > 0])"
             )
             broken = [src for src, ok in images if not ok]
             assert not broken, (page, broken)
         browser.get((html / "book" / "logreg.html").as_uri())
+        figures = browser.execute_script("return document.querySelectorAll('figure img').length")
+        assert figures >= 3
         shot = html.parent / "screenshot-logreg.png"
         browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000
         copy = ROOT / "_build" / "screenshot-logreg.png"  # kept for people to look at
         copy.parent.mkdir(exist_ok=True)
         shutil.copy2(shot, copy)
-        figures = browser.execute_script("return document.querySelectorAll('figure img').length")
-        assert figures >= 3
     finally:
         browser.quit()
