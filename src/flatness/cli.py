@@ -23,6 +23,19 @@ def _parameters(pairs: list[list[str]] | None) -> dict:
     return {key: yaml.safe_load(value) for key, value in pairs or []}
 
 
+def _execution_options(parser: argparse.ArgumentParser, out_help: str) -> None:
+    parser.add_argument("--profile", choices=list(PROFILES), default="cpu")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("KEY", "VALUE"),
+        help="override a chapter parameter (VALUE is read as YAML); repeatable",
+    )
+    parser.add_argument("--out", help=out_help)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flatness", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -45,28 +58,9 @@ def _parser() -> argparse.ArgumentParser:
 
     chapter = sub.add_parser("chapter", help="execute one chapter with papermill")
     chapter.add_argument("name", help="chapter name, e.g. logreg")
-    chapter.add_argument("--profile", choices=list(PROFILES), default="cpu")
-    chapter.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        metavar=("KEY", "VALUE"),
-        help="override a chapter parameter (VALUE is read as YAML); repeatable",
-    )
-    chapter.add_argument("--out", help="folder to hold _build/executed (default: the checkout)")
-
+    _execution_options(chapter, "folder to hold _build/executed (default: the checkout)")
     book = sub.add_parser("book", help="execute every chapter and render the HTML book")
-    book.add_argument("--profile", choices=list(PROFILES), default="cpu")
-    book.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        metavar=("KEY", "VALUE"),
-        help="override a parameter in every chapter; repeatable",
-    )
-    book.add_argument("--out", help="folder to hold _build (default: the checkout)")
+    _execution_options(book, "folder to hold _build (default: the checkout)")
     return parser
 
 

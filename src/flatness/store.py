@@ -13,7 +13,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -145,7 +144,6 @@ def provenance(device, wall_seconds: float) -> dict:
         "versions": _versions(),
         "device": f"{dev.type}: {name}",
         "platform": platform.platform(),
-        "argv": sys.argv,
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_seconds": wall_seconds,
     }
