@@ -1,0 +1,191 @@
+"""Exact answers: dense Hessians of small models in float64, closed forms, measures, ranks.
+
+Softmax regression's Hessian has a closed Kronecker form. With zero weights, two classes and
+one example ``x = 0`` (so ``x~ = [0, 1]`` and ``p = (1/2, 1/2)``), only the bias block is
+non-zero and it equals ``diag(p) - p p^T``:
+
+>>> import torch
+>>> model = torch.nn.Linear(1, 2)
+>>> _ = torch.nn.init.zeros_(model.weight), torch.nn.init.zeros_(model.bias)
+>>> h = softmax_regression_hessian(model, torch.zeros(1, 1))
+>>> h[2:, 2:].tolist()
+[[0.25, -0.25], [-0.25, 0.25]]
+>>> h[:2].abs().sum().item()
+0.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flatness.errors import FlatnessError, unknown
+from flatness.hessian.operator import CURVATURES, batches, check_data, curvature_modes
+
+#: Beyond this many parameters a dense Hessian is refused (P^2 float64 numbers).
+MAX_EXACT_PARAMS = 12_000
+
+
+@dataclass(frozen=True)
+class Measures:
+    """The flatness measures of one symmetric matrix."""
+
+    lambda_max: float
+    lambda_min: float
+    trace: float
+    frobenius: float
+
+    @classmethod
+    def of(cls, hessian: torch.Tensor) -> Measures:
+        """Measures of a dense symmetric matrix (eigenvalues in float64)."""
+        h = hessian.double()
+        evals = torch.linalg.eigvalsh(h)
+        return cls(
+            lambda_max=evals[-1].item(),
+            lambda_min=evals[0].item(),
+            trace=torch.trace(h).item(),
+            frobenius=torch.linalg.matrix_norm(h).item(),
+        )
+
+
+def weight_norm(model: nn.Module) -> float:
+    """The L2 norm over all parameters (biases and the final layer included)."""
+    with torch.no_grad():
+        return torch.sqrt(sum((p.double() ** 2).sum() for p in model.parameters())).item()
+
+
+def exact_hessian(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    data,
+    *,
+    curvature: str = "hessian",
+    bn_mode: str = "eval",
+    l2: float = 0.0,
+    max_params: int = MAX_EXACT_PARAMS,
+) -> torch.Tensor:
+    """The dense Hessian (or GGN, or residual) of the mean data loss, in float64.
+
+    Parameters are ordered as ``model.parameters()``, each flattened row-major. The model is
+    not changed: a float64 copy of its parameters and buffers is differentiated. The Hessian
+    comes from ``torch.func.hessian``; the Gauss-Newton part from the logits' Jacobian ``J`` as
+    ``J^T H_z J``. These are independent of the HVP code the estimators use.
+
+    Args:
+        model: any module.
+        loss_fn: a mean-reduced loss returning a scalar.
+        data: an ``(inputs, targets)`` batch or a DataLoader (batches weighted by size).
+        curvature: ``"hessian"``, ``"ggn"`` or ``"residual"`` (Hessian minus GGN).
+        bn_mode: BatchNorm with running (``"eval"``) or batch (``"train"``) statistics.
+        l2: add ``l2 * I`` (default 0: the data loss alone).
+        max_params: refuse larger models (the matrix has P^2 entries).
+    """
+    if curvature not in CURVATURES:
+        raise unknown("curvature", curvature, CURVATURES)
+    check_data(data, bn_mode)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    count = sum(p.numel() for _, p in named)
+    if count > max_params:
+        gib = count**2 * 8 / 2**30
+        raise FlatnessError(
+            f"the model has {count:,} parameters: a dense Hessian needs {gib:.1f} GiB "
+            f"(limit max_params={max_params:,}); estimate its spectrum with top_eigenvalues, "
+            "trace, frobenius_norm or spectral_density instead, or raise max_params"
+        )
+    names = [n for n, _ in named]
+    shapes = [p.shape for _, p in named]
+    device = named[0][1].device
+    flat0 = torch.cat([p.detach().double().reshape(-1) for _, p in named])
+    buffers = {n: b.double() if b.is_floating_point() else b for n, b in model.named_buffers()}
+
+    def unflatten(flat):
+        pieces = torch.split(flat, [s.numel() for s in shapes])
+        return {n: t.reshape(s) for n, t, s in zip(names, pieces, shapes)}
+
+    total = torch.zeros(count, count, dtype=torch.float64, device=device)
+    examples = 0
+    with curvature_modes(model, bn_mode):
+        for x, y, n in batches(data, device):
+            x = x.double() if x.is_floating_point() else x
+
+            def logits_of(flat):
+                return torch.func.functional_call(model, (unflatten(flat), buffers), (x,))
+
+            def loss_of(flat):
+                return loss_fn(logits_of(flat), y)
+
+            loss = loss_of(flat0).detach()
+            if loss.dim() != 0:
+                raise FlatnessError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+            if not torch.isfinite(loss):
+                raise FlatnessError(f"the loss is {loss.item()} (not finite) at these parameters")
+            part = torch.zeros_like(total)
+            if curvature in ("hessian", "residual"):
+                part += torch.func.hessian(loss_of)(flat0).detach()
+            if curvature in ("ggn", "residual"):
+                z = logits_of(flat0).detach()
+                jac = torch.func.jacrev(logits_of)(flat0).detach().reshape(-1, count)  # (M, P)
+                loss_z = lambda zf: loss_fn(zf.reshape(z.shape), y)  # noqa: E731
+                hz_jac = torch.func.vmap(
+                    lambda col: torch.func.jvp(torch.func.grad(loss_z), (z.reshape(-1),), (col,))[1]
+                )(jac.T)  # (P, M) = (H_z J)^T
+                ggn = hz_jac @ jac
+                part += ggn if curvature == "ggn" else -ggn
+            total += n * part
+            examples += n
+    total /= examples
+    return total + l2 * torch.eye(count, dtype=total.dtype, device=device) if l2 else total
+
+
+@dataclass(frozen=True)
+class Rank:
+    """Numerical ranks of a symmetric matrix at several relative tolerances."""
+
+    #: relative tolerance -> number of eigenvalues with |lambda| > tol * max |lambda|
+    ranks: dict[float, int]
+    size: int
+    eigenvalues: torch.Tensor
+
+
+def hessian_rank(hessian: torch.Tensor, rtols=(1e-4, 1e-6, 1e-8, 1e-10)) -> Rank:
+    """The rank of a dense (exact) Hessian at each relative tolerance.
+
+    >>> hessian_rank(torch.diag(torch.tensor([2.0, 1.0, 1e-7, 0.0], dtype=torch.float64))).ranks
+    {0.0001: 2, 1e-06: 2, 1e-08: 3, 1e-10: 3}
+    """
+    evals = torch.linalg.eigvalsh(hessian.double())
+    scale = evals.abs().max().item()
+    ranks = {float(t): int((evals.abs() > t * scale).sum()) for t in rtols}
+    return Rank(ranks=ranks, size=hessian.shape[0], eigenvalues=evals)
+
+
+def softmax_regression_hessian(
+    model: nn.Linear, inputs: torch.Tensor, *, max_chunk_elements: int = 2**24
+) -> torch.Tensor:
+    """The closed-form Hessian of mean cross-entropy for softmax regression, in float64.
+
+    ``H = (1/N) sum_i (diag p_i - p_i p_i^T) kron x~_i x~_i^T`` with ``x~ = [x; 1]``, returned in
+    the order of ``model.parameters()`` (the weight row-major, then the bias). It does not
+    depend on the labels. Samples are summed in chunks of at most ``max_chunk_elements``
+    outer-product entries, so that MNIST-sized data fits in memory.
+    """
+    weight, bias = model.weight.detach().double(), model.bias.detach().double()
+    k, d = weight.shape
+    total = torch.zeros(k * k, (d + 1) ** 2, dtype=torch.float64, device=weight.device)
+    n = len(inputs)
+    chunk = max(1, max_chunk_elements // (d + 1) ** 2)
+    for start in range(0, n, chunk):
+        x = inputs[start : start + chunk].double().to(weight.device)
+        p = torch.softmax(x @ weight.T + bias, dim=1)
+        curvature = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (n, K, K)
+        xt = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
+        outer = (xt[:, :, None] * xt[:, None, :]).reshape(len(x), -1)  # (n, (d+1)^2)
+        total += curvature.reshape(len(x), k * k).T @ outer
+    # (k, l, a, b) -> rows (k, a), columns (l, b)
+    h = (total / n).reshape(k, k, d + 1, d + 1).permute(0, 2, 1, 3).reshape(k * (d + 1), -1)
+    index = torch.arange(k * (d + 1), device=h.device).reshape(k, d + 1)
+    order = torch.cat([index[:, :d].reshape(-1), index[:, d]])  # weight entries, then biases
+    return h[order][:, order]
