@@ -19,7 +19,7 @@ def flatness(*args, results, cwd=ROOT):
     "args,listed",
     [
         (["run", "logreg", "--profile", "huge"], "'smoke', 'cpu', 'paper'"),
-        (["run", "resnet"], "'logreg'"),
+        (["run", "resnet"], "'logreg', 'mlp'"),
         (["run", "logreg", "--dataset", "cifar"], "'digits', 'mnist', 'fashion-mnist'"),
         (["chapter", "nope", "--profile", "smoke"], "'logreg'"),
         (["chapter", "logreg", "--profile", "smoke", "-p", "sed", "1"], "'seeds'"),

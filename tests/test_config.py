@@ -39,7 +39,7 @@ def test_overrides_are_type_checked():
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("model", "resnet", "unknown model 'resnet'; valid choices: 'logreg'"),
+        ("model", "resnet", "unknown model 'resnet'; valid choices: 'logreg', 'mlp'"),
         ("dataset", "cifar", "unknown dataset"),
         ("weight_decay", "big", "weight_decay must be a number"),
         ("weight_decay", float("nan"), "weight_decay must be finite"),

@@ -110,34 +110,44 @@ def exact_hessian(
     with curvature_modes(model, bn_mode):
         for x, y, n in batches(data, device):
             x = x.double() if x.is_floating_point() else x
-
-            def logits_of(flat):
-                return torch.func.functional_call(model, (unflatten(flat), buffers), (x,))
-
-            def loss_of(flat):
-                return loss_fn(logits_of(flat), y)
-
-            loss = loss_of(flat0).detach()
-            if loss.dim() != 0:
-                raise FlatnessError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-            if not torch.isfinite(loss):
-                raise FlatnessError(f"the loss is {loss.item()} (not finite) at these parameters")
-            part = torch.zeros_like(total)
-            if curvature in ("hessian", "residual"):
-                part += torch.func.hessian(loss_of)(flat0).detach()
-            if curvature in ("ggn", "residual"):
-                z = logits_of(flat0).detach()
-                jac = torch.func.jacrev(logits_of)(flat0).detach().reshape(-1, count)  # (M, P)
-                loss_z = lambda zf: loss_fn(zf.reshape(z.shape), y)  # noqa: E731
-                hz_jac = torch.func.vmap(
-                    lambda col: torch.func.jvp(torch.func.grad(loss_z), (z.reshape(-1),), (col,))[1]
-                )(jac.T)  # (P, M) = (H_z J)^T
-                ggn = hz_jac @ jac
-                part += ggn if curvature == "ggn" else -ggn
-            total += n * part
+            call = lambda flat, x=x: torch.func.functional_call(
+                model, (unflatten(flat), buffers), (x,)
+            )  # noqa: E731
+            total += n * _batch_curvature(call, lambda z, y=y: loss_fn(z, y), flat0, curvature)
             examples += n
     total /= examples
     return total + l2 * torch.eye(count, dtype=total.dtype, device=device) if l2 else total
+
+
+def _batch_curvature(
+    logits_of: Callable, loss_of_logits: Callable, flat0: torch.Tensor, curvature: str
+):
+    """The dense curvature of one batch's mean loss at ``flat0``."""
+
+    def loss_of(flat):
+        return loss_of_logits(logits_of(flat))
+
+    loss = loss_of(flat0).detach()
+    if loss.dim() != 0:
+        raise FlatnessError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+    if not torch.isfinite(loss):
+        raise FlatnessError(f"the loss is {loss.item()} (not finite) at these parameters")
+    part = torch.zeros(len(flat0), len(flat0), dtype=flat0.dtype, device=flat0.device)
+    if curvature in ("hessian", "residual"):
+        # reverse-over-reverse, independent of the estimators' forward-over-reverse HVPs. Not
+        # torch.func.hessian or jacrev(jacrev): on torch 2.14 both give a wrong, asymmetric
+        # matrix for BatchNorm with batch statistics (tests/test_estimators.py catches it).
+        part += torch.func.jacrev(torch.func.grad(loss_of))(flat0).detach()
+    if curvature in ("ggn", "residual"):
+        z = logits_of(flat0).detach()
+        jac = torch.func.jacrev(logits_of)(flat0).detach().reshape(-1, len(flat0))  # (M, P)
+        grad_z = torch.func.grad(lambda zf: loss_of_logits(zf.reshape(z.shape)))
+        hz_jac = torch.func.vmap(lambda col: torch.func.jvp(grad_z, (z.reshape(-1),), (col,))[1])(
+            jac.T
+        )
+        ggn = hz_jac @ jac  # (H_z J)^T J = J^T H_z J, H_z symmetric
+        part += ggn if curvature == "ggn" else -ggn
+    return part
 
 
 @dataclass(frozen=True)
