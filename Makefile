@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= cpu
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: book test lint format clean clean-results
+.PHONY: book test lint format bench clean clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,15 +24,19 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 clean:
 	rm -rf _build
 
 clean-results:
 	rm -rf results
+
+## flatness.hessian against plain PyHessian 0.1, ratios measured side by side (prints a table).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/hessian_bench.py

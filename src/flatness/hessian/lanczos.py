@@ -32,6 +32,8 @@ class Eigenpairs:
     steps: int
     hvps: int
     seconds: float
+    #: (steps, k) the top-k Ritz values after each step (NaN until k exist): convergence history
+    history: torch.Tensor | None = None
 
 
 def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
@@ -79,6 +81,7 @@ def lanczos_top(
     alphas, betas = [], []
     beta_prev = 0.0
     converged = False
+    history = []
     while True:
         j = len(alphas)
         w = op.matvec(basis[j])
@@ -90,6 +93,9 @@ def lanczos_top(
         theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
         top = torch.arange(len(alphas) - 1, max(len(alphas) - 1 - k, -1), -1)
         residuals = beta * s[-1, top].abs()
+        row = torch.full((k,), float("nan"), dtype=torch.float64)
+        row[: len(top)] = theta[top]
+        history.append(row)
         scale = theta.abs().max().item()
         if len(top) == k and bool((residuals <= tol * theta[top].abs().clamp_min(1e-300)).all()):
             converged = True
@@ -116,6 +122,7 @@ def lanczos_top(
         steps=len(alphas),
         hvps=op.hvps - hvps0,
         seconds=time.perf_counter() - start,
+        history=torch.stack(history),
     )
 
 

@@ -4,9 +4,11 @@ Vectors are flat: one row of length P per vector, parameters in ``model.paramete
 Several vectors go through the data together (``matmat``): for a DataLoader that is one pass
 over the data for all of them, so the forward and backward work is shared.
 
-Both Hessian-vector products and Gauss-Newton products use ``torch.func``: the HVP is
-forward-over-reverse (``jvp`` of ``grad``), the GGN product ``J^T H_z J v`` is a ``jvp`` of the
-logits, the loss's Hessian in the logits, and a ``vjp``; ``vmap`` batches the vectors.
+Hessian-vector products are a double backward through the gradient graph, all vectors at once
+(``is_grads_batched``); for a single batch the graph is built once and kept, as PyHessian does.
+Gauss-Newton products ``J^T H_z J v`` use ``torch.func``: a ``jvp`` of the logits, the loss's
+Hessian in the logits, and a ``vjp``, with ``vmap`` over the vectors. The operator is a snapshot:
+change the model's parameters and build a new one.
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ class HessianOperator:
         first = named[0][1]
         self.device, self.dtype = first.device, first.dtype
         self.size = sum(p.numel() for _, p in named)
+        self._graph = None  # the cached gradient graph of a single batch
         self.hvps = 0
         self.passes = 0
         self.seconds = 0.0
@@ -217,7 +220,30 @@ class HessianOperator:
             return {n: h[n] - g[n] for n in h}
 
         product = {"hessian": hvp, "ggn": ggn, "residual": residual}[self.curvature]
-        return vmap(product)(tangents)
+        out = vmap(product)(tangents)
+        return self.flatten([out[k] for k in self.names])
+
+    def _gradient_graph(self, x: torch.Tensor, y: torch.Tensor):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(self.loss_fn(self.model(x), y), params, create_graph=True)
+        return params, grads
+
+    def _hessian_products(self, graph, vectors: torch.Tensor, *, keep: bool) -> torch.Tensor:
+        """Double backward through a gradient graph, all vectors at once (``is_grads_batched``)."""
+        params, grads = graph
+        tangents = self.unflatten(vectors)
+        outputs = [tangents[n] for n in self.names]
+        single = len(vectors) == 1
+        hv = torch.autograd.grad(
+            grads,
+            params,
+            grad_outputs=[t[0] for t in outputs] if single else outputs,
+            retain_graph=keep,
+            is_grads_batched=not single,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return self.flatten([h[None] if single else h for h in hv])
 
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H V`` for a (k, P) stack of vectors; one pass over the data for all k."""
@@ -226,15 +252,28 @@ class HessianOperator:
                 f"expected a (k, {self.size}) stack of vectors, got {tuple(vectors.shape)}"
             )
         start = time.perf_counter()
-        tangents = self.unflatten(vectors.to(self.device, self.dtype))
-        total = torch.zeros(vectors.shape, device=self.device, dtype=self.dtype)
-        examples = 0
-        with curvature_modes(self.model, self.bn_mode):
-            for x, y, n in batches(self.data, self.device):
-                out = self._products(x, y, tangents)
-                total += n * self.flatten([out[k] for k in self.names])
-                examples += n
-        total /= examples  # batches weighted by their size: the mean over the whole data set
+        vectors = vectors.to(self.device, self.dtype)
+        if self.curvature == "hessian" and _is_batch(self.data):
+            # one batch: keep its gradient graph and only run the double backward each time
+            if self._graph is None:
+                with curvature_modes(self.model, self.bn_mode):
+                    self._graph = self._gradient_graph(*next(batches(self.data, self.device))[:2])
+            total = self._hessian_products(self._graph, vectors, keep=True)
+        else:
+            total = torch.zeros(vectors.shape, device=self.device, dtype=self.dtype)
+            examples = 0
+            tangents = self.unflatten(vectors)
+            with curvature_modes(self.model, self.bn_mode):
+                for x, y, n in batches(self.data, self.device):
+                    if self.curvature == "hessian":
+                        part = self._hessian_products(
+                            self._gradient_graph(x, y), vectors, keep=False
+                        )
+                    else:
+                        part = self._products(x, y, tangents)
+                    total += n * part
+                    examples += n
+            total /= examples  # batches weighted by their size: the mean over the whole data set
         if self.l2:
             total += self.l2 * vectors.to(total)
         self.hvps += vectors.shape[0]
