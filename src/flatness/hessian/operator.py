@@ -194,11 +194,9 @@ class HessianOperator:
         lead = flat.shape[:-1]
         return {n: t.reshape(*lead, *s) for n, t, s in zip(self.names, pieces, self.shapes)}
 
-    def parameters_flat(self) -> torch.Tensor:
-        return self.flatten([self.params[n] for n in self.names])
-
     # -- products ---------------------------------------------------------------------------
-    def _products(self, x: torch.Tensor, y: torch.Tensor, tangents: dict) -> dict:
+    def _products(self, x: torch.Tensor, y: torch.Tensor, tangents: dict) -> torch.Tensor:
+        """GGN or residual products of one batch through ``torch.func``, as flat (k, P) rows."""
         buffers = dict(self.model.named_buffers())
 
         def logits(params):
