@@ -84,9 +84,10 @@ def estimate_trace_of(
     return exact_part + mean, se
 
 
-def _timed(op: HessianOperator, method: str, compute: Callable[[], tuple[float, float]]):
+def _estimate(op: HessianOperator, quadratic, probes, *, method, batch, seed):
+    """(value, stderr, work) for ``Tr A`` with ``z^T A z = quadratic(z, Hz)``; work as in Estimate."""
     start, hvps0, passes0 = time.perf_counter(), op.hvps, op.passes
-    value, se = compute()
+    value, se = estimate_trace_of(op, quadratic, probes, method=method, batch=batch, seed=seed)
     return value, se, (method, op.hvps - hvps0, op.passes - passes0, time.perf_counter() - start)
 
 
@@ -94,11 +95,8 @@ def trace_estimate(
     op: HessianOperator, probes: int = 60, *, method="hutch++", batch=16, seed=0
 ) -> Estimate:
     """``Tr H`` with a fixed budget of ``probes`` products."""
-    quadratic = lambda z, hz: (z * hz).sum(dim=1)  # noqa: E731
-    value, se, work = _timed(
-        op,
-        method,
-        lambda: estimate_trace_of(op, quadratic, probes, method=method, batch=batch, seed=seed),
+    value, se, work = _estimate(
+        op, lambda z, hz: (z * hz).sum(dim=1), probes, method=method, batch=batch, seed=seed
     )
     return Estimate(value, se, *work)
 
@@ -107,11 +105,8 @@ def frobenius_estimate(
     op: HessianOperator, probes: int = 60, *, method="hutch++", batch=16, seed=0
 ) -> Estimate:
     """``||H||_F = sqrt(Tr H^2)``; the standard error follows by the delta method."""
-    quadratic = lambda z, hz: (hz * hz).sum(dim=1)  # noqa: E731
-    value, se, work = _timed(
-        op,
-        method,
-        lambda: estimate_trace_of(op, quadratic, probes, method=method, batch=batch, seed=seed),
+    value, se, work = _estimate(
+        op, lambda z, hz: (hz * hz).sum(dim=1), probes, method=method, batch=batch, seed=seed
     )
     root = math.sqrt(max(value, 0.0))
     return Estimate(root, se / (2 * root) if root > 0 else math.inf, *work)
