@@ -149,7 +149,7 @@ def trace_rows(model, data, counter):
     with pyhessian_engine(model, ce, data) as engine:
         _, t_ph = timed(lambda: engine.trace(maxIter=measured, tol=0.0))
     t_ph *= probes_h / measured
-    budget = 6
+    budget = 30  # at least 10 deflated probes, so that the standard error itself is usable
     while True:
         est, t_ours = timed(lambda budget=budget: H.trace(model, ce, data, probes=budget, seed=3))
         if est.stderr <= 0.01 * abs(est.estimate) or budget >= MAX_PROBES:
@@ -180,21 +180,23 @@ def hvp_cost(model, x, y, batch, counter):
         model.zero_grad(set_to_none=True)
 
     gradient_pass()
-    _, t_grad = timed(lambda: [gradient_pass() for _ in range(3)])
-    t_grad /= 3
+    _, t_grad = timed(lambda: [gradient_pass() for _ in range(5)])
+    t_grad /= 5
     op = H.HessianOperator(model, ce, loader)
     v1 = torch.randn(1, op.size)
     v16 = torch.randn(16, op.size)
-    op.matmat(v1)
-    _, t1 = timed(lambda: [op.matmat(v1) for _ in range(3)])
+    reps = 5
+    op.matmat(v1)  # warm-up
+    _, t1 = timed(lambda: [op.matmat(v1) for _ in range(reps)])
     _, t16 = timed(lambda: op.matmat(v16))
     with pyhessian_engine(model, ce, loader) as engine:
         v = [torch.randn_like(p) for p in engine.params]
-        _, tph = timed(lambda: [engine.dataloader_hv_product(v) for _ in range(3)])
+        engine.dataloader_hv_product(v)  # warm-up
+        _, tph = timed(lambda: [engine.dataloader_hv_product(v) for _ in range(reps)])
     return {
         "gradient_pass_seconds": t_grad,
-        "pyhessian_passes_per_hvp": tph / 3 / t_grad,
-        "ours_passes_per_hvp_single": t1 / 3 / t_grad,
+        "pyhessian_passes_per_hvp": tph / reps / t_grad,
+        "ours_passes_per_hvp_single": t1 / reps / t_grad,
         "ours_passes_per_hvp_batched16": t16 / 16 / t_grad,
     }
 
