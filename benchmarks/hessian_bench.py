@@ -112,10 +112,13 @@ def pyhessian_top(model, data, k, truth, counter, loosest=TOLS[0]):
     """PyHessian's power iteration at ever tighter tol until all k are within 1e-3 of the truth."""
     for tol in [t for t in TOLS if t <= loosest]:
         counter.count = 0
-        with pyhessian_engine(model, ce, data) as engine:
-            values, seconds = timed(
-                lambda tol=tol: engine.eigenvalues(maxIter=MAX_ITER, tol=tol, top_n=k)[0]
-            )
+
+        def run(tol=tol):
+            # timed from building the engine (its gradient graph), as ours is from building its operator
+            with pyhessian_engine(model, ce, data) as engine:
+                return engine.eigenvalues(maxIter=MAX_ITER, tol=tol, top_n=k)[0]
+
+        values, seconds = timed(run)
         values = torch.tensor(sorted(values, reverse=True), dtype=torch.float64)
         if bool(((values - truth).abs() <= 1e-3 * truth.abs()).all()):
             return counter.count, seconds, tol
@@ -125,14 +128,20 @@ def pyhessian_top(model, data, k, truth, counter, loosest=TOLS[0]):
 
 
 def ours_top(model, data, k, truth):
-    """Lanczos at ever tighter residual tolerance until all k are within 1e-3 of the truth."""
-    for tol in TOLS:
-        result, seconds = timed(
-            lambda tol=tol: H.top_eigenvalues(model, ce, data, k=k, tol=tol, max_steps=2000)
-        )
-        if bool(((result.eigenvalues - truth).abs() <= 1e-3 * truth.abs()).all()):
-            return result.hvps, seconds, tol
-    return math.nan, math.nan, None
+    """The fewest Lanczos steps whose top-k Ritz values are all within 1e-3 of the truth.
+
+    Read off one run's Ritz-value history (as PyHessian's tol is searched for it), then timed
+    as a run of exactly that many steps.
+    """
+    run = H.top_eigenvalues(model, ce, data, k=k, tol=1e-12, max_steps=300)
+    within = ((run.history - truth).abs() <= 1e-3 * truth.abs()).all(dim=1)
+    if not bool(within.any()):
+        return math.nan, math.nan, "not reached"
+    steps = int(within.nonzero()[0]) + 1
+    result, seconds = timed(
+        lambda: H.top_eigenvalues(model, ce, data, k=k, tol=1e-12, max_steps=steps)
+    )
+    return result.hvps, seconds, f"{steps} steps"
 
 
 def trace_rows(model, data, counter):
@@ -251,7 +260,7 @@ def main() -> None:
                 row[f"top{k}"] = {"pyhessian": ph, "ours": us}
                 print(
                     f"top-{k} to 1e-3: PyHessian {ph[0]} HVPs {ph[1]:.2f}s (tol {ph[2]}), "
-                    f"flatness {us[0]} HVPs {us[1]:.2f}s (tol {us[2]}): "
+                    f"flatness Lanczos {us[0]} HVPs {us[1]:.2f}s: "
                     f"ratio HVPs {us[0] / ph[0]:.2f}, time {us[1] / ph[1]:.2f}",
                     flush=True,
                 )
