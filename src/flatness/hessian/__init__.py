@@ -135,7 +135,8 @@ def spectral_density(
     """Stochastic Lanczos quadrature: ``steps`` Lanczos steps from each of ``probes`` starts.
 
     Peak memory beyond the model: ``probes x (steps + 1) x P`` numbers of the model's dtype for
-    the bases, plus the work space of ``probes`` simultaneous products (see ``make bench``).
+    the bases, plus the work space of ``probes`` simultaneous products; measured figures are in
+    :func:`flatness.hessian.lanczos.lanczos_density`.
     """
     op = HessianOperator(model, loss_fn, data, curvature=curvature, bn_mode=bn_mode, l2=l2)
     return lanczos_density(op, steps, probes, seed=seed)

@@ -170,7 +170,10 @@ def lanczos_density(
     """SLQ with ``probes`` Rademacher starts run side by side (one data pass per step for all).
 
     Memory: the bases of all probes, ``probes x (steps + 1) x P`` numbers of the model's dtype,
-    plus the operator's work space for ``probes`` simultaneous products.
+    plus the operator's work space for ``probes`` simultaneous products, which dominates for
+    convolutional networks. Measured by ``make bench`` (30 steps, 4 probes, float32, CPU): the
+    digits MLP (7,510 parameters, 1,437 examples) has 3.6 MiB of bases and about 35 MiB of peak
+    extra memory; a VGG-style CNN (23,538 parameters, 128 images) 11 MiB and about 230 MiB.
     """
     if not isinstance(steps, int) or steps < 1:
         raise FlatnessError(f"steps must be a positive integer, got {steps!r}")
