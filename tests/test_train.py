@@ -45,6 +45,8 @@ def test_hessian_every_skips_epochs_but_measures_the_last():
     cfg = RunConfig(weight_decay=0.0, hessian_every=3, **TINY)
     lam = train(cfg, device="cpu").arrays["lambda_max"]
     assert np.isnan(lam[[0, 1]]).all() and np.isfinite(lam[[2, 3]]).all()  # epochs 3 and 4
+    never = train(RunConfig(weight_decay=0.0, hessian_every=0, **TINY), device="cpu").arrays
+    assert np.isnan(never["lambda_max"]).all() and np.isfinite(never["train_loss"]).all()
 
 
 def test_weight_decay_shrinks_the_weights():

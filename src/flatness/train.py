@@ -121,7 +121,8 @@ def train(
                 f"the run diverged. Lower lr (now {config.lr:g}) or weight_decay."
             )
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
-        measured = (epoch + 1) % config.hessian_every == 0 or epoch + 1 == config.epochs
+        every = config.hessian_every
+        measured = every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == config.epochs)
         if measured:
             m = hessian.Measures.of(data_hessian(config, model, data.x_train, data.y_train))
             curvature = (m.lambda_max, m.trace, m.frobenius)
