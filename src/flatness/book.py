@@ -64,8 +64,6 @@ def toc_files(root: Path) -> list[str]:
             if "file" in entry:
                 pages.append(entry["file"])
             walk(entry.get("sections"))
-            for part in entry.get("parts", []) if isinstance(entry, dict) else []:
-                walk(part.get("chapters"))
 
     walk(toc.get("chapters"))
     for part in toc.get("parts", []):

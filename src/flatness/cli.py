@@ -70,7 +70,7 @@ def _run(args) -> None:
     settings = get_profile(args.profile).logreg.with_overrides(
         dataset=args.dataset, seeds=args.seeds, weight_decays=args.wd, epochs=args.epochs
     )
-    configs = settings.run_configs()
+    configs = settings.run_configs(args.model)
     store = Store(args.results)
     print(f"{len(configs)} run(s) of {args.model} on {settings.dataset}; store: {store.root}")
     print(

@@ -150,11 +150,11 @@ class LogregSettings:
     pyhessian_max_iter: int = 100
     pyhessian_tol: float = 1e-3
 
-    def run_configs(self) -> list[RunConfig]:
-        """One run per (weight decay, seed), weight decay varying slowest."""
+    def run_configs(self, model: str = "logreg") -> list[RunConfig]:
+        """One run of ``model`` per (weight decay, seed), weight decay varying slowest."""
         return [
             RunConfig(
-                model="logreg",
+                model=model,
                 dataset=self.dataset,
                 weight_decay=wd,
                 seed=seed,

@@ -192,14 +192,14 @@ def verdict(summary: pd.DataFrame, *, test_examples: int) -> Verdict:
     """
     lo, hi = summary.index.min(), summary.index.max()
 
-    def clearly_sharper(wd: float) -> list[str]:
+    def not_clearly_sharper(wd: float) -> list[str]:
         return [m for m in MEASURES if not _clearly_positive(*_difference(summary, m, wd, lo))]
 
-    flatter_hi = clearly_sharper(hi)
+    flatter_hi = not_clearly_sharper(hi)
     sharper = not flatter_hi
     best = summary.loc[summary.index != lo, "test_acc_mean"].idxmax()
     acc_diff, acc_se = _accuracy_difference(summary, best, lo, test_examples)
-    better = _clearly_positive(acc_diff, acc_se) and not clearly_sharper(best)
+    better = _clearly_positive(acc_diff, acc_se) and not not_clearly_sharper(best)
 
     def ratio(wd: float) -> float:
         return summary.loc[wd, "lambda_max_mean"] / summary.loc[lo, "lambda_max_mean"]

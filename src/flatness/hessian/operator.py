@@ -175,13 +175,17 @@ class HessianOperator:
             raise FlatnessError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
         if not torch.isfinite(loss):
             raise FlatnessError(f"the loss is {loss.item()} (not finite) at these parameters")
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        # for one batch this gradient graph is the one every Hessian product reuses: build it once
+        keep = self.curvature == "hessian" and _is_batch(self.data)
+        grads = torch.autograd.grad(loss, params, allow_unused=True, create_graph=keep)
         unused = [n for n, g in zip(self.names, grads) if g is None]
         if unused:
             raise FlatnessError(
                 f"parameter(s) {', '.join(unused)} do not affect the loss, so their Hessian "
                 "rows are undefined here; freeze them (requires_grad=False) or remove them"
             )
+        if keep:
+            self._graph = (params, grads)
 
     # -- flat vectors -----------------------------------------------------------------------
     def flatten(self, tensors) -> torch.Tensor:
@@ -252,10 +256,7 @@ class HessianOperator:
         start = time.perf_counter()
         vectors = vectors.to(self.device, self.dtype)
         if self.curvature == "hessian" and _is_batch(self.data):
-            # one batch: keep its gradient graph and only run the double backward each time
-            if self._graph is None:
-                with curvature_modes(self.model, self.bn_mode):
-                    self._graph = self._gradient_graph(*next(batches(self.data, self.device))[:2])
+            # one batch: its gradient graph (built by the check) only needs a double backward
             total = self._hessian_products(self._graph, vectors, keep=True)
         else:
             total = torch.zeros(vectors.shape, device=self.device, dtype=self.dtype)
