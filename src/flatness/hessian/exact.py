@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from flatness.errors import FlatnessError, unknown
-from flatness.hessian.operator import CURVATURES, batches, check_data, curvature_modes
+from flatness.hessian.checks import Output, batches, check_model, curvature_modes, select_output
+from flatness.hessian.operator import CURVATURES
 
 #: Beyond this many parameters a dense Hessian is refused (P^2 float64 numbers).
 MAX_EXACT_PARAMS = 12_000
@@ -65,29 +66,34 @@ def exact_hessian(
     curvature: str = "hessian",
     bn_mode: str = "eval",
     l2: float = 0.0,
+    output: Output = None,
     max_params: int = MAX_EXACT_PARAMS,
 ) -> torch.Tensor:
-    """The dense Hessian (or GGN, or residual) of the mean data loss, in float64.
+    """The dense (P, P) Hessian (or GGN, or residual) of the mean data loss, in float64.
 
-    Parameters are ordered as ``model.parameters()``, each flattened row-major. The model is
-    not changed: a float64 copy of its parameters and buffers is differentiated. The Hessian
-    comes from ``torch.func.hessian``; the Gauss-Newton part from the logits' Jacobian ``J`` as
-    ``J^T H_z J``. These are independent of the HVP code the estimators use.
+    The variables are the parameters with ``requires_grad`` (P numbers in all), in
+    ``model.parameters()`` order, each flattened row-major; frozen parameters are constants.
+    The model is not changed: its parameters (frozen ones too) and floating buffers are
+    promoted to float64 and passed to ``torch.func.functional_call``, as are floating inputs.
+    The Hessian is reverse-over-reverse; the Gauss-Newton part is ``J^T H_z J`` from the
+    logits' Jacobian ``J``. Both are independent of the HVP code the estimators use.
 
     Args:
         model: any module.
-        loss_fn: a mean-reduced loss returning a scalar.
+        loss_fn: a mean-reduced loss returning a scalar (a sum is refused).
         data: an ``(inputs, targets)`` batch or a DataLoader (batches weighted by size).
         curvature: ``"hessian"``, ``"ggn"`` or ``"residual"`` (Hessian minus GGN).
         bn_mode: BatchNorm with running (``"eval"``) or batch (``"train"``) statistics.
         l2: add ``l2 * I`` (default 0: the data loss alone).
+        output: which model output the loss is taken of (see :mod:`flatness.hessian.checks`).
         max_params: refuse larger models (the matrix has P^2 entries).
+
+    Raises:
+        FlatnessError: more than ``max_params`` variables, or any input the checks refuse.
     """
     if curvature not in CURVATURES:
         raise unknown("curvature", curvature, CURVATURES)
-    check_data(data, bn_mode)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    count = sum(p.numel() for _, p in named)
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if count > max_params:
         gib = count**2 * 8 / 2**30
         raise FlatnessError(
@@ -95,24 +101,33 @@ def exact_hessian(
             f"(limit max_params={max_params:,}); estimate its spectrum with top_eigenvalues, "
             "trace, frobenius_norm or spectral_density instead, or raise max_params"
         )
+    named, _ = check_model(model, loss_fn, data, bn_mode=bn_mode, output=output)
     names = [n for n, _ in named]
     shapes = [p.shape for _, p in named]
     device = named[0][1].device
     flat0 = torch.cat([p.detach().double().reshape(-1) for _, p in named])
-    buffers = {n: b.double() if b.is_floating_point() else b for n, b in model.named_buffers()}
+    # every tensor the forward pass reads, promoted: frozen parameters and buffers too
+    constants = {
+        n: (t.detach().double() if t.is_floating_point() else t)
+        for n, t in [*model.named_parameters(), *model.named_buffers()]
+        if n not in set(names)
+    }
 
     def unflatten(flat):
         pieces = torch.split(flat, [s.numel() for s in shapes])
-        return {n: t.reshape(s) for n, t, s in zip(names, pieces, shapes)}
+        return {n: t.reshape(s) for n, t, s in zip(names, pieces, shapes)} | constants
 
     total = torch.zeros(count, count, dtype=torch.float64, device=device)
     examples = 0
     with curvature_modes(model, bn_mode):
         for x, y, n in batches(data, device):
             x = x.double() if x.is_floating_point() else x
-            call = lambda flat, x=x: torch.func.functional_call(
-                model, (unflatten(flat), buffers), (x,)
-            )  # noqa: E731
+            y = y.double() if y.is_floating_point() else y
+
+            def call(flat, x=x):
+                outputs = torch.func.functional_call(model, unflatten(flat), (x,))
+                return select_output(outputs, output)
+
             total += n * _batch_curvature(call, lambda z, y=y: loss_fn(z, y), flat0, curvature)
             examples += n
     total /= examples

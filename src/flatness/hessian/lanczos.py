@@ -2,7 +2,8 @@
 
 Power iteration with deflation (PyHessian's method) needs many products per eigenvalue and
 restarts for each one; Lanczos builds one Krylov space in which all the top eigenvalues
-converge together, usually in far fewer Hessian-vector products.
+converge together, usually in far fewer Hessian-vector products. The top-k search is a block
+Lanczos (a block of k vectors), so that repeated eigenvalues are found as often as they occur.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class Eigenpairs:
     steps: int
     hvps: int
     seconds: float
-    #: (steps, k) the top-k Ritz values after each step (NaN until k exist): convergence history
+    #: (steps, k) the top-k Ritz values after each block step (NaN until k exist); step j
+    #: has cost ``j * block`` products: the convergence history
     history: torch.Tensor | None = None
 
 
@@ -46,10 +48,33 @@ def _tridiagonal(alphas: list[float], betas: list[float]) -> torch.Tensor:
 
 
 def _orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    # twice is enough (Kahan): one pass loses orthogonality in float32
+    """Rows of ``w`` made orthogonal to the rows of ``basis``; twice is enough (Kahan), once
+    loses orthogonality in float32."""
     for _ in range(2):
-        w = w - basis.T @ (basis @ w)
+        w = w - (w @ basis.T) @ basis
     return w
+
+
+def _next_block(
+    r: torch.Tensor, basis: torch.Tensor, size: int, gen: torch.Generator, op, scale: float
+) -> torch.Tensor:
+    """An orthonormal block spanning the residual ``r``; directions in which the residual has
+    (numerically) vanished, an invariant subspace, are replaced by random vectors orthogonal
+    to everything so far, so that eigenvalues outside the Krylov space are still found."""
+    q, upper = torch.linalg.qr(r[:size].T)  # (P, size)
+    floor = max(1e-10, 10 * torch.finfo(r.dtype).eps) * max(scale, 1e-300)
+    dead = upper.diagonal().abs() <= floor
+    q = q.T
+    if bool(dead.any()):
+        fresh = _orthogonalise(op.gaussian(int(dead.sum()), gen), basis)
+        keep = q[~dead]
+        fresh = _orthogonalise(fresh, keep) if len(keep) else fresh
+        fresh, _ = torch.linalg.qr(fresh.T)
+        q = torch.cat([keep, fresh.T])
+        q = _orthogonalise(q, basis)
+        q, _ = torch.linalg.qr(q.T)
+        q = q.T
+    return q
 
 
 def lanczos_top(
@@ -60,66 +85,95 @@ def lanczos_top(
     seed: int = 0,
     max_steps: int | None = None,
     eigenvectors: bool = False,
+    block: int | None = None,
 ) -> Eigenpairs:
-    """The ``k`` largest eigenvalues of ``op`` by Lanczos with full reorthogonalisation.
+    """The ``k`` largest (algebraic) eigenvalues of ``op`` by block Lanczos.
 
-    Stops when every one of the top ``k`` Ritz values has a residual at most
-    ``tol * |theta|``, or after ``max_steps`` products (default ``min(P, max(100, 30 k))``).
-    On a breakdown (an invariant subspace) it restarts with a fresh vector orthogonal to the
-    basis, so repeated eigenvalues are found too. Memory: the basis, ``steps x P`` numbers.
+    A block of ``block`` random vectors (default ``k``) grows a block Krylov space, fully
+    reorthogonalised; its Rayleigh-Ritz matrix ``Q^T H Q`` is assembled entry by entry from
+    the products, not from the three-term recurrence, so it stays exact after restarts. A
+    single vector's Krylov space holds one direction of each eigenspace, so an eigenvalue of
+    multiplicity m > 1 would show only once; a block of ``b >= k`` vectors sees every copy
+    among the top ``k`` (Golub and Underwood, 1977). Where the residual vanishes (an invariant
+    subspace) random vectors orthogonal to the basis take its place.
+
+    Converged when each of the top ``k`` Ritz pairs has ``||H y - theta y|| <= tol * |theta|``;
+    ``converged=True`` is never reported for fewer than ``k`` such pairs.
+
+    Args:
+        op: the operator, of size P.
+        k: how many eigenvalues, 1 to P.
+        tol: relative residual at which a pair counts as converged (> 0).
+        seed: the random start block.
+        max_steps: at most this many block steps (each costs ``block`` products); default
+            enough for ``min(P, max(100, 30 k))`` vectors.
+        eigenvectors: also return the unit Ritz vectors, (k, P).
+        block: vectors per step, at least ``k`` (default ``k``); one pass over the data
+            serves a whole block.
+
+    Raises:
+        FlatnessError: ``k``, ``tol`` or ``block`` out of range.
+
+    Memory: the basis, ``steps x block x P`` numbers of the model's dtype.
     """
-    if not isinstance(k, int) or k < 1 or k > op.size:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k > op.size:
         raise FlatnessError(f"k must be an integer from 1 to {op.size}, got {k!r}")
-    if tol <= 0:
-        raise FlatnessError(f"tol must be positive, got {tol}")
+    if not isinstance(tol, (int, float)) or not tol > 0:
+        raise FlatnessError(f"tol must be a positive number, got {tol!r}")
+    b = k if block is None else block
+    if not isinstance(b, int) or isinstance(b, bool) or not k <= b <= op.size:
+        raise FlatnessError(
+            f"block must be an integer from k={k} to P={op.size} (so that eigenvalues repeated "
+            f"up to k times are all found), got {block!r}"
+        )
     start = time.perf_counter()
     hvps0 = op.hvps
-    max_steps = min(op.size, max_steps or max(100, 30 * k))
+    if max_steps is None:
+        max_steps = math.ceil(min(op.size, max(100, 30 * k)) / b)
     gen = torch.Generator().manual_seed(seed)
-    q = op.gaussian(1, gen)[0]
-    basis = (q / q.norm()).reshape(1, -1)
-    alphas, betas = [], []
-    beta_prev = 0.0
-    converged = False
+    q, _ = torch.linalg.qr(op.gaussian(b, gen).T)
+    current = q.T  # (b, P), orthonormal
+    basis = current
+    t = torch.zeros(0, 0, dtype=torch.float64)
     history = []
+    converged = False
+    steps = 0
     while True:
-        j = len(alphas)
-        w = op.matvec(basis[j])
-        alpha = torch.dot(w, basis[j]).item()
-        w = w - alpha * basis[j] - (beta_prev * basis[j - 1] if j else 0.0)
-        w = _orthogonalise(w, basis)
-        alphas.append(alpha)
-        beta = w.norm().item()
-        theta, s = torch.linalg.eigh(_tridiagonal(alphas, betas))
-        top = torch.arange(len(alphas) - 1, max(len(alphas) - 1 - k, -1), -1)
-        residuals = beta * s[-1, top].abs()
+        w = op.matmat(current)  # (b, P)
+        coupling = basis @ w.T  # (m, b): column block of Q^T H Q for the newest vectors
+        m, new = len(basis), len(current)
+        grown = torch.zeros(m, m, dtype=torch.float64)
+        grown[: m - new, : m - new] = t
+        grown[:, m - new :] = coupling.double().cpu()
+        grown[m - new :, :] = coupling.double().cpu().T
+        t = (grown + grown.T) / 2
+        r = _orthogonalise(w - coupling.T @ basis, basis)  # residual block, (new, P)
+        steps += 1
+        theta, s = torch.linalg.eigh(t)
+        top = torch.arange(m - 1, max(m - 1 - k, -1), -1)
+        # H y - theta y = r^T s_last for the Ritz vector y = Q s (exact in exact arithmetic)
+        s_last = s[m - new :, top].to(r)  # (new, len(top))
+        residuals = (r.T @ s_last).norm(dim=0).double().cpu()
+        if m >= op.size:
+            residuals = torch.zeros_like(residuals)  # the basis spans everything: exact
         row = torch.full((k,), float("nan"), dtype=torch.float64)
         row[: len(top)] = theta[top]
         history.append(row)
         scale = theta.abs().max().item()
         if len(top) == k and bool((residuals <= tol * theta[top].abs().clamp_min(1e-300)).all()):
             converged = True
-        if converged or len(alphas) >= max_steps:
+        if converged or steps >= max_steps or m >= op.size:
             break
-        if beta <= 1e-10 * max(scale, 1e-300):  # invariant subspace: restart orthogonally
-            fresh = _orthogonalise(op.gaussian(1, gen)[0], basis)
-            w, beta = fresh, 0.0
-            nxt = fresh / fresh.norm()
-        else:
-            nxt = w / beta
-        betas.append(beta)
-        beta_prev = beta
-        basis = torch.cat([basis, nxt.reshape(1, -1)])
+        current = _next_block(r, basis, min(b, op.size - m), gen, op, scale)
+        basis = torch.cat([basis, current])
     values = theta[top]
-    vectors = None
-    if eigenvectors:
-        vectors = s[:, top].T.to(basis) @ basis
+    vectors = s[:, top].T.to(basis) @ basis if eigenvectors else None
     return Eigenpairs(
         eigenvalues=values,
         residuals=residuals,
         eigenvectors=vectors,
         converged=converged,
-        steps=len(alphas),
+        steps=steps,
         hvps=op.hvps - hvps0,
         seconds=time.perf_counter() - start,
         history=torch.stack(history),

@@ -13,119 +13,61 @@ change the model's parameters and build a new one.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from flatness.errors import FlatnessError, unknown
+from flatness.hessian.checks import (
+    BN_MODES,
+    Output,
+    batches,
+    check_data,
+    check_model,
+    curvature_modes,
+    is_batch,
+    select_output,
+)
+
+__all__ = [
+    "BN_MODES",
+    "CURVATURES",
+    "HessianOperator",
+    "batches",
+    "check_data",
+    "curvature_modes",
+    "is_batch",
+]
 
 CURVATURES = ("hessian", "ggn", "residual")
-BN_MODES = ("eval", "train")
-#: torchvision transforms that draw random numbers: a loader using them is a different
-#: operator at every pass
-_RANDOM_TRANSFORMS = (
-    "ColorJitter",
-    "AutoAugment",
-    "RandAugment",
-    "TrivialAugmentWide",
-    "AugMix",
-    "ElasticTransform",
-    "GaussianBlur",
-)
-_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
-
-
-def _is_batch(data) -> bool:
-    return isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])
-
-
-def _random_transforms(transform) -> list[str]:
-    if transform is None:
-        return []
-    found = []
-    name = type(transform).__name__
-    if name.startswith("Random") or name in _RANDOM_TRANSFORMS:
-        found.append(name)
-    for child in getattr(transform, "transforms", []) or []:
-        found += _random_transforms(child)
-    return found
-
-
-def check_data(data, bn_mode: str = "eval") -> None:
-    """Refuse data that do not define one fixed operator."""
-    if _is_batch(data):
-        if len(data[0]) == 0:
-            raise FlatnessError(
-                "data is empty: the Hessian of a loss over no examples is undefined"
-            )
-        return
-    if not isinstance(data, torch.utils.data.DataLoader):
-        raise FlatnessError(
-            "data must be an (inputs, targets) pair of tensors or a torch DataLoader, "
-            f"got {type(data).__name__}"
-        )
-    dataset = data.dataset
-    random = _random_transforms(getattr(dataset, "transform", None))
-    if random:
-        raise FlatnessError(
-            f"the loader's transform draws random numbers ({', '.join(random)}), so every pass "
-            "over it is a different Hessian; use the test-time transform (no augmentation)"
-        )
-    if bn_mode == "train" and isinstance(data.sampler, torch.utils.data.RandomSampler):
-        raise FlatnessError(
-            "with bn_mode='train' the batch composition is part of the operator; "
-            "use a loader with shuffle=False"
-        )
-
-
-def batches(data, device) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """(inputs, targets, batch size) on ``device`` for a batch or every batch of a loader."""
-    items = [data] if _is_batch(data) else data
-    for inputs, targets in items:
-        yield inputs.to(device), targets.to(device), len(inputs)
-
-
-@contextlib.contextmanager
-def curvature_modes(model: nn.Module, bn_mode: str):
-    """Eval mode everywhere (no dropout noise), BatchNorm in eval or batch-statistics mode.
-
-    In ``"train"`` mode BatchNorm normalises with each batch's statistics and does not touch its
-    running averages. Every module's mode and flag is restored on exit.
-    """
-    if bn_mode not in BN_MODES:
-        raise unknown("bn_mode", bn_mode, BN_MODES)
-    saved = [(m, m.training, getattr(m, "track_running_stats", None)) for m in model.modules()]
-    try:
-        model.eval()
-        if bn_mode == "train":
-            for m in model.modules():
-                if isinstance(m, _BATCH_NORMS):
-                    m.train()
-                    m.track_running_stats = False
-        yield
-    finally:
-        for m, training, track in saved:
-            m.training = training
-            if track is not None:
-                m.track_running_stats = track
 
 
 class HessianOperator:
     """``H v`` for the mean data loss over ``data``, optionally plus ``l2 * v``.
 
     Args:
-        model: any module; its parameters with ``requires_grad`` are the variables.
-        loss_fn: a mean-reduced loss ``loss_fn(outputs, targets)`` returning a scalar.
-        data: an ``(inputs, targets)`` batch or a DataLoader (one pass is the whole data set).
+        model: any module; its parameters with ``requires_grad`` are the variables of the
+            Hessian (P of them), frozen ones (``requires_grad=False``) are constants.
+        loss_fn: a mean-reduced loss ``loss_fn(outputs, targets)`` returning a scalar; a sum
+            or any other reduction is refused (batches are weighted by their sizes).
+        data: an ``(inputs, targets)`` batch or a DataLoader whose every pass covers the same
+            examples (one pass is the whole data set); loaders that sample or augment at
+            random are refused.
         curvature: ``"hessian"``, ``"ggn"`` (generalised Gauss-Newton ``J^T H_z J``) or
-            ``"residual"`` (their difference).
+            ``"residual"`` (their difference, ``sum_k dL/dz_k d2 z_k``).
         bn_mode: ``"eval"`` (running statistics, PyHessian's convention) or ``"train"``
             (batch statistics, the authors' convention).
         l2: add ``l2 * I`` (the Hessian of ``l2/2 ||w||^2``); default 0, the data loss only.
+        output: which model output the loss is taken of (rule in
+            :mod:`flatness.hessian.checks`): default the tensor, a tuple's first element or a
+            mapping's ``"logits"``.
+
+    Raises:
+        FlatnessError: for any input that does not define one fixed Hessian (see
+            :func:`flatness.hessian.checks.check_model`).
 
     Attributes:
         hvps: how many vectors have been multiplied so far.
@@ -141,51 +83,36 @@ class HessianOperator:
         curvature: str = "hessian",
         bn_mode: str = "eval",
         l2: float = 0.0,
+        output: Output = None,
     ):
         if curvature not in CURVATURES:
             raise unknown("curvature", curvature, CURVATURES)
-        check_data(data, bn_mode)
         self.model, self.loss_fn, self.data = model, loss_fn, data
         self.curvature, self.bn_mode, self.l2 = curvature, bn_mode, float(l2)
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not named:
-            raise FlatnessError("the model has no parameters that require gradients")
+        self.output = output
+        # for one batch the Hessian's gradient graph is the one every product reuses: keep it
+        keep = curvature == "hessian" and is_batch(data)
+        named, grads = check_model(
+            model, loss_fn, data, bn_mode=bn_mode, output=output, create_graph=keep
+        )
         self.names = [n for n, _ in named]
         self.shapes = [p.shape for _, p in named]
         self.params = {n: p.detach() for n, p in named}
+        self._variables = [p for _, p in named]
         first = named[0][1]
         self.device, self.dtype = first.device, first.dtype
         self.size = sum(p.numel() for _, p in named)
-        self._graph = None  # the cached gradient graph of a single batch
+        self._graph = (self._variables, grads) if keep else None
+        if curvature == "residual" and is_batch(data):
+            with curvature_modes(model, bn_mode):
+                self._graph = self._gradient_graph(*next(batches(data, self.device))[:2])
         self.hvps = 0
         self.passes = 0
         self.seconds = 0.0
-        self._check_loss_and_gradients()
 
-    # -- validation -------------------------------------------------------------------------
-    def _check_loss_and_gradients(self) -> None:
-        first = next(batches(self.data, self.device), None)
-        if first is None or first[2] == 0:
-            raise FlatnessError("data is empty: the loader yields no examples")
-        x, y, _ = first
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        with curvature_modes(self.model, self.bn_mode):
-            loss = self.loss_fn(self.model(x), y)
-        if loss.dim() != 0:
-            raise FlatnessError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-        if not torch.isfinite(loss):
-            raise FlatnessError(f"the loss is {loss.item()} (not finite) at these parameters")
-        # for one batch this gradient graph is the one every Hessian product reuses: build it once
-        keep = self.curvature == "hessian" and _is_batch(self.data)
-        grads = torch.autograd.grad(loss, params, allow_unused=True, create_graph=keep)
-        unused = [n for n, g in zip(self.names, grads) if g is None]
-        if unused:
-            raise FlatnessError(
-                f"parameter(s) {', '.join(unused)} do not affect the loss, so their Hessian "
-                "rows are undefined here; freeze them (requires_grad=False) or remove them"
-            )
-        if keep:
-            self._graph = (params, grads)
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model output the loss is taken of (``output=``)."""
+        return select_output(self.model(x), self.output)
 
     # -- flat vectors -----------------------------------------------------------------------
     def flatten(self, tensors) -> torch.Tensor:
@@ -200,52 +127,59 @@ class HessianOperator:
 
     # -- products ---------------------------------------------------------------------------
     def _products(self, x: torch.Tensor, y: torch.Tensor, tangents: dict) -> torch.Tensor:
-        """GGN or residual products of one batch through ``torch.func``, as flat (k, P) rows."""
+        """GGN products of one batch through ``torch.func``, as flat (k, P) rows."""
         buffers = dict(self.model.named_buffers())
 
         def logits(params):
-            return functional_call(self.model, (params, buffers), (x,))
-
-        def loss(params):
-            return self.loss_fn(logits(params), y)
-
-        def hvp(v):
-            return jvp(grad(loss), (self.params,), (v,))[1]
+            return select_output(functional_call(self.model, (params, buffers), (x,)), self.output)
 
         def ggn(v):
             out, jv = jvp(logits, (self.params,), (v,))
             hjv = jvp(grad(lambda z: self.loss_fn(z, y)), (out,), (jv,))[1]
             return vjp(logits, self.params)[1](hjv)[0]
 
-        def residual(v):
-            h, g = hvp(v), ggn(v)
-            return {n: h[n] - g[n] for n in h}
-
-        product = {"hessian": hvp, "ggn": ggn, "residual": residual}[self.curvature]
-        out = vmap(product)(tangents)
+        out = vmap(ggn)(tangents)
         return self.flatten([out[k] for k in self.names])
 
     def _gradient_graph(self, x: torch.Tensor, y: torch.Tensor):
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(self.loss_fn(self.model(x), y), params, create_graph=True)
-        return params, grads
+        """The gradient (with its graph) whose derivative is the curvature: of the loss for the
+        Hessian; for the residual, of the loss linearised in the logits, ``<dL/dz, z(w)>`` with
+        ``dL/dz`` held fixed, whose Hessian is ``sum_k dL/dz_k d2 z_k``."""
+        z = self.logits(x)
+        if self.curvature == "residual":
+            dz = torch.autograd.grad(self.loss_fn(z, y), z, retain_graph=True)[0]
+            scalar = (dz.detach() * z).sum()
+        else:
+            scalar = self.loss_fn(z, y)
+        grads = torch.autograd.grad(scalar, self._variables, create_graph=True, allow_unused=True)
+        grads = [
+            g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self._variables)
+        ]
+        return self._variables, grads
 
     def _hessian_products(self, graph, vectors: torch.Tensor, *, keep: bool) -> torch.Tensor:
         """Double backward through a gradient graph, all vectors at once (``is_grads_batched``)."""
         params, grads = graph
         tangents = self.unflatten(vectors)
-        outputs = [tangents[n] for n in self.names]
+        # a gradient that does not depend on the parameters (a loss linear in them) adds nothing
+        live = [(g, tangents[n]) for g, n in zip(grads, self.names) if g.requires_grad]
+        if not live:
+            return torch.zeros_like(vectors)
         single = len(vectors) == 1
         hv = torch.autograd.grad(
-            grads,
+            [g for g, _ in live],
             params,
-            grad_outputs=[t[0] for t in outputs] if single else outputs,
+            grad_outputs=[t[0] if single else t for _, t in live],
             retain_graph=keep,
             is_grads_batched=not single,
             allow_unused=True,
             materialize_grads=True,
         )
-        return self.flatten([h[None] if single else h for h in hv])
+        lead = (1,) if single else (len(vectors),)
+        # parameters no live gradient reaches come back as unbatched zeros
+        return self.flatten(
+            [h.expand(*lead, *p.shape) if h.dim() == p.dim() else h for h, p in zip(hv, params)]
+        )
 
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H V`` for a (k, P) stack of vectors; one pass over the data for all k."""
@@ -255,8 +189,8 @@ class HessianOperator:
             )
         start = time.perf_counter()
         vectors = vectors.to(self.device, self.dtype)
-        if self.curvature == "hessian" and _is_batch(self.data):
-            # one batch: its gradient graph (built by the check) only needs a double backward
+        if self._graph is not None:
+            # one batch: its gradient graph (built once) only needs a double backward
             total = self._hessian_products(self._graph, vectors, keep=True)
         else:
             total = torch.zeros(vectors.shape, device=self.device, dtype=self.dtype)
@@ -264,7 +198,7 @@ class HessianOperator:
             tangents = self.unflatten(vectors)
             with curvature_modes(self.model, self.bn_mode):
                 for x, y, n in batches(self.data, self.device):
-                    if self.curvature == "hessian":
+                    if self.curvature != "ggn":
                         part = self._hessian_products(
                             self._gradient_graph(x, y), vectors, keep=False
                         )

@@ -16,15 +16,29 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flatness.hessian.operator import _is_batch, check_data
+from flatness.hessian.checks import Output, check_model, is_batch, select_output
 
 
 @contextlib.contextmanager
-def pyhessian_engine(model: nn.Module, loss_fn: Callable, data, *, seed: int = 0):
-    """A ``pyhessian.hessian`` on a batch or a DataLoader, cleaned up on exit."""
+def pyhessian_engine(
+    model: nn.Module, loss_fn: Callable, data, *, seed: int = 0, output: Output = None
+):
+    """A ``pyhessian.hessian`` on a batch or a DataLoader, cleaned up on exit.
+
+    The same checks as flatness's own functions run first (PyHessian's own failures are bare
+    assertions); PyHessian's convention is BatchNorm in eval mode, and its variables are the
+    parameters with ``requires_grad``, as flatness's are.
+
+    Raises:
+        FlatnessError: for any input :func:`flatness.hessian.checks.check_model` refuses.
+    """
     from pyhessian import hessian as PyHessian
 
-    check_data(data)
+    check_model(model, loss_fn, data, bn_mode="eval", output=output)
+
+    def criterion(outputs, targets):
+        return loss_fn(select_output(outputs, output), targets)
+
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     saved = [(m, m.training) for m in model.modules()]
@@ -34,13 +48,13 @@ def pyhessian_engine(model: nn.Module, loss_fn: Callable, data, *, seed: int = 0
             # its backward(create_graph=True) warns of a reference cycle, which we break below
             warnings.filterwarnings("ignore", message=".*create_graph=True.*")
             torch.manual_seed(seed)
-            if _is_batch(data):
+            if is_batch(data):
                 inputs, targets = data
                 engine = PyHessian(
-                    model, loss_fn, data=(inputs.to(device), targets.to(device)), cuda=cuda
+                    model, criterion, data=(inputs.to(device), targets.to(device)), cuda=cuda
                 )
             else:
-                engine = PyHessian(model, loss_fn, dataloader=data, cuda=cuda)
+                engine = PyHessian(model, criterion, dataloader=data, cuda=cuda)
             yield engine
     finally:
         model.zero_grad(set_to_none=True)  # drops the create_graph gradients, freeing the graph
@@ -48,11 +62,14 @@ def pyhessian_engine(model: nn.Module, loss_fn: Callable, data, *, seed: int = 0
             m.training = training
 
 
-def pyhessian_hvp(model: nn.Module, loss_fn: Callable, data, vector: torch.Tensor) -> torch.Tensor:
-    """PyHessian's Hessian-vector product for one flat vector (parameters in model order)."""
+def pyhessian_hvp(
+    model: nn.Module, loss_fn: Callable, data, vector: torch.Tensor, *, output: Output = None
+) -> torch.Tensor:
+    """PyHessian's Hessian-vector product for one flat (P,) vector (trainable parameters in
+    model order); returns (P,). Raises FlatnessError where flatness's own checks do."""
     from pyhessian.utils import hessian_vector_product
 
-    with pyhessian_engine(model, loss_fn, data) as engine:
+    with pyhessian_engine(model, loss_fn, data, output=output) as engine:
         pieces = torch.split(vector.to(engine.params[0]), [p.numel() for p in engine.params])
         v = [t.reshape(p.shape) for t, p in zip(pieces, engine.params)]
         if engine.full_dataset:
@@ -81,10 +98,14 @@ def pyhessian_estimate(
     max_iter: int = 100,
     tol: float = 1e-3,
     seed: int = 0,
+    output: Output = None,
 ) -> PyHessianEstimate:
-    """PyHessian's power-iteration top eigenvalue and Hutchinson trace, run as it ships."""
+    """PyHessian's power-iteration top eigenvalue and Hutchinson trace, run as it ships.
+
+    Raises FlatnessError where flatness's own checks do (before PyHessian runs).
+    """
     start = time.perf_counter()
-    with pyhessian_engine(model, loss_fn, data, seed=seed) as engine:
+    with pyhessian_engine(model, loss_fn, data, seed=seed, output=output) as engine:
         eigenvalues, _ = engine.eigenvalues(maxIter=max_iter, tol=tol, top_n=1)
         samples = engine.trace(maxIter=max_iter, tol=tol)
     return PyHessianEstimate(
