@@ -1,14 +1,19 @@
 """Hessians of a model's mean data loss: exact answers, fast estimators, and PyHessian beside them.
 
 Every function takes any ``torch.nn.Module``, a mean-reduced loss ``loss_fn(outputs, targets)``
-and ``data``: an ``(inputs, targets)`` batch, or a DataLoader whose full pass is one operator.
-The options shared by the estimators:
+and ``data``: an ``(inputs, targets)`` batch, or a DataLoader whose every pass covers the same
+examples. The variables are the parameters with ``requires_grad``; frozen parameters are
+constants. Input that defines no fixed Hessian (random sampling or augmentation, a sum-reduced
+loss, mismatched dtypes, unused parameters) is refused with a FlatnessError before any work
+(:mod:`flatness.hessian.checks`). The options shared by the estimators:
 
 - ``curvature``: ``"hessian"`` (default), ``"ggn"`` (the generalised Gauss-Newton part
   ``J^T H_z J``) or ``"residual"`` (the rest, Hessian minus GGN);
 - ``bn_mode``: BatchNorm with running statistics (``"eval"``, PyHessian's convention) or with
   each batch's statistics (``"train"``, the authors'); the model's modes are restored after;
-- ``l2``: add ``l2 * I``, the Hessian of ``l2/2 ||w||^2`` (default 0: the data loss alone).
+- ``l2``: add ``l2 * I``, the Hessian of ``l2/2 ||w||^2`` (default 0: the data loss alone);
+- ``output``: which model output the loss is taken of, for models returning a tuple or a
+  dict (default: the tensor, a tuple's first element, a mapping's ``"logits"``).
 
 The L2 term is never part of "the Hessian" unless ``l2`` is given.
 """
@@ -19,6 +24,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from flatness.hessian.checks import Output
 from flatness.hessian.exact import (
     MAX_EXACT_PARAMS,
     Measures,
@@ -28,6 +34,7 @@ from flatness.hessian.exact import (
     softmax_regression_hessian,
     weight_norm,
 )
+from flatness.hessian.gauss_newton import ggn_trace
 from flatness.hessian.lanczos import Eigenpairs, SpectralDensity, lanczos_density, lanczos_top
 from flatness.hessian.operator import BN_MODES, CURVATURES, HessianOperator
 from flatness.hessian.reference import PyHessianEstimate, pyhessian_estimate, pyhessian_hvp
@@ -47,6 +54,7 @@ __all__ = [
     "SpectralDensity",
     "exact_hessian",
     "frobenius_norm",
+    "ggn_trace",
     "hessian_rank",
     "pyhessian_estimate",
     "pyhessian_hvp",
@@ -56,6 +64,12 @@ __all__ = [
     "trace",
     "weight_norm",
 ]
+
+
+def _operator(model, loss_fn, data, curvature, bn_mode, l2, output) -> HessianOperator:
+    return HessianOperator(
+        model, loss_fn, data, curvature=curvature, bn_mode=bn_mode, l2=l2, output=output
+    )
 
 
 def top_eigenvalues(
@@ -68,56 +82,90 @@ def top_eigenvalues(
     seed: int = 0,
     max_steps: int | None = None,
     eigenvectors: bool = False,
+    block: int | None = None,
     curvature: str = "hessian",
     bn_mode: str = "eval",
     l2: float = 0.0,
+    output: Output = None,
 ) -> Eigenpairs:
-    """The ``k`` largest (algebraic) eigenvalues by Lanczos with full reorthogonalisation.
+    """The ``k`` largest (algebraic) eigenvalues by block Lanczos, repeated ones included.
 
     Converged when each Ritz pair's residual ``||H y - theta y||`` is at most ``tol * |theta|``.
-    See :func:`flatness.hessian.lanczos.lanczos_top`.
+    See :func:`flatness.hessian.lanczos.lanczos_top`; raises FlatnessError on bad input.
     """
-    op = HessianOperator(model, loss_fn, data, curvature=curvature, bn_mode=bn_mode, l2=l2)
-    return lanczos_top(op, k, tol, seed=seed, max_steps=max_steps, eigenvectors=eigenvectors)
+    op = _operator(model, loss_fn, data, curvature, bn_mode, l2, output)
+    return lanczos_top(
+        op, k, tol, seed=seed, max_steps=max_steps, eigenvectors=eigenvectors, block=block
+    )
 
 
 def trace(
     model: nn.Module,
     loss_fn: Callable,
     data,
-    probes: int = 60,
+    probes: int | None = None,
     *,
+    rtol: float = 0.01,
+    max_probes: int = 1000,
     seed: int = 0,
-    method: str = "hutch++",
-    batch: int = 16,
+    method: str = "auto",
+    batch: int = 32,
     curvature: str = "hessian",
     bn_mode: str = "eval",
     l2: float = 0.0,
+    output: Output = None,
 ) -> Estimate:
-    """``Tr H`` from ``probes`` Hessian-vector products (Hutch++ by default), with a standard error.
+    """``Tr H`` with a standard error, to a requested relative standard error ``rtol``.
 
-    ``batch`` products share one pass over the data.
+    By default (``probes=None``) probes are drawn in blocks of ``batch`` (one pass over the
+    data each) until the standard error is at most ``rtol`` times the estimate, or until
+    ``max_probes`` (then ``converged=False``). A number of ``probes`` fixes the budget instead.
+
+    Methods: ``"auto"`` (default) starts with a block of ``batch`` Hutchinson probes and
+    keeps sampling them when their spread says at most four times as many reach ``rtol``
+    (a dominant diagonal); otherwise it reuses the block's products as Hutch++'s sketch and
+    probes only the deflated rest (a few dominant eigenvalues). With a fixed budget it is
+    Hutch++. ``"ggn+hutchinson"`` takes the Gauss-Newton part's trace exactly from K
+    per-example Jacobian products (:func:`flatness.hessian.gauss_newton.ggn_trace`) and
+    probes only the residual, which is small near a minimum; it needs BatchNorm in eval mode
+    and a per-example mean loss. ``"hutchinson"`` and ``"hutch++"`` force one estimator. The
+    returned ``method`` says which ran; ``probes`` counts the random probes behind
+    ``stderr`` and ``hvps`` every product (sketches included, per-example GGN products not).
+
+    Raises:
+        FlatnessError: bad options (the valid ones named) or input the checks refuse.
     """
-    op = HessianOperator(model, loss_fn, data, curvature=curvature, bn_mode=bn_mode, l2=l2)
-    return trace_estimate(op, probes, method=method, batch=batch, seed=seed)
+    op = _operator(model, loss_fn, data, curvature, bn_mode, l2, output)
+    return trace_estimate(
+        op, probes, rtol=rtol, max_probes=max_probes, method=method, batch=batch, seed=seed
+    )
 
 
 def frobenius_norm(
     model: nn.Module,
     loss_fn: Callable,
     data,
-    probes: int = 60,
+    probes: int | None = None,
     *,
+    rtol: float = 0.01,
+    max_probes: int = 1000,
     seed: int = 0,
-    method: str = "hutch++",
-    batch: int = 16,
+    method: str = "auto",
+    batch: int = 32,
     curvature: str = "hessian",
     bn_mode: str = "eval",
     l2: float = 0.0,
+    output: Output = None,
 ) -> Estimate:
-    """``||H||_F = sqrt(Tr H^2)`` from ``probes`` products (``E ||H z||^2`` for Rademacher z)."""
-    op = HessianOperator(model, loss_fn, data, curvature=curvature, bn_mode=bn_mode, l2=l2)
-    return frobenius_estimate(op, probes, method=method, batch=batch, seed=seed)
+    """``||H||_F = sqrt(Tr H^2)`` from ``E ||H z||^2`` (Rademacher z), with a standard error.
+
+    Stopping and methods as for :func:`trace` (without ``"ggn+hutchinson"``); ``rtol`` bounds
+    the relative standard error of the norm itself.
+    """
+    op = _operator(model, loss_fn, data, curvature, bn_mode, l2, output)
+    return frobenius_estimate(
+        op, probes, rtol=rtol, max_probes=max_probes, method=method, batch=batch, seed=seed
+    )
 
 
 def spectral_density(
@@ -131,6 +179,7 @@ def spectral_density(
     curvature: str = "hessian",
     bn_mode: str = "eval",
     l2: float = 0.0,
+    output: Output = None,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature: ``steps`` Lanczos steps from each of ``probes`` starts.
 
@@ -138,5 +187,5 @@ def spectral_density(
     the bases, plus the work space of ``probes`` simultaneous products; measured figures are in
     :func:`flatness.hessian.lanczos.lanczos_density`.
     """
-    op = HessianOperator(model, loss_fn, data, curvature=curvature, bn_mode=bn_mode, l2=l2)
+    op = _operator(model, loss_fn, data, curvature, bn_mode, l2, output)
     return lanczos_density(op, steps, probes, seed=seed)

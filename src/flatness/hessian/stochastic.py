@@ -1,11 +1,16 @@
-"""Randomised trace estimators with a fixed budget and a standard error.
+"""Randomised trace estimators that stop at a requested relative standard error.
 
-Hutchinson: ``Tr A = E[z^T A z]`` for Rademacher ``z``; its variance is ``2 (||A||_F^2 - sum a_ii^2)``
-per probe. Hutch++ (Meyer, Musco, Musco and Woodruff, 2021) spends a third of the budget on a
-sketch ``Q`` of A's range, takes ``Tr(Q^T A Q)`` exactly and Hutchinson only on the deflated rest,
-which for the fast-decaying spectra of Hessians leaves a far smaller variance at equal cost.
+Hutchinson: ``Tr A = E[z^T A z]`` for Rademacher ``z``; its variance is
+``2 (||A||_F^2 - sum a_ii^2)`` per probe, small when the diagonal dominates. Hutch++ (Meyer,
+Musco, Musco and Woodruff, 2021) sketches A's range with ``s`` products, takes ``Tr(Q^T A Q)``
+exactly (``s`` more) and Hutchinson only on the deflated rest, which wins when a few
+eigenvalues dominate. For the Hessian's trace the Gauss-Newton part is taken exactly
+(:mod:`flatness.hessian.gauss_newton`) and only the residual is probed.
 
 Applied to ``A = H`` (trace) and ``A = H^2`` (squared Frobenius norm, as ``||H z||^2``).
+Probes go through the operator in blocks (one pass over the data per block); with ``rtol``
+the next block is sized from the spread so far, and sampling stops once the standard error is
+at most ``rtol`` times the estimate (after at least ``MIN_PROBES``), or at ``max_probes``.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import torch
 from flatness.errors import FlatnessError, unknown
 from flatness.hessian.operator import HessianOperator
 
-METHODS = ("hutch++", "hutchinson")
+METHODS = ("auto", "hutchinson", "hutch++", "ggn+hutchinson")
+#: fewest random probes behind a reported standard error
+MIN_PROBES = 16
 
 
 @dataclass(frozen=True)
@@ -29,84 +36,235 @@ class Estimate:
 
     estimate: float
     stderr: float
+    #: the estimator used ("hutchinson", "hutch++" or "ggn+hutchinson")
     method: str
-    #: Hessian-vector products spent
+    #: Hessian-vector products spent (random probes, sketch and exact products)
     hvps: int
     #: passes over the data
     passes: int
     seconds: float
+    #: random probes behind the standard error
+    probes: int = 0
+    #: whether the requested relative standard error was reached (always True for a budget)
+    converged: bool = True
+    #: the part of the estimate computed without randomness (Hutch++'s sketch, the GGN trace)
+    exact_part: float = 0.0
+
+
+Quadratic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _products(op: HessianOperator, vectors: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([op.matmat(v) for v in vectors.split(batch)])
 
 
-def _sample_stats(samples: torch.Tensor) -> tuple[float, float]:
-    n = len(samples)
-    se = samples.std().item() / math.sqrt(n) if n > 1 else math.inf
-    return samples.mean().item(), se
+def _stats(samples: list[float]) -> tuple[float, float, float]:
+    t = torch.tensor(samples, dtype=torch.float64)
+    n = len(t)
+    sd = t.std().item() if n > 1 else math.inf
+    return t.mean().item(), sd / math.sqrt(n), sd
+
+
+def _sample(op, quadratic, project, *, exact, probes, rtol, max_probes, batch, gen, initial=()):
+    """Hutchinson samples of ``quadratic`` on (projected) Rademacher probes, after ``initial``
+    ones: a fixed number ``probes``, or adaptively until the relative standard error of
+    ``exact + mean`` is at most ``rtol``. Returns (mean, stderr, samples used, converged)."""
+    samples: list[float] = list(initial)
+    target = probes if probes is not None else max(MIN_PROBES, len(samples))
+    while True:
+        count = min(target, max_probes) - len(samples)
+        if count > 0:
+            z = project(op.rademacher(count, gen))
+            samples += quadratic(z, _products(op, z, batch)).double().tolist()
+        mean, se, sd = _stats(samples)
+        if probes is not None:
+            return mean, se, len(samples), True
+        value = abs(exact + mean)
+        if se <= rtol * value:
+            return mean, se, len(samples), True
+        if len(samples) >= max_probes:
+            return mean, se, len(samples), False
+        # probes the spread says are still needed, plus a tenth, in blocks of ``batch``
+        need = (sd / (rtol * value)) ** 2 if value > 0 else math.inf
+        more = min(max(need * 1.1 - len(samples), 1), 4 * batch)
+        target = len(samples) + batch * math.ceil(more / batch)
 
 
 def estimate_trace_of(
     op: HessianOperator,
-    quadratic: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    probes: int,
+    quadratic: Quadratic,
     *,
-    method: str = "hutch++",
-    batch: int = 16,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """``Tr A`` where ``quadratic(Z, HZ)`` gives ``z^T A z`` for each row of Z; (estimate, stderr).
+    method: str,
+    probes: int | None,
+    rtol: float,
+    max_probes: int,
+    batch: int,
+    seed: int,
+    exact: float = 0.0,
+):
+    """``exact + Tr A`` where ``quadratic(Z, HZ)`` gives ``z^T A z`` for each row of Z.
 
-    ``probes`` is the budget in products with H.
+    ``method`` is "hutchinson", "hutch++" or "auto": a first block of Hutchinson probes, kept
+    when its spread says at most four times as many reach ``rtol``, and otherwise reused as
+    Hutch++'s sketch. Returns (estimate, stderr, method, random probes, converged, exact part).
     """
+    gen = torch.Generator().manual_seed(seed)
+    if method == "auto" and probes is not None:
+        method = "hutch++"  # a fixed budget: nothing to choose from as it samples
+    common = dict(rtol=rtol, max_probes=max_probes, batch=batch, gen=gen)
+    initial: list[float] = []
+    if method == "auto":
+        pilot = max(MIN_PROBES, batch)
+        z = op.rademacher(pilot, gen)
+        hz = _products(op, z, batch)
+        initial = quadratic(z, hz).double().tolist()
+        mean, _, sd = _stats(initial)
+        value = abs(exact + mean)
+        method = "hutchinson" if value > 0 and (sd / (rtol * value)) ** 2 <= 4 * pilot else "auto"
+    if method == "hutchinson":
+        mean, se, n, ok = _sample(
+            op, quadratic, lambda z: z, exact=exact, probes=probes, initial=initial, **common
+        )
+        return exact + mean, se, "hutchinson", n, ok, exact
+    if method == "auto":
+        sketch = hz  # many probes would be needed: the pilot's products sketch the range
+    else:
+        if probes is not None:
+            size = probes // 3
+            probes -= 2 * size
+        else:
+            size = max(MIN_PROBES, batch)
+        sketch = _products(op, op.rademacher(size, gen), batch)
+    q, _ = torch.linalg.qr(sketch.double().T)  # (P, s), orthonormal
+    rows = q.T.to(sketch)
+    exact_part = exact + quadratic(rows, _products(op, rows, batch)).double().sum().item()
+
+    def deflate(g):
+        g = g.double()
+        return (g - (g @ q) @ q.T).to(sketch)
+
+    mean, se, n, ok = _sample(op, quadratic, deflate, exact=exact_part, probes=probes, **common)
+    return exact_part + mean, se, "hutch++", n, ok, exact_part
+
+
+def _check(method, probes, rtol, max_probes, batch):
     if method not in METHODS:
         raise unknown("method", method, METHODS)
-    if not isinstance(probes, int) or probes < (3 if method == "hutch++" else 1):
-        need = 3 if method == "hutch++" else 1
+    least = 3 if method in ("hutch++", "auto") else 2
+    if probes is not None and (
+        not isinstance(probes, int) or isinstance(probes, bool) or probes < least
+    ):
         raise FlatnessError(
-            f"probes must be an integer of at least {need} for {method}, got {probes!r}"
+            f"probes must be an integer of at least {least} for {method}, or None to stop at "
+            f"rtol; got {probes!r}"
         )
-    gen = torch.Generator().manual_seed(seed)
-    if method == "hutchinson":
-        z = op.rademacher(probes, gen)
-        samples = quadratic(z, _products(op, z, batch)).double()
-        return _sample_stats(samples)
-    sketch = probes // 3
-    rest = probes - 2 * sketch
-    s = op.rademacher(sketch, gen)
-    q, _ = torch.linalg.qr(_products(op, s, batch).double().T)  # (P, sketch), orthonormal
-    q_rows = q.T.to(s)
-    exact_part = quadratic(q_rows, _products(op, q_rows, batch)).double().sum().item()
-    g = op.rademacher(rest, gen).double()
-    g = (g - (g @ q) @ q.T).to(s)  # deflated probes (I - Q Q^T) g
-    mean, se = _sample_stats(quadratic(g, _products(op, g, batch)).double())
-    return exact_part + mean, se
+    if not isinstance(rtol, (int, float)) or not 0 < rtol < 1:
+        raise FlatnessError(f"rtol must be a number between 0 and 1, got {rtol!r}")
+    if not isinstance(max_probes, int) or max_probes < MIN_PROBES:
+        raise FlatnessError(f"max_probes must be an integer of at least {MIN_PROBES}")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise FlatnessError(f"batch must be a positive integer, got {batch!r}")
 
 
-def _estimate(op: HessianOperator, quadratic, probes, *, method, batch, seed):
-    """(value, stderr, work) for ``Tr A`` with ``z^T A z = quadratic(z, Hz)``; work as in Estimate."""
+def _run(op, quadratic, *, exact=0.0, extra_hvps=0, **kwargs) -> Estimate:
     start, hvps0, passes0 = time.perf_counter(), op.hvps, op.passes
-    value, se = estimate_trace_of(op, quadratic, probes, method=method, batch=batch, seed=seed)
-    return value, se, (method, op.hvps - hvps0, op.passes - passes0, time.perf_counter() - start)
+    value, se, method, n, ok, exact_part = estimate_trace_of(op, quadratic, exact=exact, **kwargs)
+    return Estimate(
+        estimate=value,
+        stderr=se,
+        method=method,
+        hvps=op.hvps - hvps0 + extra_hvps,
+        passes=op.passes - passes0,
+        seconds=time.perf_counter() - start,
+        probes=n,
+        converged=ok,
+        exact_part=exact_part,
+    )
+
+
+def _quadratic_form(z, hz):
+    return (z * hz).sum(dim=1)
 
 
 def trace_estimate(
-    op: HessianOperator, probes: int = 60, *, method="hutch++", batch=16, seed=0
+    op: HessianOperator,
+    probes: int | None = None,
+    *,
+    rtol: float = 0.01,
+    max_probes: int = 1000,
+    method: str = "auto",
+    batch: int = 32,
+    seed: int = 0,
 ) -> Estimate:
-    """``Tr H`` with a fixed budget of ``probes`` products."""
-    value, se, work = _estimate(
-        op, lambda z, hz: (z * hz).sum(dim=1), probes, method=method, batch=batch, seed=seed
-    )
-    return Estimate(value, se, *work)
+    """``Tr H``: a fixed budget of ``probes`` products, or (``probes=None``) until the standard
+    error is at most ``rtol`` times the estimate. See :func:`flatness.hessian.trace`."""
+    _check(method, probes, rtol, max_probes, batch)
+    kwargs = dict(probes=probes, rtol=rtol, max_probes=max_probes, batch=batch, seed=seed)
+    if method == "ggn+hutchinson" and op.curvature == "hessian":
+        from flatness.hessian.gauss_newton import ggn_trace
+
+        start = time.perf_counter()
+        exact = ggn_trace(op.model, op.loss_fn, op.data, bn_mode=op.bn_mode, output=op.output)
+        residual = HessianOperator(
+            op.model,
+            op.loss_fn,
+            op.data,
+            curvature="residual",
+            bn_mode=op.bn_mode,
+            output=op.output,
+        )
+        est = _run(
+            residual,
+            _quadratic_form,
+            exact=exact + op.l2 * op.size,
+            method="hutchinson",
+            **kwargs,
+        )
+        return Estimate(
+            **{**est.__dict__, "method": method, "seconds": time.perf_counter() - start}
+        )
+    elif method == "ggn+hutchinson":
+        raise FlatnessError(
+            f"method='ggn+hutchinson' splits the Hessian itself; curvature={op.curvature!r} "
+            "needs 'hutchinson', 'hutch++' or 'auto'"
+        )
+    return _run(op, _quadratic_form, method=method, **kwargs)
 
 
 def frobenius_estimate(
-    op: HessianOperator, probes: int = 60, *, method="hutch++", batch=16, seed=0
+    op: HessianOperator,
+    probes: int | None = None,
+    *,
+    rtol: float = 0.01,
+    max_probes: int = 1000,
+    method: str = "auto",
+    batch: int = 32,
+    seed: int = 0,
 ) -> Estimate:
-    """``||H||_F = sqrt(Tr H^2)``; the standard error follows by the delta method."""
-    value, se, work = _estimate(
-        op, lambda z, hz: (hz * hz).sum(dim=1), probes, method=method, batch=batch, seed=seed
+    """``||H||_F = sqrt(Tr H^2)`` from ``||H z||^2``; ``rtol`` bounds the relative standard
+    error of the norm (half that of ``Tr H^2``, by the delta method)."""
+    if method == "ggn+hutchinson":
+        raise FlatnessError(
+            "method='ggn+hutchinson' is for the trace; use 'auto', 'hutchinson' or 'hutch++'"
+        )
+    _check(method, probes, rtol, max_probes, batch)
+    est = _run(
+        op,
+        lambda z, hz: (hz * hz).sum(dim=1),
+        probes=probes,
+        rtol=2 * rtol,
+        max_probes=max_probes,
+        batch=batch,
+        seed=seed,
+        method=method,
     )
-    root = math.sqrt(max(value, 0.0))
-    return Estimate(root, se / (2 * root) if root > 0 else math.inf, *work)
+    root = math.sqrt(max(est.estimate, 0.0))
+    se = est.stderr / (2 * root) if root > 0 else math.inf
+    return Estimate(
+        **{
+            **est.__dict__,
+            "estimate": root,
+            "stderr": se,
+            "exact_part": math.sqrt(max(est.exact_part, 0.0)),
+        }
+    )

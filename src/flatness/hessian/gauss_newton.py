@@ -1,0 +1,117 @@
+"""The exact trace of the generalised Gauss-Newton matrix from per-example Jacobian products.
+
+For a mean loss ``L = (1/N) sum_i l(z_i, y_i)`` with logits ``z_i = f(w, x_i)``, the GGN is
+``G = (1/N) sum_i J_i^T H_i J_i`` with ``H_i = d2 l / dz_i^2`` (K x K). Writing
+``H_i = sum_c lambda_ic u_ic u_ic^T``,
+
+    Tr G = (1/N) sum_i sum_c lambda_ic ||J_i^T u_ic||^2,
+
+which takes K vector-Jacobian products per example and no random probes: the same per-example
+quantities BackPACK computes for its exact GGN diagonal (Dangel, Kunstner and Hennig, 2020).
+Only the residual ``H - G`` is then left to a randomised estimator; near a minimum of the
+cross-entropy it is small, because it is weighted by ``dL/dz = p - y``.
+
+Applicable when each example's logits depend on that example alone (BatchNorm in eval mode,
+not with batch statistics) and the loss is a mean of per-example terms; otherwise
+:func:`ggn_trace` raises :class:`NotSeparable` and the caller falls back to probes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, vjp, vmap
+
+from flatness.errors import FlatnessError
+from flatness.hessian.checks import Output, batches, curvature_modes, select_output
+
+#: beyond this many logits per example the K products per example cost more than probes
+MAX_LOGITS = 64
+
+
+class NotSeparable(FlatnessError):
+    """The GGN trace cannot be taken example by example for this model, loss or mode."""
+
+
+def _has_batch_statistics(model: nn.Module, bn_mode: str) -> bool:
+    batch_norms = nn.modules.batchnorm._BatchNorm
+    return bn_mode == "train" and any(isinstance(m, batch_norms) for m in model.modules())
+
+
+def ggn_trace(
+    model: nn.Module,
+    loss_fn: Callable,
+    data,
+    *,
+    bn_mode: str = "eval",
+    output: Output = None,
+    chunk_bytes: int = 2**27,
+) -> float:
+    """``Tr G`` of the mean data loss, exactly (float64 accumulation), over the trainable
+    parameters.
+
+    Args:
+        model, loss_fn, data, bn_mode, output: as for :class:`HessianOperator`.
+        chunk_bytes: examples are processed in chunks whose K x P per-example products fit in
+            about this many bytes.
+
+    Raises:
+        NotSeparable: BatchNorm with batch statistics, more than ``MAX_LOGITS`` logits per
+            example, a loss that is not a mean of per-example terms, or a model that
+            ``torch.func.vmap`` cannot run one example at a time.
+    """
+    if _has_batch_statistics(model, bn_mode):
+        raise NotSeparable("with bn_mode='train' an example's logits depend on its whole batch")
+    named = [(n, p.detach()) for n, p in model.named_parameters() if p.requires_grad]
+    params = dict(named)
+    device = named[0][1].device
+    total, examples = 0.0, 0
+    with curvature_modes(model, bn_mode), torch.no_grad():
+        for x, y, n in batches(data, device):
+            total += _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes)
+            examples += n
+    return total / examples
+
+
+def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
+    """``sum_i sum_c lambda_ic ||J_i^T u_ic||^2`` over one batch's examples."""
+    buffers = dict(model.named_buffers())
+    size = sum(p.numel() for p in params.values())
+    z = select_output(model(x), output).detach()
+    n, shape = len(z), z.shape[1:]
+    k = math.prod(shape)
+    if k > MAX_LOGITS:
+        raise NotSeparable(f"{k} logits per example (more than {MAX_LOGITS})")
+
+    def example_loss(zi, yi):
+        return loss_fn(zi.reshape(1, *shape), yi[None])
+
+    with torch.enable_grad():
+        per_example = vmap(example_loss)(z.reshape(n, k), y)
+        if not torch.allclose(per_example.mean(), loss_fn(z, y), rtol=1e-4, atol=1e-7):
+            raise NotSeparable("the loss is not a mean of per-example terms")
+        curvature = vmap(torch.func.hessian(example_loss))(z.reshape(n, k), y)
+    lam, u = torch.linalg.eigh(curvature.double())  # (n, k), (n, k, k)
+    u = u.to(z.dtype)
+
+    def logits(p, xi):
+        return select_output(functional_call(model, (p, buffers), (xi[None],)), output).reshape(-1)
+
+    def norms(xi, ui):
+        with torch.enable_grad():
+            _, pull = vjp(lambda p: logits(p, xi), params)
+            rows = vmap(pull)(ui.T)[0]  # each (k, *shape): J^T u_c for every c
+        return sum(r.reshape(k, -1).square().sum(dim=1) for r in rows.values())
+
+    chunk = max(1, chunk_bytes // (k * size * z.element_size()))
+    total = 0.0
+    for s in range(0, n, chunk):
+        try:
+            sq = vmap(norms)(x[s : s + chunk], u[s : s + chunk])  # (c, k)
+        except (RuntimeError, NotImplementedError) as err:
+            raise NotSeparable(f"the model cannot run one example at a time ({err})") from err
+        total += (lam[s : s + chunk] * sq.double()).sum().item()
+    return total
