@@ -56,6 +56,13 @@ def _as_float(name: str, value: object, *, minimum: float | None = None) -> floa
     return value
 
 
+def _as_rtol(name: str, value: object) -> float:
+    value = _as_float(name, value)
+    if not 0 < value < 1:
+        raise FlatnessError(f"{name} must be between 0 and 1, got {value}")
+    return value
+
+
 def _as_tuple(name: str, value: object, convert) -> tuple:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
@@ -201,14 +208,20 @@ class EstimatorSettings:
     lr: float = 0.1
     weight_decay: float = 0.0
     top_k: int = 5
+    #: relative standard errors at which the adaptive trace and Frobenius estimators stop
+    rtols: tuple[float, ...] = (0.1, 0.03, 0.01)
+    #: the adaptive estimators give up (``converged=False``) after this many random probes
+    max_probes: int = 1000
 
-    def with_overrides(self, *, dataset=None, seeds=None):
-        """Replace the data set or the seeds of the randomised estimators."""
+    def with_overrides(self, *, dataset=None, seeds=None, rtols=None):
+        """Replace the data set, the seeds of the randomised estimators or the ``rtols``."""
         changes = {}
         if dataset is not None:
             changes["dataset"] = _check_choice("dataset", dataset, DATASETS)
         if seeds is not None:
             changes["seeds"] = _as_tuple("seeds", seeds, lambda n, v: _as_int(n, v, minimum=0))
+        if rtols is not None:
+            changes["rtols"] = _as_tuple("rtols", rtols, _as_rtol)
         return dataclasses.replace(self, **changes)
 
 
@@ -247,6 +260,8 @@ PROFILES: dict[str, Profile] = {
             seeds=(0, 1),
             slq_steps=8,
             slq_probes=2,
+            rtols=(0.1, 0.03),
+            max_probes=256,
         ),
     ),
     "cpu": Profile(

@@ -1,12 +1,14 @@
 """The chapter "Can we trust the estimates?": every estimator against the exact Hessian.
 
 A small MLP on real data is trained (and cached) once; its exact Hessian gives the truth that
-Lanczos, Hutchinson, Hutch++, SLQ and PyHessian are measured against, HVP for HVP.
+Lanczos, Hutchinson, Hutch++ (on a fixed budget and stopping at a requested precision), SLQ
+and PyHessian are measured against, HVP for HVP.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,22 +68,26 @@ def problem(settings: EstimatorSettings, *, data_root=None, device=None, progres
 
 
 def eigenvalue_convergence(p: Problem, budgets, k: int = 5, *, seed: int = 0) -> pd.DataFrame:
-    """Relative error of the top-1 and the k-th eigenvalue against HVPs: Lanczos and PyHessian.
+    """Relative error of the top-1 and the worst of the top-k eigenvalues against HVPs.
 
-    Lanczos errors come from one run's Ritz values after each step. PyHessian's power iteration
-    runs with ``tol=0`` (so it never stops early) for each budget; its top-k runs ``budget``
-    iterations per eigenvalue, k x budget HVPs in all.
+    Lanczos: one run per column, its Ritz values after each block step. The top-1 run has a
+    single vector (``k=1``); the top-k run a block of k, so row j (from 0) of its history has
+    cost ``(j + 1) k`` products. PyHessian's power iteration runs with ``tol=0`` (so it never
+    stops early) for each budget; its top-k runs ``budget`` iterations per eigenvalue, k x
+    budget HVPs in all. Each row fills one of the columns ``top-1`` and ``top-{k}``.
     """
     truth = p.eigenvalues.flip(0)[:k].double()
-    lanczos = H.top_eigenvalues(
-        p.model, ce, p.data, k=k, tol=1e-12, seed=seed, max_steps=max(budgets)
-    )
+    columns = dict.fromkeys(((1, "top-1"), (k, f"top-{k}")))  # one column when k == 1
     rows = []
-    for step, values in enumerate(lanczos.history, start=1):
-        rel = ((values - truth).abs() / truth.abs()).tolist()
-        rows.append({"method": "Lanczos", "hvps": step, "top-1": rel[0], f"top-{k}": max(rel)})
+    for n, column in columns:
+        run = H.top_eigenvalues(
+            p.model, ce, p.data, k=n, tol=1e-12, seed=seed, max_steps=max(budgets)
+        )
+        for j, values in enumerate(run.history):
+            rel = ((values - truth[:n]).abs() / truth[:n].abs()).max().item()  # NaN until n
+            rows.append({"method": "Lanczos", "hvps": (j + 1) * n, column: rel})
     for budget in budgets:
-        for top_n, column in ((1, "top-1"), (k, f"top-{k}")):
+        for top_n, column in columns:
             with pyhessian_engine(p.model, ce, p.data, seed=seed) as engine:
                 values, _ = engine.eigenvalues(maxIter=budget, tol=0.0, top_n=top_n)
             values = torch.tensor(sorted(values, reverse=True), dtype=torch.float64)
@@ -92,17 +98,28 @@ def eigenvalue_convergence(p: Problem, budgets, k: int = 5, *, seed: int = 0) ->
     return pd.DataFrame(rows)
 
 
+#: the fixed-budget estimators compared HVP for HVP
+FIXED_METHODS = ("hutchinson", "hutch++")
+#: the methods each adaptive measure offers
+ADAPTIVE_METHODS = {
+    "trace": ("auto", "hutchinson", "hutch++", "ggn+hutchinson"),
+    "frobenius": ("auto", "hutchinson", "hutch++"),
+}
+
+
+def _measures(p: Problem):
+    return (("trace", H.trace, p.trace), ("frobenius", H.frobenius_norm, p.frobenius))
+
+
 def trace_convergence(p: Problem, budgets, seeds) -> pd.DataFrame:
-    """Mean |relative error| and mean reported relative standard error of each trace method."""
+    """Mean |relative error| and mean reported relative standard error of Hutchinson and
+    Hutch++ at each fixed budget of HVPs, for the trace and the Frobenius norm."""
     rows = []
-    for method in H.METHODS:
+    for method in FIXED_METHODS:
         for budget in budgets:
             if method == "hutch++" and budget < 3:
                 continue
-            for measure, fn, truth in (
-                ("trace", H.trace, p.trace),
-                ("frobenius", H.frobenius_norm, p.frobenius),
-            ):
+            for measure, fn, truth in _measures(p):
                 runs = [
                     fn(p.model, ce, p.data, probes=budget, method=method, seed=s) for s in seeds
                 ]
@@ -113,6 +130,62 @@ def trace_convergence(p: Problem, budgets, seeds) -> pd.DataFrame:
                         "hvps": budget,
                         "abs rel error": np.mean([abs(r.estimate / truth - 1) for r in runs]),
                         "rel stderr": np.mean([r.stderr / abs(truth) for r in runs]),
+                        "within 3 s.e.": np.mean(
+                            [abs(r.estimate - truth) <= 3 * r.stderr for r in runs]
+                        ),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def adaptive_runs(
+    p: Problem, rtols, seeds, *, max_probes: int = 1000, batch: int = 32
+) -> pd.DataFrame:
+    """Every adaptive method asked for each relative standard error ``rtol``, once per seed.
+
+    One row per (measure, method, rtol), with means over the seeds of the HVPs spent (for
+    ``ggn+hutchinson`` not counting the per-example products of its exact Gauss-Newton
+    part), the passes over the data, the seconds (that part included), the |relative error|
+    against the exact value and the reported relative standard error; the fractions of runs
+    that ``converged`` (reached ``rtol`` within ``max_probes``) and whose truth lies within
+    three reported standard errors; and which estimator ran (``ran as``, "name (runs)").
+    Every method runs once on a tiny budget first, so that no timing includes a warm-up.
+    """
+    for measure, fn, _ in _measures(p):
+        for method in ADAPTIVE_METHODS[measure]:
+            fn(p.model, ce, p.data, probes=4, method=method)
+    rows = []
+    for measure, fn, truth in _measures(p):
+        for method in ADAPTIVE_METHODS[measure]:
+            for rtol in rtols:
+                runs = [
+                    fn(
+                        p.model,
+                        ce,
+                        p.data,
+                        rtol=rtol,
+                        max_probes=max_probes,
+                        batch=batch,
+                        method=method,
+                        seed=s,
+                    )
+                    for s in seeds
+                ]
+                ran = Counter(r.method for r in runs)
+                rows.append(
+                    {
+                        "measure": measure,
+                        "method": method,
+                        "rtol": rtol,
+                        "ran as": ", ".join(
+                            m if n == len(runs) else f"{m} ({n})" for m, n in ran.most_common()
+                        ),
+                        "hvps": np.mean([r.hvps for r in runs]),
+                        "passes": np.mean([r.passes for r in runs]),
+                        "seconds": np.mean([r.seconds for r in runs]),
+                        "abs rel error": np.mean([abs(r.estimate / truth - 1) for r in runs]),
+                        "rel stderr": np.mean([r.stderr / abs(truth) for r in runs]),
+                        "converged": np.mean([r.converged for r in runs]),
                         "within 3 s.e.": np.mean(
                             [abs(r.estimate - truth) <= 3 * r.stderr for r in runs]
                         ),

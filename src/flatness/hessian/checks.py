@@ -157,8 +157,8 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def _index_batches(loader: DataLoader, seed: int) -> list[tuple[int, ...]]:
-    """The index batches of one pass, drawn under ``seed`` (generators restored after)."""
+def _two_passes(loader: DataLoader) -> list[list[tuple[int, ...]]]:
+    """The index batches of two successive passes; random states are restored after."""
     sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
     generators = {
         id(g): (g, g.get_state())
@@ -168,8 +168,10 @@ def _index_batches(loader: DataLoader, seed: int) -> list[tuple[int, ...]]:
     }
     try:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return [tuple(b) if isinstance(b, (list, tuple)) else (b,) for b in sampler]
+            return [
+                [tuple(b) if isinstance(b, (list, tuple)) else (b,) for b in sampler]
+                for _ in range(2)
+            ]
     finally:
         for g, state in generators.values():
             g.set_state(state)
@@ -222,7 +224,7 @@ def check_data(data, bn_mode: str = "eval") -> None:
             f"the loader's {type(inner).__name__} draws examples with replacement or a random "
             f"subset, so every pass is a different Hessian; {fix}"
         )
-    first, second = _index_batches(data, 0), _index_batches(data, 1)
+    first, second = _two_passes(data)
     if sorted(i for b in first for i in b) != sorted(i for b in second for i in b):
         raise FlatnessError(
             "two passes over the loader cover different examples (a random sampler, or "

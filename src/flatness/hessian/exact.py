@@ -147,22 +147,22 @@ def _batch_curvature(
         raise FlatnessError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
     if not torch.isfinite(loss):
         raise FlatnessError(f"the loss is {loss.item()} (not finite) at these parameters")
-    part = torch.zeros(len(flat0), len(flat0), dtype=flat0.dtype, device=flat0.device)
-    if curvature in ("hessian", "residual"):
+    if curvature == "hessian":
         # reverse-over-reverse, independent of the estimators' forward-over-reverse HVPs. Not
         # torch.func.hessian or jacrev(jacrev): on torch 2.14 both give a wrong, asymmetric
         # matrix for BatchNorm with batch statistics (tests/test_estimators.py catches it).
-        part += torch.func.jacrev(torch.func.grad(loss_of))(flat0).detach()
-    if curvature in ("ggn", "residual"):
-        z = logits_of(flat0).detach()
-        jac = torch.func.jacrev(logits_of)(flat0).detach().reshape(-1, len(flat0))  # (M, P)
-        grad_z = torch.func.grad(lambda zf: loss_of_logits(zf.reshape(z.shape)))
-        hz_jac = torch.func.vmap(lambda col: torch.func.jvp(grad_z, (z.reshape(-1),), (col,))[1])(
-            jac.T
-        )
-        ggn = hz_jac @ jac  # (H_z J)^T J = J^T H_z J, H_z symmetric
-        part += ggn if curvature == "ggn" else -ggn
-    return part
+        return torch.func.jacrev(torch.func.grad(loss_of))(flat0).detach()
+    z = logits_of(flat0).detach()
+    if curvature == "residual":
+        # its own derivative, not Hessian minus GGN: the Hessian of <dL/dz, z(w)> with dL/dz
+        # held at its value, sum_k dL/dz_k d2 z_k; so GGN + residual = Hessian is a real check
+        dz = torch.func.grad(loss_of_logits)(z).detach()
+        linear = lambda flat: (dz * logits_of(flat)).sum()  # noqa: E731
+        return torch.func.jacrev(torch.func.grad(linear))(flat0).detach()
+    jac = torch.func.jacrev(logits_of)(flat0).detach().reshape(-1, len(flat0))  # (M, P)
+    grad_z = torch.func.grad(lambda zf: loss_of_logits(zf.reshape(z.shape)))
+    hz_jac = torch.func.vmap(lambda col: torch.func.jvp(grad_z, (z.reshape(-1),), (col,))[1])(jac.T)
+    return hz_jac @ jac  # (H_z J)^T J = J^T H_z J, H_z symmetric
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,13 @@ from torch import nn
 from torch.func import functional_call, vjp, vmap
 
 from flatness.errors import FlatnessError
-from flatness.hessian.checks import Output, batches, curvature_modes, select_output
+from flatness.hessian.checks import (
+    Output,
+    batches,
+    check_model,
+    curvature_modes,
+    select_output,
+)
 
 #: beyond this many logits per example the K products per example cost more than probes
 MAX_LOGITS = 64
@@ -63,6 +69,7 @@ def ggn_trace(
             example, a loss that is not a mean of per-example terms, or a model that
             ``torch.func.vmap`` cannot run one example at a time.
     """
+    check_model(model, loss_fn, data, bn_mode=bn_mode, output=output)
     if _has_batch_statistics(model, bn_mode):
         raise NotSeparable("with bn_mode='train' an example's logits depend on its whole batch")
     named = [(n, p.detach()) for n, p in model.named_parameters() if p.requires_grad]

@@ -105,8 +105,9 @@ def estimate_trace_of(
     """``exact + Tr A`` where ``quadratic(Z, HZ)`` gives ``z^T A z`` for each row of Z.
 
     ``method`` is "hutchinson", "hutch++" or "auto": a first block of Hutchinson probes, kept
-    when its spread says at most four times as many reach ``rtol``, and otherwise reused as
-    Hutch++'s sketch. Returns (estimate, stderr, method, random probes, converged, exact part).
+    when its spread says at most four times as many reach ``rtol`` (and then continued up to
+    that many), and otherwise reused as Hutch++'s sketch.
+    Returns (estimate, stderr, method, random probes, converged, exact part).
     """
     gen = torch.Generator().manual_seed(seed)
     if method == "auto" and probes is not None:
@@ -120,12 +121,21 @@ def estimate_trace_of(
         initial = quadratic(z, hz).double().tolist()
         mean, _, sd = _stats(initial)
         value = abs(exact + mean)
-        method = "hutchinson" if value > 0 and (sd / (rtol * value)) ** 2 <= 4 * pilot else "auto"
+        if not (value > 0 and (sd / (rtol * value)) ** 2 <= 4 * pilot):
+            initial = []  # too many probes ahead: straight to Hutch++
     if method == "hutchinson":
         mean, se, n, ok = _sample(
             op, quadratic, lambda z: z, exact=exact, probes=probes, initial=initial, **common
         )
         return exact + mean, se, "hutchinson", n, ok, exact
+    if initial and method == "auto":
+        # Hutchinson looked cheap: give it up to four blocks' worth before switching
+        capped = dict(common, max_probes=min(max_probes, 4 * len(initial)))
+        mean, se, n, ok = _sample(
+            op, quadratic, lambda z: z, exact=exact, probes=None, initial=initial, **capped
+        )
+        if ok or n >= max_probes:
+            return exact + mean, se, "hutchinson", n, ok, exact
     if method == "auto":
         sketch = hz  # many probes would be needed: the pilot's products sketch the range
     else:

@@ -1,0 +1,343 @@
+"""The inputs users bring: each kind that once gave a silent wrong number, with the right value
+from an independent computation (closed forms, eigvalsh of a known matrix, the whole batch)."""
+
+import math
+
+import pytest
+import torch
+from test_estimators import make
+from torch import nn
+from torch.utils.data import (
+    ConcatDataset,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Subset,
+    SubsetRandomSampler,
+    TensorDataset,
+    WeightedRandomSampler,
+)
+
+from flatness import hessian as H
+from flatness.errors import FlatnessError
+from flatness.hessian.checks import check_data
+
+ce = nn.functional.cross_entropy
+
+
+# -- 1. repeated eigenvalues ------------------------------------------------------------------
+def zero_softmax_regression(classes: int):
+    """Zero weights: p = 1/K for every example, so diag(p) - p p^T has the eigenvalue 1/K
+    K-1 times and every non-zero eigenvalue of H = (diag p - p p^T) kron Sigma repeats K-1
+    times."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 2, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, classes, (12,), generator=gen)
+    model = nn.Linear(2, classes).double()
+    nn.init.zeros_(model.weight)
+    nn.init.zeros_(model.bias)
+    xt = torch.cat([x, torch.ones(12, 1, dtype=torch.float64)], dim=1)
+    sigma = torch.linalg.eigvalsh(xt.T @ xt / 12)
+    closed = torch.cat([sigma / classes] * (classes - 1)).sort(descending=True).values
+    return model, (x, y), closed
+
+
+@pytest.mark.parametrize("classes,k", [(3, 2), (3, 3), (3, 4), (4, 3), (4, 4)])
+def test_repeated_eigenvalues_are_found_as_often_as_they_occur(classes, k):
+    model, data, closed = zero_softmax_regression(classes)
+    result = H.top_eigenvalues(model, ce, data, k=k, tol=1e-10)
+    assert result.converged
+    assert torch.allclose(result.eigenvalues, closed[:k], rtol=1e-9, atol=0), (
+        result.eigenvalues,
+        closed[:k],
+    )
+
+
+class Quadratic(nn.Module):
+    """Every example's output is the parameter vector w; with ``half_quadratic`` the mean loss
+    is w^T D w / 2, whose Hessian is D exactly."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.linspace(0.1, 1.0, size, dtype=torch.float64))
+
+    def forward(self, x):
+        return self.w.expand(len(x), -1)
+
+
+def quadratic_problem(spectrum):
+    gen = torch.Generator().manual_seed(2)
+    q, _ = torch.linalg.qr(torch.randn(len(spectrum), len(spectrum), generator=gen).double())
+    d = q @ torch.diag(torch.tensor(spectrum, dtype=torch.float64)) @ q.T
+
+    def half_quadratic(out, targets):
+        return 0.5 * ((out @ d) * out).sum(dim=1).mean()
+
+    data = (torch.zeros(5, 1, dtype=torch.float64), torch.zeros(5, dtype=torch.long))
+    return Quadratic(len(spectrum)), half_quadratic, data, d
+
+
+@pytest.mark.parametrize(
+    "spectrum,k",
+    [
+        ([2.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.1, -0.4], 2),
+        ([2.0, 2.0, 2.0, 0.5, 0.3, 0.2, 0.1, -0.4], 3),
+        ([2.0, 2.0 - 1e-12, 1.0, 0.5, 0.3, 0.2, 0.1, -0.4], 2),
+        ([2.0, 2.0 - 1e-12, 2.0 - 2e-12, 0.9, 0.3, 0.2, 0.1, 0.0], 4),
+    ],
+)
+def test_multiplicities_and_near_ties_against_eigvalsh(spectrum, k):
+    model, loss, data, d = quadratic_problem(spectrum)
+    assert torch.allclose(H.exact_hessian(model, loss, data), d, atol=1e-14)
+    truth = torch.tensor(sorted(spectrum, reverse=True), dtype=torch.float64)
+    result = H.top_eigenvalues(model, loss, data, k=k, tol=1e-10, eigenvectors=True)
+    assert result.converged
+    assert torch.allclose(result.eigenvalues, truth[:k], rtol=0, atol=1e-10)
+    gram = result.eigenvectors @ result.eigenvectors.T
+    assert torch.allclose(gram, torch.eye(k, dtype=torch.float64), atol=1e-8)
+
+
+def test_a_block_smaller_than_k_is_refused():
+    model, data, _ = zero_softmax_regression(3)
+    with pytest.raises(FlatnessError, match="block must be an integer from k=2"):
+        H.top_eigenvalues(model, ce, data, k=2, block=1)
+
+
+# -- 2. loaders that are a different operator on every pass ---------------------------------
+def tanh_data():
+    model, (x, y) = make("tanh")
+    return model, x, y, H.exact_hessian(model, ce, (x, y))
+
+
+class Noisy(Dataset):
+    """Adds fresh noise in __getitem__: no name gives it away."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.01 * torch.randn_like(self.x[i]), self.y[i]
+
+
+class Holding(TensorDataset):
+    """A custom data set holding a random transform under a name of its own."""
+
+    def __init__(self, x, y, aug):
+        super().__init__(x, y)
+        self.aug = aug
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return self.aug(x), y
+
+
+def random_loaders(x, y):
+    flip = pytest.importorskip("torchvision").transforms.RandomHorizontalFlip()
+    plain = TensorDataset(x, y)
+    images = x.reshape(len(x), 1, 2, 3)
+
+    class WithTransform(TensorDataset):
+        transform = flip
+
+    yield "shuffle+drop_last", DataLoader(plain, batch_size=16, shuffle=True, drop_last=True)
+    yield (
+        "replacement",
+        DataLoader(plain, batch_size=16, sampler=RandomSampler(plain, replacement=True)),
+    )
+    yield (
+        "weighted",
+        DataLoader(plain, batch_size=16, sampler=WeightedRandomSampler(torch.ones(len(x)), len(x))),
+    )
+    yield "subset", DataLoader(Subset(WithTransform(x, y), range(30)), batch_size=8)
+    yield "concat", DataLoader(ConcatDataset([plain, WithTransform(x, y)]), batch_size=8)
+    yield "held", DataLoader(Holding(images, y, flip), batch_size=8)
+    yield "noise", DataLoader(Noisy(x, y), batch_size=8)
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+def test_loaders_whose_passes_differ_are_refused_everywhere(bn_mode):
+    model, x, y, _ = tanh_data()
+    rng = torch.random.get_rng_state()
+    for name, loader in random_loaders(x, y):
+        for fn in (H.trace, H.top_eigenvalues, H.exact_hessian, H.spectral_density):
+            with pytest.raises(FlatnessError, match="different Hessian") as err:
+                fn(model, ce, loader, bn_mode=bn_mode)
+            assert "shuffle=False" in str(err.value) or "test-time" in str(err.value), name
+    assert torch.equal(rng, torch.random.get_rng_state())
+
+
+def test_shuffling_without_dropping_is_the_whole_batch_in_eval_mode_only():
+    model, x, y, dense = tanh_data()
+    gen = torch.Generator().manual_seed(7)
+    shuffled = DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True, generator=gen)
+    state = gen.get_state()
+    check_data(shuffled)
+    assert torch.equal(gen.get_state(), state)  # checking the loader drew nothing from it
+    assert torch.allclose(H.exact_hessian(model, ce, shuffled), dense, atol=1e-12)
+    a = H.trace(model, ce, shuffled, probes=8, method="hutchinson", seed=3).estimate
+    b = H.trace(model, ce, shuffled, probes=8, method="hutchinson", seed=3).estimate
+    assert a == pytest.approx(b, rel=1e-10)
+    subset = DataLoader(TensorDataset(x, y), batch_size=16, sampler=SubsetRandomSampler(range(20)))
+    assert torch.allclose(
+        H.exact_hessian(model, ce, subset), H.exact_hessian(model, ce, (x[:20], y[:20])), atol=1e-12
+    )
+    with pytest.raises(FlatnessError, match="shuffle=False"):
+        H.trace(model, ce, shuffled, bn_mode="train")
+    with pytest.raises(FlatnessError, match="shuffle=False"):
+        H.trace(model, ce, subset, bn_mode="train")
+
+
+# -- 3. losses that are not a mean ------------------------------------------------------------
+def test_a_loss_that_is_not_a_mean_is_refused_on_batches_and_loaders():
+    model, x, y, _ = tanh_data()
+    total = lambda out, t: ce(out, t, reduction="sum")  # noqa: E731
+    odd = lambda out, t: ce(out, t, reduction="sum") / math.sqrt(len(t))  # noqa: E731
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    for data in ((x, y), loader):
+        for fn in (H.trace, H.top_eigenvalues, H.exact_hessian, H.pyhessian_estimate):
+            with pytest.raises(FlatnessError, match="a sum over examples.*reduction='mean'"):
+                fn(model, total, data)
+            with pytest.raises(FlatnessError, match="neither a mean nor a sum"):
+                fn(model, odd, data)
+
+
+# -- 4. frozen parameters and float32 models in exact_hessian --------------------------------
+def test_frozen_layer_of_a_float32_model_is_a_constant():
+    """With the hidden layer frozen, the Hessian in the head is softmax regression's on the
+    hidden features: (1/N) sum_i (diag p_i - p_i p_i^T) kron h~_i h~_i^T, written out here."""
+    model, (x, y) = make("tanh")
+    model = model.float()
+    hidden, head = model[0], model[-1]
+    for p in hidden.parameters():
+        p.requires_grad_(False)
+    x32 = x.float()
+    h = torch.tanh(x @ hidden.weight.double().T + hidden.bias.double())
+    p = torch.softmax(h @ head.weight.double().T + head.bias.double(), dim=1)
+    k, d = head.weight.shape
+    closed = torch.zeros(k * d + k, k * d + k, dtype=torch.float64)
+    for pi, hi in zip(p, h):
+        curv = torch.diag(pi) - torch.outer(pi, pi)
+        grad_rows = torch.cat(
+            [torch.kron(torch.eye(k, dtype=torch.float64), hi[None]), torch.eye(k).double()], 1
+        )
+        closed += grad_rows.T @ curv @ grad_rows
+    closed /= len(x)
+    exact = H.exact_hessian(model, ce, (x32, y))
+    assert exact.shape == closed.shape and exact.dtype == torch.float64
+    assert torch.allclose(exact, closed, atol=1e-6 * closed.abs().max().item())
+    top = H.top_eigenvalues(model, ce, (x32, y), k=1, tol=1e-6)
+    assert top.eigenvalues[0].item() == pytest.approx(
+        torch.linalg.eigvalsh(closed)[-1].item(), rel=1e-4
+    )
+
+
+# -- 5. models that return a tuple or a dict --------------------------------------------------
+class Wrapped(nn.Module):
+    def __init__(self, body, kind):
+        super().__init__()
+        self.body, self.kind = body, kind
+
+    def forward(self, x):
+        z = self.body(x)
+        if self.kind == "tuple":
+            return z, x.sum()
+        if self.kind == "dict":
+            return {"aux": x.sum(), "logits": z}
+        return {"scores": z}
+
+
+@pytest.mark.parametrize("kind,output", [("tuple", None), ("dict", None), ("named", "scores")])
+def test_tuple_and_dict_outputs_follow_one_rule_everywhere(kind, output):
+    model, data = make("relu")
+    wrapped = Wrapped(model, kind)
+    for curvature in H.CURVATURES:
+        plain = H.exact_hessian(model, ce, data, curvature=curvature)
+        got = H.exact_hessian(wrapped, ce, data, curvature=curvature, output=output)
+        assert torch.allclose(got, plain, atol=1e-12) and plain.abs().max() > 1e-3
+        op = H.HessianOperator(wrapped, ce, data, curvature=curvature, output=output)
+        v = torch.randn(2, op.size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(op.matmat(v), v @ plain, atol=1e-10)
+    same = dict(probes=9, method="hutch++", seed=2)
+    assert H.trace(wrapped, ce, data, output=output, **same).estimate == pytest.approx(
+        H.trace(model, ce, data, **same).estimate, rel=1e-10
+    )
+    assert H.ggn_trace(wrapped, ce, data, output=output) == pytest.approx(
+        torch.trace(H.exact_hessian(model, ce, data, curvature="ggn")).item(), rel=1e-10
+    )
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    hessian = H.exact_hessian(model, ce, data)
+    assert torch.allclose(
+        H.pyhessian_hvp(wrapped, ce, data, v, output=output), hessian @ v, atol=1e-10
+    )
+
+
+def test_a_dict_without_logits_names_its_keys():
+    model, data = make("relu")
+    with pytest.raises(FlatnessError, match=r"keys \['scores'\].*output="):
+        H.trace(Wrapped(model, "named"), ce, data)
+
+
+# -- 6 and 7. PyHessian wrappers and dtypes ---------------------------------------------------
+class WithUnused(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body, self.extra = body, nn.Linear(2, 2).double()
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def every_function(model, data, loss=ce):
+    p = sum(q.numel() for q in model.parameters())
+    return {
+        "exact_hessian": lambda: H.exact_hessian(model, loss, data),
+        "operator": lambda: H.HessianOperator(model, loss, data),
+        "top_eigenvalues": lambda: H.top_eigenvalues(model, loss, data),
+        "trace": lambda: H.trace(model, loss, data),
+        "frobenius_norm": lambda: H.frobenius_norm(model, loss, data),
+        "spectral_density": lambda: H.spectral_density(model, loss, data),
+        "ggn_trace": lambda: H.ggn_trace(model, loss, data),
+        "pyhessian_estimate": lambda: H.pyhessian_estimate(model, loss, data),
+        "pyhessian_hvp": lambda: H.pyhessian_hvp(model, loss, data, torch.ones(p)),
+    }
+
+
+def test_pyhessian_wrappers_run_the_same_checks():
+    model, data = make("tanh")
+    for call in every_function(WithUnused(model), data).values():
+        with pytest.raises(FlatnessError, match=r"extra\.weight, extra\.bias do not affect"):
+            call()
+
+
+def test_dtype_mismatches_get_one_message_from_every_function():
+    model, (x, y) = make("tanh")
+    for name, call in every_function(model.float(), (x, y)).items():
+        with pytest.raises(FlatnessError, match=r"inputs are torch\.float64.*torch\.float32"):
+            call()
+        assert name
+    model = model.double()
+    for name, call in every_function(model, (x, y.int())).items():
+        with pytest.raises(FlatnessError, match=r"targets are torch\.int32.*torch\.int64"):
+            call()
+        assert name
+
+
+# -- the exact GGN trace ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["logreg", "tanh", "relu", "cnn"])
+def test_ggn_trace_equals_the_dense_gauss_newton_trace(name):
+    model, data = make(name)
+    dense = torch.trace(H.exact_hessian(model, ce, data, curvature="ggn")).item()
+    assert H.ggn_trace(model, ce, data, chunk_bytes=2**12) == pytest.approx(dense, rel=1e-10)
+    estimate = H.trace(model, ce, data, method="ggn+hutchinson", rtol=0.02, seed=1)
+    truth = torch.trace(H.exact_hessian(model, ce, data)).item()
+    assert estimate.exact_part == pytest.approx(dense, rel=1e-10)
+    assert abs(estimate.estimate - truth) <= 4 * estimate.stderr + 1e-12 * abs(truth)
+
+
+def test_ggn_trace_refuses_batch_statistics():
+    model, data = make("cnn")
+    with pytest.raises(FlatnessError, match="bn_mode='train'"):
+        H.ggn_trace(model, ce, data, bn_mode="train")
