@@ -74,8 +74,13 @@ def test_top_k_eigenvalues_converge_to_the_exact_ones(case):
 def test_eigenvectors_are_eigenvectors(case):
     model, data, bn_mode, exact, _ = case
     result = H.top_eigenvalues(model, ce, data, k=2, tol=1e-8, bn_mode=bn_mode, eigenvectors=True)
-    for value, vector in zip(result.eigenvalues, result.eigenvectors):
+    evals, evecs = torch.linalg.eigh(exact)
+    for i, (value, vector) in enumerate(zip(result.eigenvalues, result.eigenvectors)):
+        assert torch.linalg.vector_norm(vector).item() == pytest.approx(1.0, abs=1e-10)
         assert torch.linalg.vector_norm(exact @ vector - value * vector) < 1e-6 * abs(value)
+        # aligned with eigh's eigenvector (the top two are distinct here), up to sign
+        assert abs(torch.dot(vector, evecs[:, -1 - i]).item()) == pytest.approx(1.0, abs=1e-8)
+    assert evals[-1] - evals[-2] > 1e-3 * evals[-1] and evals[-2] - evals[-3] > 1e-3 * evals[-1]
 
 
 def test_trace_and_frobenius_within_three_standard_errors(case):
