@@ -143,7 +143,8 @@ def adaptive_runs(
 ) -> pd.DataFrame:
     """Every adaptive method asked for each relative standard error ``rtol``, once per seed.
 
-    One row per (measure, method, rtol), with means over the seeds of the HVPs spent (for
+    One row per (measure, method, rtol), with means over the seeds of the random probes behind
+    the standard error, of the HVPs spent (sketches included; for
     ``ggn+hutchinson`` not counting the per-example products of its exact Gauss-Newton
     part), the passes over the data, the seconds (that part included), the |relative error|
     against the exact value and the reported relative standard error; the fractions of runs
@@ -180,6 +181,7 @@ def adaptive_runs(
                         "ran as": ", ".join(
                             m if n == len(runs) else f"{m} ({n})" for m, n in ran.most_common()
                         ),
+                        "probes": np.mean([r.probes for r in runs]),
                         "hvps": np.mean([r.hvps for r in runs]),
                         "passes": np.mean([r.passes for r in runs]),
                         "seconds": np.mean([r.seconds for r in runs]),

@@ -27,7 +27,7 @@ from flatness.hessian.operator import HessianOperator
 
 METHODS = ("auto", "hutchinson", "hutch++", "ggn+hutchinson")
 #: fewest random probes behind a reported standard error
-MIN_PROBES = 16
+MIN_PROBES = 32
 
 
 @dataclass(frozen=True)
