@@ -341,3 +341,29 @@ def test_ggn_trace_refuses_batch_statistics():
     model, data = make("cnn")
     with pytest.raises(FlatnessError, match="bn_mode='train'"):
         H.ggn_trace(model, ce, data, bn_mode="train")
+
+
+class TwiceApplied(nn.Module):
+    """One Linear used twice: its per-example gradient is no single outer product."""
+
+    def __init__(self):
+        super().__init__()
+        self.square = nn.Linear(6, 6).double()
+        self.head = nn.Linear(6, 4).double()
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.square(torch.tanh(self.square(x)))))
+
+
+@pytest.mark.parametrize("build", ["frozen-first", "twice", "mlp"])
+def test_ggn_trace_of_linear_layers_takes_the_outer_product_path_correctly(build):
+    model, data = make("tanh")
+    if build == "frozen-first":
+        model[0].weight.requires_grad_(False)
+    if build == "twice":
+        torch.manual_seed(3)
+        model = TwiceApplied()
+    dense = torch.trace(H.exact_hessian(model, ce, data, curvature="ggn")).item()
+    assert H.ggn_trace(model, ce, data) == pytest.approx(dense, rel=1e-10)
+    run = H.trace(model, ce, data, rtol=0.02, seed=4)
+    assert run.method.startswith("ggn+") and run.exact_part == pytest.approx(dense, rel=1e-10)

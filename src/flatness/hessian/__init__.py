@@ -121,16 +121,19 @@ def trace(
     data each) until the standard error is at most ``rtol`` times the estimate, or until
     ``max_probes`` (then ``converged=False``). A number of ``probes`` fixes the budget instead.
 
-    Methods: ``"auto"`` (default) starts with a block of ``batch`` Hutchinson probes and
-    keeps sampling them when their spread says at most four times as many reach ``rtol``
-    (a dominant diagonal); otherwise it reuses the block's products as Hutch++'s sketch and
-    probes only the deflated rest (a few dominant eigenvalues). With a fixed budget it is
-    Hutch++. ``"ggn+hutchinson"`` takes the Gauss-Newton part's trace exactly from K
-    per-example Jacobian products (:func:`flatness.hessian.gauss_newton.ggn_trace`) and
-    probes only the residual, which is small near a minimum; it needs BatchNorm in eval mode
-    and a per-example mean loss. ``"hutchinson"`` and ``"hutch++"`` force one estimator. The
-    returned ``method`` says which ran; ``probes`` counts the random probes behind
-    ``stderr`` and ``hvps`` every product (sketches included, per-example GGN products not).
+    Methods: ``"auto"`` (default) takes the Gauss-Newton part's trace exactly where that is
+    about as cheap as a few products (every variable in an ``nn.Linear``, no batch
+    statistics: one batched backward per batch, :func:`flatness.hessian.gauss_newton.ggn_trace`)
+    and probes only the residual, which is small near a minimum. Its probing starts with a
+    block of ``batch`` Hutchinson probes and keeps sampling them when their spread says at
+    most four times as many reach ``rtol`` (a dominant diagonal); otherwise it reuses the
+    block's products as Hutch++'s sketch and probes only the deflated rest (a few dominant
+    eigenvalues). With a fixed budget it is Hutch++. ``"ggn+hutchinson"`` forces the split
+    (on any model with BatchNorm in eval mode and a per-example mean loss, through
+    per-example products elsewhere); ``"hutchinson"`` and ``"hutch++"`` force one estimator.
+    The returned ``method`` says which ran; ``probes`` counts the random probes behind
+    ``stderr`` and ``hvps`` every Hessian-vector product (sketches included, the GGN's
+    Jacobian products not).
 
     Raises:
         FlatnessError: bad options (the valid ones named) or input the checks refuse.

@@ -103,6 +103,9 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
         curvature = vmap(torch.func.hessian(example_loss))(z.reshape(n, k), y)
     lam, u = torch.linalg.eigh(curvature.double())  # (n, k), (n, k, k)
     u = u.to(z.dtype)
+    fast = _linear_sum(model, x, output, lam, u)
+    if fast is not None:
+        return fast
 
     def logits(p, xi):
         return select_output(functional_call(model, (p, buffers), (xi[None],)), output).reshape(-1)
@@ -122,3 +125,64 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
             raise NotSeparable(f"the model cannot run one example at a time ({err})") from err
         total += (lam[s : s + chunk] * sq.double()).sum().item()
     return total
+
+
+def linear_only(model: nn.Module) -> bool:
+    """Is every variable the weight or bias of one ``nn.Linear`` (where the GGN trace takes
+    one batched backward per batch)?"""
+    owners = {}
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            if p.requires_grad:
+                if id(p) in owners or not isinstance(module, nn.Linear):
+                    return False
+                owners[id(p)] = module
+    return bool(owners)
+
+
+def _linear_sum(model, x, output, lam, u) -> float | None:
+    """The same sum without per-example gradients when every variable is the weight or bias
+    of an ``nn.Linear`` applied once to (examples, features): the example's weight gradient
+    is the outer product ``delta a^T``, whose squared norm is ``||delta||^2 ||a||^2``
+    (Goodfellow, 2015), and one batched backward gives every ``delta``. None where this does
+    not apply (the caller then takes per-example products)."""
+    if not linear_only(model):
+        return None  # tied across modules, or a layer the formula does not cover
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Linear) and any(p.requires_grad for p in m.parameters(recurse=False))
+    ]
+    seen: dict[int, list] = {id(m): [] for m in layers}
+
+    def keep(module, args, out):
+        seen[id(module)].append((args[0], out))
+
+    hooks = [m.register_forward_hook(keep) for m in layers]
+    try:
+        with torch.enable_grad():
+            z = select_output(model(x), output)
+    finally:
+        for h in hooks:
+            h.remove()
+    calls = [seen[id(m)] for m in layers]
+    if any(len(c) != 1 or c[0][0].dim() != 2 for c in calls):
+        return None  # a layer used twice, or on extra dimensions: outer products would mix
+    n, k = lam.shape
+    cotangents = (lam.abs().sqrt()[:, :, None] * u.transpose(1, 2).double()).transpose(0, 1)
+    cotangents = cotangents.to(z.dtype).reshape(k, *z.shape)  # (k, n, *shape): one per c
+    outs = [c[0][1] for c in calls]
+    deltas = torch.autograd.grad(
+        z, outs, grad_outputs=cotangents, is_grads_batched=True, allow_unused=True
+    )
+    sign = lam.sign().T  # (k, n)
+    total = torch.zeros((), dtype=torch.float64)
+    for module, [(inputs, _)], delta in zip(layers, calls, deltas):
+        if delta is None:
+            continue
+        d2 = delta.double().square().sum(dim=-1)  # (k, n)
+        if module.weight.requires_grad:
+            total += (sign * d2 * inputs.double().square().sum(dim=-1)).sum().cpu()
+        if module.bias is not None and module.bias.requires_grad:
+            total += (sign * d2).sum().cpu()
+    return total.item()

@@ -192,6 +192,16 @@ def _run(op, quadratic, *, exact=0.0, extra_hvps=0, **kwargs) -> Estimate:
     )
 
 
+def _cheap_ggn(op: HessianOperator) -> bool:
+    """Is the exact GGN trace about as cheap as a few products (an MLP, no batch statistics)?"""
+    from flatness.hessian.gauss_newton import linear_only
+
+    batch_stats = op.bn_mode == "train" and any(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in op.model.modules()
+    )
+    return not batch_stats and linear_only(op.model)
+
+
 def _quadratic_form(z, hz):
     return (z * hz).sum(dim=1)
 
@@ -210,30 +220,36 @@ def trace_estimate(
     error is at most ``rtol`` times the estimate. See :func:`flatness.hessian.trace`."""
     _check(method, probes, rtol, max_probes, batch)
     kwargs = dict(probes=probes, rtol=rtol, max_probes=max_probes, batch=batch, seed=seed)
-    if method == "ggn+hutchinson" and op.curvature == "hessian":
-        from flatness.hessian.gauss_newton import ggn_trace
+    if op.curvature == "hessian" and (
+        method == "ggn+hutchinson" or (method == "auto" and probes is None and _cheap_ggn(op))
+    ):
+        from flatness.hessian.gauss_newton import NotSeparable, ggn_trace
 
         start = time.perf_counter()
-        exact = ggn_trace(op.model, op.loss_fn, op.data, bn_mode=op.bn_mode, output=op.output)
-        residual = HessianOperator(
-            op.model,
-            op.loss_fn,
-            op.data,
-            curvature="residual",
-            bn_mode=op.bn_mode,
-            output=op.output,
-        )
-        est = _run(
-            residual,
-            _quadratic_form,
-            exact=exact + op.l2 * op.size,
-            method="hutchinson",
-            **kwargs,
-        )
-        return Estimate(
-            **{**est.__dict__, "method": method, "seconds": time.perf_counter() - start}
-        )
-    elif method == "ggn+hutchinson":
+        try:
+            exact = ggn_trace(op.model, op.loss_fn, op.data, bn_mode=op.bn_mode, output=op.output)
+        except NotSeparable:
+            if method != "auto":
+                raise
+        else:
+            residual = HessianOperator(
+                op.model,
+                op.loss_fn,
+                op.data,
+                curvature="residual",
+                bn_mode=op.bn_mode,
+                output=op.output,
+            )
+            est = _run(
+                residual,
+                _quadratic_form,
+                exact=exact + op.l2 * op.size,
+                method=method if method == "auto" else "hutchinson",
+                **kwargs,
+            )
+            seconds = time.perf_counter() - start
+            return Estimate(**{**est.__dict__, "method": f"ggn+{est.method}", "seconds": seconds})
+    if method == "ggn+hutchinson":
         raise FlatnessError(
             f"method='ggn+hutchinson' splits the Hessian itself; curvature={op.curvature!r} "
             "needs 'hutchinson', 'hutch++' or 'auto'"
