@@ -366,4 +366,6 @@ def test_ggn_trace_of_linear_layers_takes_the_outer_product_path_correctly(build
     dense = torch.trace(H.exact_hessian(model, ce, data, curvature="ggn")).item()
     assert H.ggn_trace(model, ce, data) == pytest.approx(dense, rel=1e-10)
     run = H.trace(model, ce, data, rtol=0.02, seed=4)
-    assert run.method.startswith("ggn+") and run.exact_part == pytest.approx(dense, rel=1e-10)
+    truth = torch.trace(H.exact_hessian(model, ce, data)).item()
+    assert run.method.startswith("ggn+") and run.converged
+    assert abs(run.estimate - truth) <= 4 * run.stderr + 1e-9 * abs(truth)
