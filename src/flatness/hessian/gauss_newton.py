@@ -103,7 +103,7 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
         curvature = vmap(torch.func.hessian(example_loss))(z.reshape(n, k), y)
     lam, u = torch.linalg.eigh(curvature.double())  # (n, k), (n, k, k)
     u = u.to(z.dtype)
-    fast = _linear_sum(model, x, output, lam, u)
+    fast = _hooked_sum(model, x, output, lam, u, chunk_bytes)
     if fast is not None:
         return fast
 
@@ -127,32 +127,102 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
     return total
 
 
-def linear_only(model: nn.Module) -> bool:
-    """Is every variable the weight or bias of one ``nn.Linear`` (where the GGN trace takes
-    one batched backward per batch)?"""
-    owners = {}
+#: layers whose per-example gradients are formed from their inputs and output gradients
+_HOOKED = (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)
+
+
+def hooked_layers(model: nn.Module) -> list[nn.Module] | None:
+    """The layers holding the variables, if each is a Linear, a Conv2d (one group, zero
+    padding) or a BatchNorm with running statistics and none shares a parameter; else None."""
+    owners: dict[int, nn.Module] = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
-            if p.requires_grad:
-                if id(p) in owners or not isinstance(module, nn.Linear):
-                    return False
-                owners[id(p)] = module
-    return bool(owners)
+            if not p.requires_grad:
+                continue
+            if id(p) in owners or not isinstance(module, _HOOKED):
+                return None
+            if isinstance(module, nn.Conv2d) and (
+                module.groups != 1
+                or module.padding_mode != "zeros"
+                or isinstance(module.padding, str)
+            ):
+                return None
+            if isinstance(module, _HOOKED[2]) and module.running_mean is None:
+                return None
+            owners[id(p)] = module
+    return list({id(m): m for m in owners.values()}.values()) or None
 
 
-def _linear_sum(model, x, output, lam, u) -> float | None:
-    """The same sum without per-example gradients when every variable is the weight or bias
-    of an ``nn.Linear`` applied once to (examples, features): the example's weight gradient
-    is the outer product ``delta a^T``, whose squared norm is ``||delta||^2 ||a||^2``
-    (Goodfellow, 2015), and one batched backward gives every ``delta``. None where this does
-    not apply (the caller then takes per-example products)."""
-    if not linear_only(model):
-        return None  # tied across modules, or a layer the formula does not cover
-    layers = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.Linear) and any(p.requires_grad for p in m.parameters(recurse=False))
-    ]
+#: above this many convolution weights the per-example gradients cost more than probes
+CHEAP_CONV_WEIGHTS = 2**20
+
+
+def cheap(model: nn.Module) -> bool:
+    """Is the exact GGN trace about as cheap as a few products? Every variable in a Linear
+    (no per-example gradient is formed), or also in small convolutions and BatchNorms (per-
+    example convolution gradients, at most ``CHEAP_CONV_WEIGHTS`` weights in all)."""
+    layers = hooked_layers(model)
+    if layers is None:
+        return False
+    conv = sum(m.weight.numel() for m in layers if isinstance(m, nn.Conv2d))
+    return conv <= CHEAP_CONV_WEIGHTS
+
+
+def _example_norms(module, a, delta, chunk_bytes) -> torch.Tensor:
+    """(k, n) squared norms of each example's gradient of the module's variables, for each of
+    the k output cotangents in ``delta`` (k, n, *output shape)."""
+    k, n = delta.shape[:2]
+    w, b = module.weight, getattr(module, "bias", None)
+    total = torch.zeros(k, n, dtype=torch.float64, device=delta.device)
+    if isinstance(module, _HOOKED[2]):  # y = gamma x^ + beta, x^ from running statistics
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        xhat = (a - module.running_mean.reshape(shape)) / torch.sqrt(
+            module.running_var.reshape(shape) + module.eps
+        )
+        spatial = tuple(range(3, delta.dim()))
+
+        def pool(t):  # sum over positions; dim=() would sum over everything
+            return t.sum(dim=spatial) if spatial else t
+
+        if w is not None and w.requires_grad:
+            total += pool(delta * xhat).double().square().sum(dim=-1)
+        if b is not None and b.requires_grad:
+            total += pool(delta).double().square().sum(dim=-1)
+        return total
+    if isinstance(module, nn.Linear) and a.dim() == 2:  # delta a^T: ||delta||^2 ||a||^2
+        d2 = delta.double().square().sum(dim=-1)
+        if w.requires_grad:
+            total += d2 * a.double().square().sum(dim=-1)
+        if b is not None and b.requires_grad:
+            total += d2
+        return total
+    if isinstance(module, nn.Conv2d):
+        cols = nn.functional.unfold(
+            a, module.kernel_size, module.dilation, module.padding, module.stride
+        )  # (n, C_in k^2, L)
+        delta = delta.reshape(k, n, delta.shape[2], -1)  # (k, n, C_out, L)
+    else:  # Linear on extra dimensions: sum over them of outer products
+        cols = a.reshape(n, -1, a.shape[-1]).transpose(1, 2)  # (n, in, T)
+        delta = delta.reshape(k, n, -1, delta.shape[-1]).transpose(2, 3)  # (k, n, out, T)
+    per = max(1, chunk_bytes // (8 * k * w.numel()))
+    for s in range(0, n, per):
+        if w.requires_grad:
+            g = torch.einsum("kncl,ndl->kncd", delta[:, s : s + per], cols[s : s + per])
+            total[:, s : s + per] += g.double().square().sum(dim=(-1, -2))
+        if b is not None and b.requires_grad:
+            total[:, s : s + per] += delta[:, s : s + per].sum(dim=-1).double().square().sum(-1)
+    return total
+
+
+def _hooked_sum(model, x, output, lam, u, chunk_bytes) -> float | None:
+    """The same sum from each layer's inputs and output gradients: one batched backward of
+    the k cotangents ``sqrt|lambda_c| u_c`` gives every layer's output gradient ``delta``, and
+    the example's gradient is ``delta a^T`` (a Linear: squared norm ``||delta||^2 ||a||^2``,
+    Goodfellow, 2015), an unfolded convolution, or BatchNorm's ``delta x^``. None where this
+    does not apply (the caller then takes per-example products)."""
+    layers = hooked_layers(model)
+    if layers is None:
+        return None
     seen: dict[int, list] = {id(m): [] for m in layers}
 
     def keep(module, args, out):
@@ -166,23 +236,21 @@ def _linear_sum(model, x, output, lam, u) -> float | None:
         for h in hooks:
             h.remove()
     calls = [seen[id(m)] for m in layers]
-    if any(len(c) != 1 or c[0][0].dim() != 2 for c in calls):
-        return None  # a layer used twice, or on extra dimensions: outer products would mix
+    if any(len(c) != 1 for c in calls):
+        return None  # a layer used twice: its gradients from the two uses would mix
     n, k = lam.shape
     cotangents = (lam.abs().sqrt()[:, :, None] * u.transpose(1, 2).double()).transpose(0, 1)
     cotangents = cotangents.to(z.dtype).reshape(k, *z.shape)  # (k, n, *shape): one per c
-    outs = [c[0][1] for c in calls]
     deltas = torch.autograd.grad(
-        z, outs, grad_outputs=cotangents, is_grads_batched=True, allow_unused=True
+        z,
+        [c[0][1] for c in calls],
+        grad_outputs=cotangents,
+        is_grads_batched=True,
+        allow_unused=True,
     )
-    sign = lam.sign().T  # (k, n)
-    total = torch.zeros((), dtype=torch.float64)
-    for module, [(inputs, _)], delta in zip(layers, calls, deltas):
-        if delta is None:
-            continue
-        d2 = delta.double().square().sum(dim=-1)  # (k, n)
-        if module.weight.requires_grad:
-            total += (sign * d2 * inputs.double().square().sum(dim=-1)).sum().cpu()
-        if module.bias is not None and module.bias.requires_grad:
-            total += (sign * d2).sum().cpu()
-    return total.item()
+    total = torch.zeros(k, n, dtype=torch.float64, device=z.device)
+    with torch.no_grad():
+        for module, [(inputs, _)], delta in zip(layers, calls, deltas):
+            if delta is not None:
+                total += _example_norms(module, inputs.detach(), delta, chunk_bytes)
+    return (lam.sign().T.to(total) * total).sum().item()

@@ -193,13 +193,14 @@ def _run(op, quadratic, *, exact=0.0, extra_hvps=0, **kwargs) -> Estimate:
 
 
 def _cheap_ggn(op: HessianOperator) -> bool:
-    """Is the exact GGN trace about as cheap as a few products (an MLP, no batch statistics)?"""
-    from flatness.hessian.gauss_newton import linear_only
+    """Is the exact GGN trace about as cheap as a few products (no batch statistics, layers
+    :func:`flatness.hessian.gauss_newton.cheap` accepts)?"""
+    from flatness.hessian.gauss_newton import cheap
 
     batch_stats = op.bn_mode == "train" and any(
         isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in op.model.modules()
     )
-    return not batch_stats and linear_only(op.model)
+    return not batch_stats and cheap(op.model)
 
 
 def _quadratic_form(z, hz):
