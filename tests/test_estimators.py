@@ -242,7 +242,7 @@ def test_loaders_that_change_the_operator_are_refused():
     class Augmented(TensorDataset):
         transform = torchvision.transforms.Compose([torchvision.transforms.RandomHorizontalFlip()])
 
-    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 2))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(192, 2), nn.BatchNorm1d(2))
     with pytest.raises(FlatnessError, match="RandomHorizontalFlip.*test-time transform"):
         H.trace(model, ce, DataLoader(Augmented(x, y), batch_size=4))
     shuffled = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)

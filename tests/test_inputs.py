@@ -184,10 +184,17 @@ def test_shuffling_without_dropping_is_the_whole_batch_in_eval_mode_only():
     assert torch.allclose(
         H.exact_hessian(model, ce, subset), H.exact_hessian(model, ce, (x[:20], y[:20])), atol=1e-12
     )
-    with pytest.raises(FlatnessError, match="shuffle=False"):
-        H.trace(model, ce, shuffled, bn_mode="train")
-    with pytest.raises(FlatnessError, match="shuffle=False"):
-        H.trace(model, ce, subset, bn_mode="train")
+    # batch composition matters only where BatchNorm uses batch statistics
+    assert math.isfinite(H.trace(model, ce, shuffled, probes=8, bn_mode="train").estimate)
+    cnn, (xc, yc) = make("cnn")
+    for loader in (
+        DataLoader(TensorDataset(xc, yc), batch_size=8, shuffle=True),
+        DataLoader(TensorDataset(xc, yc), batch_size=8, sampler=SubsetRandomSampler(range(20))),
+    ):
+        with pytest.raises(FlatnessError, match="shuffle=False"):
+            H.trace(cnn, ce, loader, bn_mode="train")
+    with pytest.raises(FlatnessError, match="a batch of one example"):
+        H.trace(cnn, ce, DataLoader(TensorDataset(xc[:9], yc[:9]), batch_size=8), bn_mode="train")
 
 
 # -- 3. losses that are not a mean ------------------------------------------------------------

@@ -23,34 +23,39 @@ from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler, WeightedRandomSampler
+from torch.utils._pytree import tree_leaves, tree_map
+from torch.utils.data import DataLoader
 
 from flatness.errors import FlatnessError, unknown
+from flatness.hessian.loaders import all_random_states_kept, check_loader, uses_batch_statistics
 
 BN_MODES = ("eval", "train")
 _BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
-
-#: torchvision transforms that draw random numbers without "Random" in their name
-_RANDOM_TRANSFORMS = (
-    "ColorJitter",
-    "AutoAugment",
-    "RandAugment",
-    "TrivialAugmentWide",
-    "AugMix",
-    "ElasticTransform",
-    "GaussianBlur",
-    "GaussianNoise",
-    "MixUp",
-    "CutMix",
-)
-#: how many examples are read twice to catch randomness no name reveals
-_PROBED_ITEMS = 8
+_DTYPES = (torch.float32, torch.float64)
 
 Output = None | int | str | Callable
 
 
+def _is_inputs(x) -> bool:
+    return torch.is_tensor(x) or (
+        isinstance(x, (Mapping, tuple, list)) and any(map(torch.is_tensor, tree_leaves(x)))
+    )
+
+
 def is_batch(data) -> bool:
-    return isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0])
+    """An ``(inputs, targets)`` pair: inputs a tensor (or a mapping or tuple of tensors, passed
+    to the model as one argument), targets a tensor with one row per example."""
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and torch.is_tensor(data[1])
+        and _is_inputs(data[0])
+    )
+
+
+def tensors(fn: Callable, inputs):
+    """``fn`` applied to every tensor in (possibly nested) inputs."""
+    return tree_map(lambda t: fn(t) if torch.is_tensor(t) else t, inputs)
 
 
 def select_output(outputs, output: Output) -> torch.Tensor:
@@ -58,6 +63,11 @@ def select_output(outputs, output: Output) -> torch.Tensor:
     if callable(output):
         chosen = output(outputs)
     elif output is not None:
+        if torch.is_tensor(outputs):
+            raise FlatnessError(
+                f"output={output!r} selects from a tuple or a mapping, but the model returns a "
+                "tensor: leave output=None"
+            )
         try:
             chosen = outputs[output]
         except (KeyError, IndexError, TypeError) as err:
@@ -78,7 +88,8 @@ def select_output(outputs, output: Output) -> torch.Tensor:
         chosen = outputs["logits"]
     else:
         raise FlatnessError(
-            f"the model returns a {type(outputs).__name__}; pass output= to choose the tensor"
+            f"the model returns a {type(outputs).__name__}; pass output= (a key, an index or "
+            "a function of the output, e.g. lambda out: out.logits) to choose the tensor"
         )
     if not torch.is_tensor(chosen):
         raise FlatnessError(
@@ -88,154 +99,45 @@ def select_output(outputs, output: Output) -> torch.Tensor:
     return chosen
 
 
-def batches(data, device) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """(inputs, targets, batch size) on ``device`` for a batch or every batch of a loader."""
-    items = [data] if is_batch(data) else data
-    for item in items:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2):
-            raise FlatnessError(
-                "each batch must be an (inputs, targets) pair; got "
-                f"{type(item).__name__}"
-                + (f" of length {len(item)}" if hasattr(item, "__len__") else "")
-            )
-        inputs, targets = item
-        yield inputs.to(device), targets.to(device), len(inputs)
+def batches(data, device) -> Iterator[tuple[object, torch.Tensor, int]]:
+    """(inputs, targets, batch size) on ``device`` for a batch or every batch of a loader.
 
-
-# -- the data: one fixed multiset of examples --------------------------------------------------
-def _random_transform_names(obj, depth: int = 0, seen=None) -> list[str]:
-    """Names of random transforms anywhere in a dataset and the objects it holds."""
-    seen = set() if seen is None else seen
-    if depth > 6 or id(obj) in seen or torch.is_tensor(obj) or isinstance(obj, (str, bytes)):
-        return []
-    seen.add(id(obj))
-    found = []
-    name = type(obj).__name__
-    if callable(obj) and (name.startswith("Random") or name in _RANDOM_TRANSFORMS):
-        found.append(name)
-    if isinstance(obj, Mapping):
-        children = list(obj.values())
-    elif isinstance(obj, (list, tuple)):
-        children = list(obj)
-    else:
-        children = list(getattr(obj, "__dict__", {}).values())
-        # transforms are often class attributes, or properties of a wrapper
-        children += [getattr(obj, a, None) for a in ("transform", "target_transform", "transforms")]
-    for child in children[:1000]:
-        if isinstance(child, (int, float, bool)) or child is None:
-            continue
-        found += _random_transform_names(child, depth + 1, seen)
-    return sorted(set(found))
-
-
-def _items_repeat(dataset) -> bool:
-    """Do the first examples read the same twice? (the random state is left untouched)"""
-    try:
-        count = min(len(dataset), _PROBED_ITEMS)
-    except TypeError:
-        return True
-    with torch.random.fork_rng(devices=[]):
-        for i in range(count):
-            torch.manual_seed(2 * i)
-            first = dataset[i]
-            torch.manual_seed(2 * i + 1)
-            second = dataset[i]
-            if not _same(first, second):
-                return False
-    return True
-
-
-def _same(a, b) -> bool:
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.shape == b.shape and torch.equal(a, b)
-    if isinstance(a, (tuple, list)):
-        return isinstance(b, (tuple, list)) and len(a) == len(b) and all(map(_same, a, b))
-    if hasattr(a, "__array__"):
-        import numpy as np
-
-        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
-    return a == b
-
-
-def _two_passes(loader: DataLoader) -> list[list[tuple[int, ...]]]:
-    """The index batches of two successive passes; random states are restored after."""
-    sampler = loader.batch_sampler if loader.batch_sampler is not None else loader.sampler
-    generators = {
-        id(g): (g, g.get_state())
-        for s in (loader, sampler, getattr(sampler, "sampler", None))
-        for g in [getattr(s, "generator", None)]
-        if isinstance(g, torch.Generator)
-    }
-    try:
-        with torch.random.fork_rng(devices=[]):
-            return [
-                [tuple(b) if isinstance(b, (list, tuple)) else (b,) for b in sampler]
-                for _ in range(2)
-            ]
-    finally:
-        for g, state in generators.values():
-            g.set_state(state)
-
-
-def check_data(data, bn_mode: str = "eval") -> None:
-    """Refuse data that are not one fixed operator: an empty batch, or a loader whose passes
-    differ (random sampling, dropping a random remainder, random transforms); with
-    ``bn_mode="train"`` also a loader whose batches change between passes."""
+    A loader's passes leave the global random state as it was (DataLoader draws a seed)."""
     if is_batch(data):
-        if len(data[0]) == 0:
+        yield tensors(lambda t: t.to(device), data[0]), data[1].to(device), len(data[1])
+        return
+    with all_random_states_kept():
+        for item in data:
+            if not is_batch(item):
+                raise FlatnessError(
+                    "each batch must be an (inputs, targets) pair of tensors; the loader "
+                    f"yields a {type(item).__name__}"
+                    + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
+                    + ": wrap its data set so that it returns (inputs, targets)"
+                )
+            inputs, targets = item
+            if targets.dim() == 0:
+                raise FlatnessError(
+                    "the loader yields single examples (DataLoader(batch_size=None) over a data "
+                    "set of examples): give it a batch_size"
+                )
+            yield tensors(lambda t: t.to(device), inputs), targets.to(device), len(targets)
+
+
+def check_data(data, bn_mode: str = "eval", model: nn.Module | None = None) -> None:
+    """Refuse data that are not one fixed operator (see :mod:`flatness.hessian.loaders`)."""
+    if is_batch(data):
+        if len(data[1]) == 0:
             raise FlatnessError(
                 "data is empty: the Hessian of a loss over no examples is undefined"
             )
+        if len(data[1]) == 1 and uses_batch_statistics(model, bn_mode):
+            raise FlatnessError(
+                "a batch of one example has no batch statistics for BatchNorm to normalise "
+                "with; pass more examples, or bn_mode='eval' with running statistics"
+            )
         return
-    if not isinstance(data, DataLoader):
-        raise FlatnessError(
-            "data must be an (inputs, targets) pair of tensors or a torch DataLoader, "
-            f"got {type(data).__name__}"
-        )
-    fix = (
-        "pass a DataLoader with shuffle=False and no random sampler (or the whole data set as "
-        "one (inputs, targets) batch)"
-    )
-    dataset = data.dataset
-    if isinstance(dataset, IterableDataset):
-        raise FlatnessError(
-            "the loader reads an IterableDataset, whose passes cannot be checked to cover the "
-            f"same examples; {fix}"
-        )
-    random = _random_transform_names(dataset)
-    if random:
-        raise FlatnessError(
-            f"the loader's data set draws random numbers ({', '.join(random)}), so every pass "
-            "over it is a different Hessian; use the test-time transform (no augmentation)"
-        )
-    if not _items_repeat(dataset):
-        raise FlatnessError(
-            "the loader's data set returns a different example when the same index is read "
-            "twice (a random transform or noise in __getitem__), so every pass is a different "
-            "Hessian; use the test-time transform (no augmentation)"
-        )
-    sampler = data.sampler
-    inner = getattr(data.batch_sampler, "sampler", sampler)
-    if isinstance(inner, WeightedRandomSampler) or (
-        isinstance(inner, RandomSampler)
-        and (inner.replacement or inner.num_samples != len(inner.data_source))
-    ):
-        raise FlatnessError(
-            f"the loader's {type(inner).__name__} draws examples with replacement or a random "
-            f"subset, so every pass is a different Hessian; {fix}"
-        )
-    first, second = _two_passes(data)
-    if sorted(i for b in first for i in b) != sorted(i for b in second for i in b):
-        raise FlatnessError(
-            "two passes over the loader cover different examples (a random sampler, or "
-            f"drop_last=True with shuffling), so every pass is a different Hessian; {fix}"
-        )
-    same_batches = sorted(map(sorted, first)) == sorted(map(sorted, second))
-    if bn_mode == "train" and not same_batches:
-        raise FlatnessError(
-            "with bn_mode='train' each batch's statistics are part of the operator, and this "
-            "loader forms different batches on every pass; use a loader with shuffle=False"
-        )
+    check_loader(data, bn_mode, model)
 
 
 # -- the model and the loss --------------------------------------------------------------------
@@ -245,42 +147,92 @@ def floating_dtype(model: nn.Module) -> torch.dtype | None:
     return dtypes.pop() if len(dtypes) == 1 else None
 
 
-def check_dtypes(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> None:
-    """Inputs of the model's dtype, and class labels as int64."""
-    dtype = floating_dtype(model)
-    if dtype is not None and inputs.is_floating_point() and inputs.dtype != dtype:
+def check_dtypes(model: nn.Module, inputs, targets: torch.Tensor) -> None:
+    """One float32 or float64 dtype for the variables and the floating inputs; int64 labels."""
+    variables = {p.dtype for p in model.parameters() if p.requires_grad}
+    if len(variables) > 1 or not variables <= set(_DTYPES):
         raise FlatnessError(
-            f"the inputs are {inputs.dtype} but the model's parameters are {dtype}: convert one "
-            f"to the other (inputs.to({dtype}) or model.to({inputs.dtype}))"
+            f"the model's trainable parameters are {sorted(map(str, variables))}: Hessians are "
+            "computed in one dtype, torch.float32 or torch.float64 (model.float() or "
+            "model.double())"
         )
-    if not targets.is_floating_point() and targets.dtype not in (torch.int64, torch.bool):
+    dtype = floating_dtype(model) or next(iter(variables))
+    for leaf in tree_leaves(inputs):
+        if torch.is_tensor(leaf) and leaf.is_floating_point() and leaf.dtype != dtype:
+            raise FlatnessError(
+                f"the inputs are {leaf.dtype} but the model's parameters are {dtype}: convert "
+                f"one to the other (inputs.to({dtype}) or model.to({leaf.dtype}))"
+            )
+    if not targets.is_floating_point() and targets.dtype != torch.int64:
         raise FlatnessError(
             f"the targets are {targets.dtype}; class labels must be torch.int64 "
             "(pass targets.long())"
         )
 
 
-def check_mean_loss(loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+def _scalar(value, what: str) -> torch.Tensor:
+    if not torch.is_tensor(value):
+        raise FlatnessError(f"loss_fn must return a tensor, got a {type(value).__name__}{what}")
+    if value.dim() != 0:
+        raise FlatnessError(f"loss_fn must return a scalar, got shape {tuple(value.shape)}")
+    return value
+
+
+def check_mean_loss(
+    loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tensor, *, batched: bool = False
+) -> None:
     """Refuse a loss that is not a mean over examples: the batch repeated twice must give the
-    same value (a sum doubles). Batches of a loader are weighted by their sizes, which is only
-    right for a mean."""
+    same value (a sum doubles). With ``batched`` (a loader of several batches, weighted by
+    their sizes) it must also be the plain mean of per-example losses, which a loss with
+    class weights or ignored labels is not."""
     outputs = outputs.detach()
-    single = loss_fn(outputs, targets)
-    if single.dim() != 0:
-        raise FlatnessError(f"loss_fn must return a scalar, got shape {tuple(single.shape)}")
+    single = _scalar(loss_fn(outputs, targets), "")
     if not torch.isfinite(single):
         raise FlatnessError(f"the loss is {single.item()} (not finite) at these parameters")
-    double = loss_fn(torch.cat([outputs, outputs]), torch.cat([targets, targets]))
+    double = _scalar(loss_fn(torch.cat([outputs, outputs]), torch.cat([targets, targets])), "")
     a, b = single.item(), double.item()
     scale = max(abs(a), abs(b))
-    if scale == 0 or math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-12 * scale):
-        return
-    kind = "a sum" if math.isclose(b, 2 * a, rel_tol=1e-4) else "neither a mean nor a sum"
-    raise FlatnessError(
-        f"loss_fn is {kind} over examples (one batch gives {a:.6g}, the same batch twice "
-        f"{b:.6g}); flatness measures the Hessian of the mean loss: pass a mean-reduced loss "
-        "(reduction='mean'), or divide a sum by the batch size"
-    )
+    if not (scale == 0 or math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-12 * scale)):
+        kind = "a sum" if math.isclose(b, 2 * a, rel_tol=1e-4) else "neither a mean nor a sum"
+        raise FlatnessError(
+            f"loss_fn is {kind} over examples (one batch gives {a:.6g}, the same batch twice "
+            f"{b:.6g}); flatness measures the Hessian of the mean loss: pass a mean-reduced "
+            "loss (reduction='mean'), or divide a sum by the batch size"
+        )
+    if batched:
+        few = min(len(targets), 16)
+        each = torch.stack([loss_fn(outputs[i : i + 1], targets[i : i + 1]) for i in range(few)])
+        whole = loss_fn(outputs[:few], targets[:few])
+        if not torch.allclose(each.mean(), whole, rtol=1e-4, atol=1e-7 * abs(whole.item())):
+            raise FlatnessError(
+                "loss_fn is not the plain mean of per-example losses (class weights, or "
+                "ignored labels?), so the batches of a loader cannot be weighted by their "
+                "sizes; pass the whole data set as one (inputs, targets) batch, or a loss "
+                "without class weights or ignored labels"
+            )
+
+
+def check_module(model: nn.Module) -> None:
+    """Refuse layers whose second derivatives torch gets wrong, and unmaterialised ones."""
+    for name, module in model.named_modules():
+        holders = getattr(module, "parametrizations", {})
+        weight_normed = any(
+            type(f).__name__ == "_WeightNorm" for plist in holders.values() for f in plist
+        ) or (hasattr(module, "weight_g") and hasattr(module, "weight_v"))
+        if weight_normed:
+            where = f"module {name!r}" if name else "the model"
+            raise FlatnessError(
+                f"{where} uses weight normalisation, whose second derivative in torch "
+                "(torch._weight_norm) is wrong: its Hessian comes out asymmetric. Remove it "
+                "(torch.nn.utils.parametrize.remove_parametrizations) or write w = g v/|v| in "
+                "the forward pass"
+            )
+    lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.UninitializedParameter)]
+    if lazy:
+        raise FlatnessError(
+            f"parameter(s) {', '.join(lazy)} are not initialised yet (lazy modules): run one "
+            "forward pass first"
+        )
 
 
 @contextlib.contextmanager
@@ -302,8 +254,9 @@ def curvature_modes(model: nn.Module, bn_mode: str):
                     m.track_running_stats = False
         yield
     finally:
+        # through train(), parents first, so that overrides of train() see the change back
         for m, training, track in saved:
-            m.training = training
+            m.train(training)
             if track is not None:
                 m.track_running_stats = track
 
@@ -324,7 +277,8 @@ def check_model(
     """
     if bn_mode not in BN_MODES:
         raise unknown("bn_mode", bn_mode, BN_MODES)
-    check_data(data, bn_mode)
+    check_module(model)
+    check_data(data, bn_mode, model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
         raise FlatnessError("the model has no parameters that require gradients")
@@ -334,9 +288,23 @@ def check_model(
         raise FlatnessError("data is empty: the loader yields no examples")
     x, y, _ = first
     check_dtypes(model, x, y)
+    several = isinstance(data, DataLoader) and len(data) > 1
     with curvature_modes(model, bn_mode):
-        out = select_output(model(x), output)
-        check_mean_loss(loss_fn, out, y)
+        with all_random_states_kept():
+            torch.manual_seed(0)
+            out = select_output(model(x), output)
+            torch.manual_seed(1)
+            again = select_output(model(x), output).detach()
+        first = out.detach()
+        if first.shape != again.shape or not bool(
+            ((first == again) | (first.isnan() & again.isnan())).all()
+        ):
+            raise FlatnessError(
+                "the model's forward pass draws random numbers even in eval mode (dropout "
+                "with training=True, injected noise), so it has no fixed Hessian; make the "
+                "forward pass deterministic in eval mode"
+            )
+        check_mean_loss(loss_fn, out, y, batched=several)
         loss = loss_fn(out, y)
         grads = torch.autograd.grad(
             loss, [p for _, p in named], allow_unused=True, create_graph=create_graph
@@ -348,3 +316,11 @@ def check_model(
             "rows are undefined here; freeze them (requires_grad=False) or remove them"
         )
     return named, grads
+
+
+def check_options(*, seed=0, l2=0.0) -> None:
+    """The options every function shares: an integer seed and a finite l2."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise FlatnessError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    if not isinstance(l2, (int, float)) or isinstance(l2, bool) or not math.isfinite(l2):
+        raise FlatnessError(f"l2 must be a finite number, got {l2!r}")

@@ -23,7 +23,16 @@ import torch
 from torch import nn
 
 from flatness.errors import FlatnessError, unknown
-from flatness.hessian.checks import Output, batches, check_model, curvature_modes, select_output
+from flatness.hessian.checks import (
+    Output,
+    batches,
+    check_model,
+    check_module,
+    check_options,
+    curvature_modes,
+    select_output,
+    tensors,
+)
 from flatness.hessian.operator import CURVATURES
 
 #: Beyond this many parameters a dense Hessian is refused (P^2 float64 numbers).
@@ -93,6 +102,8 @@ def exact_hessian(
     """
     if curvature not in CURVATURES:
         raise unknown("curvature", curvature, CURVATURES)
+    check_options(l2=l2)
+    check_module(model)
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if count > max_params:
         gib = count**2 * 8 / 2**30
@@ -121,7 +132,7 @@ def exact_hessian(
     examples = 0
     with curvature_modes(model, bn_mode):
         for x, y, n in batches(data, device):
-            x = x.double() if x.is_floating_point() else x
+            x = tensors(lambda t: t.double() if t.is_floating_point() else t, x)
             y = y.double() if y.is_floating_point() else y
 
             def call(flat, x=x):
@@ -131,6 +142,13 @@ def exact_hessian(
             total += n * _batch_curvature(call, lambda z, y=y: loss_fn(z, y), flat0, curvature)
             examples += n
     total /= examples
+    asymmetry = (total - total.T).abs().max().item()
+    if asymmetry > 1e-8 * max(total.abs().max().item(), 1e-300):
+        raise FlatnessError(
+            f"the {curvature} came out asymmetric (largest |H - H^T| {asymmetry:.3g}, largest "
+            f"|H| {total.abs().max().item():.3g}): torch's second derivative of some operation "
+            "in this model is wrong, so no Hessian of it can be trusted"
+        )
     return total + l2 * torch.eye(count, dtype=total.dtype, device=device) if l2 else total
 
 
@@ -161,7 +179,9 @@ def _batch_curvature(
         return torch.func.jacrev(torch.func.grad(linear))(flat0).detach()
     jac = torch.func.jacrev(logits_of)(flat0).detach().reshape(-1, len(flat0))  # (M, P)
     grad_z = torch.func.grad(lambda zf: loss_of_logits(zf.reshape(z.shape)))
-    hz_jac = torch.func.vmap(lambda col: torch.func.jvp(grad_z, (z.reshape(-1),), (col,))[1])(jac.T)
+    # reverse-over-reverse (H_z is symmetric): several losses (MSE, Huber) lack forward AD
+    pull = torch.func.vjp(grad_z, z.reshape(-1))[1]
+    hz_jac = torch.func.vmap(lambda col: pull(col)[0])(jac.T)
     return hz_jac @ jac  # (H_z J)^T J = J^T H_z J, H_z symmetric
 
 
@@ -181,6 +201,11 @@ def hessian_rank(hessian: torch.Tensor, rtols=(1e-4, 1e-6, 1e-8, 1e-10)) -> Rank
     >>> hessian_rank(torch.diag(torch.tensor([2.0, 1.0, 1e-7, 0.0], dtype=torch.float64))).ranks
     {0.0001: 2, 1e-06: 2, 1e-08: 3, 1e-10: 3}
     """
+    if not torch.is_tensor(hessian) or hessian.dim() != 2 or hessian.shape[0] != hessian.shape[1]:
+        shape = tuple(hessian.shape) if torch.is_tensor(hessian) else type(hessian).__name__
+        raise FlatnessError(f"hessian_rank takes a square matrix, got {shape}")
+    if not bool(torch.isfinite(hessian).all()):
+        raise FlatnessError("hessian_rank takes a finite matrix; this one has NaN or inf entries")
     evals = torch.linalg.eigvalsh(hessian.double())
     scale = evals.abs().max().item()
     ranks = {float(t): int((evals.abs() > t * scale).sum()) for t in rtols}
@@ -197,6 +222,13 @@ def softmax_regression_hessian(
     depend on the labels. Samples are summed in chunks of at most ``max_chunk_elements``
     outer-product entries, so that MNIST-sized data fits in memory.
     """
+    if not isinstance(model, nn.Linear) or model.bias is None:
+        raise FlatnessError(
+            "softmax_regression_hessian takes an nn.Linear with a bias (logits = W x + b); "
+            f"got {type(model).__name__}"
+            + (" without a bias" if isinstance(model, nn.Linear) else "")
+            + ": use exact_hessian for other models"
+        )
     weight, bias = model.weight.detach().double(), model.bias.detach().double()
     k, d = weight.shape
     total = torch.zeros(k * k, (d + 1) ** 2, dtype=torch.float64, device=weight.device)

@@ -32,7 +32,9 @@ from flatness.hessian.checks import (
     check_model,
     curvature_modes,
     select_output,
+    tensors,
 )
+from flatness.hessian.loaders import uses_batch_statistics
 
 #: beyond this many logits per example the K products per example cost more than probes
 MAX_LOGITS = 64
@@ -40,11 +42,6 @@ MAX_LOGITS = 64
 
 class NotSeparable(FlatnessError):
     """The GGN trace cannot be taken example by example for this model, loss or mode."""
-
-
-def _has_batch_statistics(model: nn.Module, bn_mode: str) -> bool:
-    batch_norms = nn.modules.batchnorm._BatchNorm
-    return bn_mode == "train" and any(isinstance(m, batch_norms) for m in model.modules())
 
 
 def ggn_trace(
@@ -70,8 +67,11 @@ def ggn_trace(
             ``torch.func.vmap`` cannot run one example at a time.
     """
     check_model(model, loss_fn, data, bn_mode=bn_mode, output=output)
-    if _has_batch_statistics(model, bn_mode):
-        raise NotSeparable("with bn_mode='train' an example's logits depend on its whole batch")
+    if uses_batch_statistics(model, bn_mode):
+        raise NotSeparable(
+            "BatchNorm uses batch statistics here (bn_mode='train', or no running statistics): "
+            "an example's logits depend on its whole batch"
+        )
     named = [(n, p.detach()) for n, p in model.named_parameters() if p.requires_grad]
     params = dict(named)
     device = named[0][1].device
@@ -100,7 +100,7 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
         per_example = vmap(example_loss)(z.reshape(n, k), y)
         if not torch.allclose(per_example.mean(), loss_fn(z, y), rtol=1e-4, atol=1e-7):
             raise NotSeparable("the loss is not a mean of per-example terms")
-        curvature = vmap(torch.func.hessian(example_loss))(z.reshape(n, k), y)
+        curvature = vmap(torch.func.jacrev(torch.func.jacrev(example_loss)))(z.reshape(n, k), y)
     lam, u = torch.linalg.eigh(curvature.double())  # (n, k), (n, k, k)
     u = u.to(z.dtype)
     fast = _hooked_sum(model, x, output, lam, u, chunk_bytes)
@@ -108,7 +108,8 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
         return fast
 
     def logits(p, xi):
-        return select_output(functional_call(model, (p, buffers), (xi[None],)), output).reshape(-1)
+        one = tensors(lambda t: t[None], xi)
+        return select_output(functional_call(model, (p, buffers), (one,)), output).reshape(-1)
 
     def norms(xi, ui):
         with torch.enable_grad():
@@ -120,7 +121,7 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
     total = 0.0
     for s in range(0, n, chunk):
         try:
-            sq = vmap(norms)(x[s : s + chunk], u[s : s + chunk])  # (c, k)
+            sq = vmap(norms)(tensors(lambda t, s=s: t[s : s + chunk], x), u[s : s + chunk])
         except (RuntimeError, NotImplementedError) as err:
             raise NotSeparable(f"the model cannot run one example at a time ({err})") from err
         total += (lam[s : s + chunk] * sq.double()).sum().item()
@@ -214,6 +215,51 @@ def _example_norms(module, a, delta, chunk_bytes) -> torch.Tensor:
     return total
 
 
+def _layer_gradient(module, a, delta) -> list[torch.Tensor]:
+    """The batch gradient of the module's variables from its input and output gradient."""
+    w, b = module.weight, getattr(module, "bias", None)
+    if isinstance(module, _HOOKED[2]):
+        shape = (1, -1) + (1,) * (a.dim() - 2)
+        xhat = (a - module.running_mean.reshape(shape)) / torch.sqrt(
+            module.running_var.reshape(shape) + module.eps
+        )
+        dims = [d for d in range(delta.dim()) if d != 1]
+        parts = [(w, (delta * xhat).sum(dim=dims)), (b, delta.sum(dim=dims))]
+    elif isinstance(module, nn.Conv2d):
+        weight = torch.nn.grad.conv2d_weight(
+            a, w.shape, delta, module.stride, module.padding, module.dilation, module.groups
+        )
+        parts = [(w, weight), (b, delta.sum(dim=(0, 2, 3)))]
+    else:
+        flat_d, flat_a = delta.reshape(-1, delta.shape[-1]), a.reshape(-1, a.shape[-1])
+        parts = [(w, flat_d.T @ flat_a), (b, flat_d.sum(dim=0))]
+    return [g for p, g in parts if p is not None and p.requires_grad]
+
+
+def _layers_explain_gradient(layers, calls, deltas, z, cotangent) -> bool:
+    """Does the layers' own account of one gradient match autograd's? Not when a parameter
+    is also used outside its layer (``layer.weight`` read directly in a forward pass)."""
+    variables = [
+        p
+        for m in layers
+        for p in (m.weight, getattr(m, "bias", None))
+        if p is not None and p.requires_grad
+    ]
+    truth = torch.autograd.grad(z, variables, grad_outputs=cotangent, retain_graph=True)
+    mine = []
+    with torch.no_grad():
+        for module, [(inputs, _)], delta in zip(layers, calls, deltas):
+            if delta is None:
+                return False
+            mine += _layer_gradient(module, inputs, delta.sum(dim=0))
+    scale = max(t.abs().max().item() for t in truth)
+    tol = 1e-4 if z.dtype == torch.float32 else 1e-9
+    return all(
+        t.shape == m.shape and (t - m).abs().max().item() <= tol * max(scale, 1e-30)
+        for t, m in zip(truth, mine)
+    )
+
+
 def _hooked_sum(model, x, output, lam, u, chunk_bytes) -> float | None:
     """The same sum from each layer's inputs and output gradients: one batched backward of
     the k cotangents ``sqrt|lambda_c| u_c`` gives every layer's output gradient ``delta``, and
@@ -241,16 +287,19 @@ def _hooked_sum(model, x, output, lam, u, chunk_bytes) -> float | None:
     n, k = lam.shape
     cotangents = (lam.abs().sqrt()[:, :, None] * u.transpose(1, 2).double()).transpose(0, 1)
     cotangents = cotangents.to(z.dtype).reshape(k, *z.shape)  # (k, n, *shape): one per c
+    outs = [c[0][1] for c in calls]
     deltas = torch.autograd.grad(
         z,
-        [c[0][1] for c in calls],
+        outs,
         grad_outputs=cotangents,
         is_grads_batched=True,
         allow_unused=True,
+        retain_graph=True,
     )
+    if not _layers_explain_gradient(layers, calls, deltas, z, cotangents.sum(dim=0)):
+        return None  # a parameter also used outside its layer: per-example products instead
     total = torch.zeros(k, n, dtype=torch.float64, device=z.device)
     with torch.no_grad():
         for module, [(inputs, _)], delta in zip(layers, calls, deltas):
-            if delta is not None:
-                total += _example_norms(module, inputs.detach(), delta, chunk_bytes)
+            total += _example_norms(module, inputs.detach(), delta, chunk_bytes)
     return (lam.sign().T.to(total) * total).sum().item()

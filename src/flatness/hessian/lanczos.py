@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from flatness.errors import FlatnessError
+from flatness.hessian.checks import check_options
 from flatness.hessian.operator import HessianOperator
 
 
@@ -118,6 +119,9 @@ def lanczos_top(
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k > op.size:
         raise FlatnessError(f"k must be an integer from 1 to {op.size}, got {k!r}")
+    if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
+        raise FlatnessError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+    check_options(seed=seed)
     if not isinstance(tol, (int, float)) or not tol > 0:
         raise FlatnessError(f"tol must be a positive number, got {tol!r}")
     b = k if block is None else block
@@ -229,6 +233,7 @@ def lanczos_density(
     digits MLP (7,510 parameters, 1,437 examples) has 3.6 MiB of bases and about 35 MiB of peak
     extra memory; a VGG-style CNN (23,538 parameters, 128 images) 11 MiB and about 230 MiB.
     """
+    check_options(seed=seed)
     if not isinstance(steps, int) or steps < 1:
         raise FlatnessError(f"steps must be a positive integer, got {steps!r}")
     if not isinstance(probes, int) or probes < 1:

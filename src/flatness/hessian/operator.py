@@ -27,6 +27,7 @@ from flatness.hessian.checks import (
     batches,
     check_data,
     check_model,
+    check_options,
     curvature_modes,
     is_batch,
     select_output,
@@ -87,6 +88,7 @@ class HessianOperator:
     ):
         if curvature not in CURVATURES:
             raise unknown("curvature", curvature, CURVATURES)
+        check_options(l2=l2)
         self.model, self.loss_fn, self.data = model, loss_fn, data
         self.curvature, self.bn_mode, self.l2 = curvature, bn_mode, float(l2)
         self.output = output
@@ -135,7 +137,8 @@ class HessianOperator:
 
         def ggn(v):
             out, jv = jvp(logits, (self.params,), (v,))
-            hjv = jvp(grad(lambda z: self.loss_fn(z, y)), (out,), (jv,))[1]
+            # H_z J v as reverse-over-reverse: several losses (MSE, Huber) lack forward AD
+            hjv = vjp(grad(lambda z: self.loss_fn(z, y)), out)[1](jv)[0]
             return vjp(logits, self.params)[1](hjv)[0]
 
         out = vmap(ggn)(tangents)
@@ -187,6 +190,8 @@ class HessianOperator:
             raise FlatnessError(
                 f"expected a (k, {self.size}) stack of vectors, got {tuple(vectors.shape)}"
             )
+        if len(vectors) == 0:
+            return torch.zeros(vectors.shape, device=self.device, dtype=self.dtype)
         start = time.perf_counter()
         vectors = vectors.to(self.device, self.dtype)
         if self._graph is not None:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flatness.hessian.checks import Output, check_model, is_batch, select_output
+from flatness.errors import FlatnessError
+from flatness.hessian.checks import Output, check_model, check_options, is_batch, select_output
 
 
 @contextlib.contextmanager
@@ -34,6 +35,7 @@ def pyhessian_engine(
     """
     from pyhessian import hessian as PyHessian
 
+    check_options(seed=seed)
     check_model(model, loss_fn, data, bn_mode="eval", output=output)
 
     def criterion(outputs, targets):
@@ -42,6 +44,7 @@ def pyhessian_engine(
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     saved = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.grad) for p in model.parameters()]  # the user's, put back after
     model.zero_grad(set_to_none=True)
     try:
         with torch.random.fork_rng(devices=[device] if cuda else []), warnings.catch_warnings():
@@ -58,8 +61,10 @@ def pyhessian_engine(
             yield engine
     finally:
         model.zero_grad(set_to_none=True)  # drops the create_graph gradients, freeing the graph
+        for p, g in grads:
+            p.grad = g
         for m, training in saved:
-            m.training = training
+            m.train(training)
 
 
 def pyhessian_hvp(
@@ -70,6 +75,10 @@ def pyhessian_hvp(
     from pyhessian.utils import hessian_vector_product
 
     with pyhessian_engine(model, loss_fn, data, output=output) as engine:
+        size = sum(p.numel() for p in engine.params)
+        if not torch.is_tensor(vector) or vector.shape != (size,):
+            shape = tuple(vector.shape) if torch.is_tensor(vector) else type(vector).__name__
+            raise FlatnessError(f"vector must have shape ({size},), got {shape}")
         pieces = torch.split(vector.to(engine.params[0]), [p.numel() for p in engine.params])
         v = [t.reshape(p.shape) for t, p in zip(pieces, engine.params)]
         if engine.full_dataset:
@@ -104,6 +113,10 @@ def pyhessian_estimate(
 
     Raises FlatnessError where flatness's own checks do (before PyHessian runs).
     """
+    if not isinstance(max_iter, int) or max_iter < 1:
+        raise FlatnessError(f"max_iter must be a positive integer, got {max_iter!r}")
+    if not isinstance(tol, (int, float)) or not tol >= 0:
+        raise FlatnessError(f"tol must be a non-negative number, got {tol!r}")
     start = time.perf_counter()
     with pyhessian_engine(model, loss_fn, data, seed=seed, output=output) as engine:
         eigenvalues, _ = engine.eigenvalues(maxIter=max_iter, tol=tol, top_n=1)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from flatness.errors import FlatnessError, unknown
+from flatness.hessian.checks import check_options
 from flatness.hessian.operator import HessianOperator
 
 METHODS = ("auto", "hutchinson", "hutch++", "ggn+hutchinson")
@@ -157,7 +158,8 @@ def estimate_trace_of(
     return exact_part + mean, se, "hutch++", n, ok, exact_part
 
 
-def _check(method, probes, rtol, max_probes, batch):
+def _check(method, probes, rtol, max_probes, batch, seed):
+    check_options(seed=seed)
     if method not in METHODS:
         raise unknown("method", method, METHODS)
     least = 3 if method in ("hutch++", "auto") else 2
@@ -219,7 +221,7 @@ def trace_estimate(
 ) -> Estimate:
     """``Tr H``: a fixed budget of ``probes`` products, or (``probes=None``) until the standard
     error is at most ``rtol`` times the estimate. See :func:`flatness.hessian.trace`."""
-    _check(method, probes, rtol, max_probes, batch)
+    _check(method, probes, rtol, max_probes, batch, seed)
     kwargs = dict(probes=probes, rtol=rtol, max_probes=max_probes, batch=batch, seed=seed)
     if op.curvature == "hessian" and (
         method == "ggn+hutchinson" or (method == "auto" and probes is None and _cheap_ggn(op))
@@ -274,7 +276,7 @@ def frobenius_estimate(
         raise FlatnessError(
             "method='ggn+hutchinson' is for the trace; use 'auto', 'hutchinson' or 'hutch++'"
         )
-    _check(method, probes, rtol, max_probes, batch)
+    _check(method, probes, rtol, max_probes, batch, seed)
     est = _run(
         op,
         lambda z, hz: (hz * hz).sum(dim=1),
