@@ -37,6 +37,14 @@ clean:
 clean-results:
 	rm -rf results
 
-## flatness.hessian against plain PyHessian 0.1, ratios measured side by side (prints a table).
-bench: $(STAMP)
-	$(BIN)/python benchmarks/hessian_bench.py
+## flatness.hessian against PyHessian, hessian-eigenthings and curvlinops at equal achieved accuracy
+## (prints a table, writes _build/bench/hessian.json); BENCH_ARGS=--quick for a short run.
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): requirements-bench.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	touch $@
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/hessian_bench.py $(BENCH_ARGS)

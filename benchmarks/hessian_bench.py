@@ -1,12 +1,17 @@
-"""flatness.hessian against plain PyHessian 0.1, side by side in one run (``make bench``).
+"""flatness.hessian against PyHessian, hessian-eigenthings and curvlinops at equal accuracy.
 
-Two models, each briefly trained: the digits MLP 64-100-10 (real digits) and a width-reduced
-VGG-style CNN with BatchNorm on generated 3x32x32 inputs (labels from a random linear teacher);
-each in single-batch and in DataLoader mode. Every
-ratio in the table is flatness / PyHessian, measured here in this run. Targets (issue 3):
-top-1 to 1e-3 <= 0.5, top-5 to 1e-3 <= 0.33 (in HVPs and wall time), trace to 1 % relative
-standard error >= 3x faster, a DataLoader HVP <= 2.5 gradient passes.
-Results also go to ``_build/bench/hessian.json``.
+``make bench`` (``--quick`` for a smaller CNN data set and shorter searches). Two briefly
+trained models (problems.py), each with its data as one batch and as an 8-batch DataLoader;
+every tool runs the float32 model in eval mode. Each tool's answer is scored against a float64
+reference computed here without any of the tools (reference.py). Cells:
+
+- top-1 / top-5 eigenvalues to a relative error of 1e-3: each tool's cheapest setting that
+  gets there (its tol, or its number of Lanczos steps), timed best of 3;
+- trace / Frobenius norm to a 1 % relative standard error, per estimator (search.py).
+
+The table gives, per cell, flatness's time, the best peer's time and name, and their ratio
+(below 1: flatness is faster); the detail block lists every tool's setting, achieved error and
+time. Results also go to ``_build/bench/hessian.json``.
 """
 
 from __future__ import annotations
@@ -14,291 +19,252 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
-import sys
+import os
+import platform
+import resource
 import time
+import warnings
 from pathlib import Path
 
+import extras
+import peers
+import search
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from problems import MODES, ce, problems
+from reference import reference
 
-from flatness import data as datasets
-from flatness import hessian as H
-from flatness.hessian.reference import pyhessian_engine
-from flatness.models import mlp
-
-ce = nn.functional.cross_entropy
-TOLS = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 1e-6)
-#: PyHessian's iterations per eigenvalue at most; a miss is reported as a lower bound
-MAX_ITER = 300
-#: trace probes timed at most (PyHessian's time beyond is scaled; Hutch++ stops there)
-MAX_PROBES = 384
+CELLS = ("top-1", "top-5", "trace", "Frobenius")
+OUT = Path("_build/bench/hessian.json")
 
 
-def vgg_small(width: int = 8) -> nn.Sequential:
-    """VGG-style: (conv-BN-ReLU) x2, pool, x2, pool, x2, pool, then a linear head; 3x32x32 in."""
-    layers, channels = [], 3
-    for out in (width, 2 * width, 4 * width):
-        for _ in range(2):
-            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
-            channels = out
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * 16, 10))
+def fmt_s(seconds) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    return f"{seconds:.3f}s" if seconds < 10 else f"{seconds:.1f}s"
 
 
-def problems(quick: bool):
-    torch.manual_seed(0)
-    digits = datasets.load("digits")
-    net = mlp(64, 10, widths=(100,))
-    # a little training so the spectrum is a trained network's, not an initialisation's
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    for _ in range(30):
-        opt.zero_grad()
-        ce(net(digits.x_train), digits.y_train).backward()
-        opt.step()
-    n = 64 if quick else 128
-    x = torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    teacher = torch.randn(3 * 32 * 32, 10, generator=torch.Generator().manual_seed(3))
-    y = (x.flatten(1) @ teacher).argmax(dim=1)  # labels a network can learn
-    cnn = vgg_small()
-    opt = torch.optim.SGD(cnn.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(60):  # trained to low loss, as the networks the book measures are
-        opt.zero_grad()
-        ce(cnn.train()(x), y).backward()
-        opt.step()
-    cnn.eval()
-    return [
-        ("digits MLP", net, digits.x_train, digits.y_train, 256),
-        ("VGG-style CNN", cnn, x, y, 32),
-    ]
+def describe(row: dict) -> str:
+    if not row["reached"]:
+        return f"not reached ({row['why']})"
+    text = f"{row['setting']}, {fmt_s(row['seconds'])} (best of {row['runs']})"
+    if row.get("estimator"):
+        text += f", {row['estimator']}" + ("" if row.get("converged", True) else " (NOT converged)")
+    if row.get("hvps") is not None and row.get("kind") != "samples":
+        text += f", {row['hvps']} HVPs"
+    if row.get("kind") == "actual":
+        return text + f", RMS error over 3 seeds {row['error']:.2e}"
+    if "rel_se" in row:
+        text += f", rel. s.e. {row['rel_se']:.4f}"
+    if row.get("kind") == "samples":
+        text += f" (per-probe rel. sd {row['per_probe_rel_sd']:.3f} from {row['spread_from']}"
+        if "own_rel_sd" in row:
+            text += f"; its own {row['own_rel_sd']:.3f}"
+        text += ")"
+        if row["probes_timed"] != row["probes_needed"]:
+            return text + f", error of a {row['probes_timed']}-probe run {row['error']:.2e}"
+    return text + f", error {row['error']:.2e}"
 
 
-class Counter:
-    """Counts PyHessian's HVPs by wrapping the two functions it computes them with."""
-
-    def __init__(self):
-        import pyhessian  # noqa: F401  (its package name shadows the module with the class)
-
-        ph = sys.modules["pyhessian.hessian"]
-        self.count = 0
-        self._ph = ph
-        self._orig_hvp = ph.hessian_vector_product
-        self._orig_loader = ph.hessian.dataloader_hv_product
-
-        def hvp(*args, **kwargs):
-            self.count += 1
-            return self._orig_hvp(*args, **kwargs)
-
-        def loader_hvp(engine, v):
-            self.count += 1
-            return self._orig_loader(engine, v)
-
-        ph.hessian_vector_product = hvp
-        ph.hessian.dataloader_hv_product = loader_hvp
-
-    def close(self):
-        self._ph.hessian_vector_product = self._orig_hvp
-        self._ph.hessian.dataloader_hv_product = self._orig_loader
+def guarded(fn, *args) -> dict:
+    """A cell's measurement, or a "not reached" row saying how the tool failed."""
+    try:
+        return fn(*args)
+    except Exception as e:  # a peer's failure is a result, not the end of the bench
+        return {"reached": False, "why": f"failed: {type(e).__name__}: {str(e)[:80]}"}
 
 
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+def measure_row(problem, mode: str, ref: dict, cfg: dict) -> dict:
+    """Every tool on every cell of one (model, data mode)."""
+    cells = {}
+    for k, cell in ((1, "top-1"), (5, "top-5")):
+        cells[cell] = []
+        for m in peers.eigen_methods():
+            r = guarded(search.eigen_cell, m, problem, mode, k, ref["eigenvalues"], cfg)
+            r.update(tool=m.tool, method=m.method)
+            cells[cell].append(r)
+            print(f"  {cell:9} {m.tool:11} {m.method:22} {describe(r)}", flush=True)
+    for quantity, cell in (("trace", "trace"), ("frobenius", "Frobenius")):
+        cells[cell] = []
+        anchor = 30
+        for i, m in enumerate(peers.trace_methods()):
+            if m.quantity != quantity:
+                continue
+            seeds = 1000 * i + 100 * MODES.index(mode)  # distinct probes for every run
+            r = guarded(search.trace_cell, m, problem, mode, ref[quantity], cfg, anchor, seeds)
+            if m.tool == "flatness" and r.get("hvps"):
+                anchor = r["hvps"]  # the peers' budget searches start where flatness stopped
+            r.update(tool=m.tool, method=m.method, kind=m.kind)
+            cells[cell].append(r)
+            print(f"  {cell:9} {m.tool:11} {m.method:22} {describe(r)}", flush=True)
+        for missing in peers.MISSING.get(quantity, []):
+            cells[cell].append(
+                {
+                    "tool": missing.split()[0],
+                    "method": "no estimator",
+                    "reached": False,
+                    "why": "no estimator",
+                }
+            )
+    return cells
 
 
-def pyhessian_top(model, data, k, truth, counter, loosest=TOLS[0]):
-    """PyHessian's power iteration at ever tighter tol until all k are within 1e-3 of the truth."""
-    for tol in [t for t in TOLS if t <= loosest]:
-        counter.count = 0
+def summarise(cells: dict) -> dict:
+    """Per cell: flatness's time, the best peer (fastest that reached the target), the ratio."""
+    out = {}
+    for cell, rows in cells.items():
+        ours = [r for r in rows if r["tool"] == "flatness" and r["reached"]]
+        theirs = [r for r in rows if r["tool"] != "flatness" and r["reached"]]
+        best = min(theirs, key=lambda r: r["seconds"]) if theirs else None
+        t_ours = ours[0]["seconds"] if ours else None
+        out[cell] = {
+            "flatness_seconds": t_ours,
+            "peer_seconds": best["seconds"] if best else None,
+            "peer": f"{best['tool']} {best['method']}" if best else None,
+            "peer_projected": bool(
+                best and best.get("probes_timed", 0) != best.get("probes_needed", 0)
+            ),
+            "ratio": t_ours / best["seconds"] if (ours and best) else None,
+        }
+    return out
 
-        def run(tol=tol):
-            # timed from building the engine (its gradient graph), as ours is from building its operator
-            with pyhessian_engine(model, ce, data) as engine:
-                return engine.eigenvalues(maxIter=MAX_ITER, tol=tol, top_n=k)[0]
 
-        values, seconds = timed(run)
-        values = torch.tensor(sorted(values, reverse=True), dtype=torch.float64)
-        if bool(((values - truth).abs() <= 1e-3 * truth.abs()).all()):
-            return counter.count, seconds, tol
-        if counter.count >= MAX_ITER * k:  # hit the cap: tighter tol cannot help
-            return counter.count, seconds, f">{tol} (not reached in {MAX_ITER} iterations each)"
-    return counter.count, seconds, "not reached"
-
-
-def ours_top(model, data, k, truth):
-    """The fewest Lanczos steps whose top-k Ritz values are all within 1e-3 of the truth.
-
-    Read off one run's Ritz-value history (as PyHessian's tol is searched for it), then timed
-    as a run of exactly that many steps.
-    """
-    run = H.top_eigenvalues(model, ce, data, k=k, tol=1e-12, max_steps=300)
-    within = ((run.history - truth).abs() <= 1e-3 * truth.abs()).all(dim=1)
-    if not bool(within.any()):
-        return math.nan, math.nan, "not reached"
-    steps = int(within.nonzero()[0]) + 1
-    result, seconds = timed(
-        lambda: H.top_eigenvalues(model, ce, data, k=k, tol=1e-12, max_steps=steps)
+def print_table(rows: list[dict]) -> None:
+    """One row per (model, data); under each cell's times, the best peer's name."""
+    width = 38
+    head = f"{'model, data':26}" + "".join(f"| {c:{width - 2}}" for c in CELLS)
+    sub = f"{'':26}" + "".join(f"| {'flatness / best peer = ratio':{width - 2}}" for _ in CELLS)
+    print("\n" + head + "\n" + sub + "\n" + "-" * len(head))
+    for row in rows:
+        times, names = f"{row['model'] + ', ' + row['mode']:26}", f"{'':26}"
+        for cell in CELLS:
+            s = row["summary"][cell]
+            ours = fmt_s(s["flatness_seconds"]) if s["flatness_seconds"] else "not reached"
+            theirs = fmt_s(s["peer_seconds"]) + ("~" if s["peer_projected"] else "")
+            if s["peer_seconds"] is None:
+                theirs = "no peer reached"
+            ratio = f" = {s['ratio']:.2f}" if s["ratio"] is not None else ""
+            times += f"| {ours + ' / ' + theirs + ratio:{width - 2}}"
+            names += f"|   {s['peer'] or '':{width - 4}}"
+        print(times + "\n" + names)
+    print(
+        "~ projected: Hutchinson's probes needed (from the pooled per-probe spread) x its "
+        "per-probe time on real runs"
     )
-    return result.hvps, seconds, f"{steps} steps"
 
 
-def trace_rows(model, data, counter):
-    """Wall time to a 1 % relative standard error: PyHessian's Hutchinson against Hutch++.
+def print_detail(rows: list[dict]) -> None:
+    print("\ndetail (setting, time, HVPs, relative standard error, error against the reference):")
+    for row in rows:
+        print(f"\n{row['model']}, {row['mode']}")
+        for cell in CELLS:
+            for r in row["cells"][cell]:
+                print(f"  {cell:9} {r['tool']:11} {r['method']:26} {describe(r)}")
 
-    PyHessian runs a fixed number of probes (``tol=0`` never fires its stopping rule); the
-    probes it needs come from a 30-probe pilot. Past ``MAX_PROBES`` probes its time is measured
-    on ``MAX_PROBES`` and scaled linearly, which is exact for a fixed-probe loop. Hutch++
-    doubles its budget until its own standard error is at most 1 % (or ``MAX_PROBES``).
-    """
-    pilot = H.trace(model, ce, data, probes=30, method="hutchinson", seed=9)
-    probes_h = max(2, math.ceil((pilot.stderr * math.sqrt(30) / (0.01 * abs(pilot.estimate))) ** 2))
-    measured = min(probes_h, MAX_PROBES)
-    with pyhessian_engine(model, ce, data) as engine:
-        _, t_ph = timed(lambda: engine.trace(maxIter=measured, tol=0.0))
-    t_ph *= probes_h / measured
-    budget = 30  # at least 10 deflated probes, so that the standard error itself is usable
-    while True:
-        est, t_ours = timed(lambda budget=budget: H.trace(model, ce, data, probes=budget, seed=3))
-        if est.stderr <= 0.01 * abs(est.estimate) or budget >= MAX_PROBES:
-            break
-        budget *= 2
-    # PyHessian's time to the relative standard error Hutch++ actually reached (1/sqrt scaling)
-    reached = est.stderr / abs(est.estimate)
-    t_ph_equal = t_ph * (0.01 / max(reached, 0.01)) ** 2
-    return {
-        "pyhessian_probes": probes_h,
-        "pyhessian_probes_timed": measured,
-        "pyhessian_seconds": t_ph,
-        "pyhessian_seconds_at_ours_stderr": t_ph_equal,
-        "ours_probes": budget,
-        "ours_seconds": t_ours,
-        "ours_rel_stderr": est.stderr / abs(est.estimate),
+
+def _plain(row: dict) -> dict:
+    """A row without its raw per-probe tensors, for the JSON file."""
+    cells = {
+        c: [{k: v for k, v in r.items() if k != "_samples"} for r in rs]
+        for c, rs in row["cells"].items()
     }
+    return {**row, "cells": cells}
 
 
-def hvp_cost(model, x, y, batch, counter):
-    """Seconds of one full-data HVP over a loader, in units of one full gradient pass."""
-    loader = DataLoader(TensorDataset(x, y), batch_size=batch)
-
-    def gradient_pass():
-        model.zero_grad(set_to_none=True)
-        for xb, yb in loader:
-            (ce(model(xb), yb) * len(xb) / len(x)).backward()
-        model.zero_grad(set_to_none=True)
-
-    gradient_pass()
-    _, t_grad = timed(lambda: [gradient_pass() for _ in range(5)])
-    t_grad /= 5
-    op = H.HessianOperator(model, ce, loader)
-    v1 = torch.randn(1, op.size)
-    v16 = torch.randn(16, op.size)
-    reps = 5
-    op.matmat(v1)  # warm-up
-    _, t1 = timed(lambda: [op.matmat(v1) for _ in range(reps)])
-    _, t16 = timed(lambda: op.matmat(v16))
-    with pyhessian_engine(model, ce, loader) as engine:
-        v = [torch.randn_like(p) for p in engine.params]
-        engine.dataloader_hv_product(v)  # warm-up
-        _, tph = timed(lambda: [engine.dataloader_hv_product(v) for _ in range(reps)])
-    return {
-        "gradient_pass_seconds": t_grad,
-        "pyhessian_passes_per_hvp": tph / reps / t_grad,
-        "ours_passes_per_hvp_single": t1 / reps / t_grad,
-        "ours_passes_per_hvp_batched16": t16 / 16 / t_grad,
-    }
-
-
-SLQ_CHILD = """
-import sys, torch, json
-sys.path.insert(0, {bench!r})
-from hessian_bench import problems, ce
-from flatness import hessian as H
-name, model, x, y, _ = problems({quick})[{index}]
-def rss_kib(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1])
-H.top_eigenvalues(model, ce, (x, y), k=1, tol=1e-1)  # warm up: graph built, kernels loaded
-base = rss_kib("VmRSS")
-d = H.spectral_density(model, ce, (x, y), steps={steps}, probes={probes})
-P = sum(p.numel() for p in model.parameters())
-print(json.dumps(dict(peak_extra_mib=(rss_kib("VmHWM") - base) / 1024,
-                      basis_mib={probes} * ({steps} + 1) * P * 4 / 2**20)))
-"""
-
-
-def slq_memory(index: int, quick: bool, steps: int, probes: int) -> dict:
-    code = SLQ_CHILD.format(
-        bench=str(Path(__file__).parent), quick=quick, index=index, steps=steps, probes=probes
+def print_reference(ref: dict) -> None:
+    when = "cached" if ref["cached"] else f"{ref['seconds']:.0f}s"
+    print(f"reference ({when}): {ref['how']}")
+    eig = ", ".join(f"{v:.6g}" for v in ref["eigenvalues"])
+    tr_se = ref["trace_stderr"] / abs(ref["trace"])
+    fro_se = ref["frobenius_stderr"] / ref["frobenius"]
+    print(
+        f"  top-5 {eig}; trace {ref['trace']:.6g} (rel. s.e. {tr_se:.1e}), "
+        f"Frobenius {ref['frobenius']:.6g} (rel. s.e. {fro_se:.1e})",
+        flush=True,
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
+    # backpack (under curvlinops) uses torch.jit.script, deprecated in this torch
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller CNN data set")
+    parser.add_argument("--quick", action="store_true", help="smaller CNN data, shorter searches")
+    parser.add_argument(
+        "--no-extras", action="store_true", help="skip loader HVP cost and SLQ memory"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    counter = Counter()
-    results = []
-    try:
-        for index, (name, model, x, y, batch) in enumerate(problems(args.quick)):
-            params = sum(p.numel() for p in model.parameters())
-            print(f"\n== {name}: {params:,} parameters, {len(x)} examples", flush=True)
-            data = (x, y)
-            truth = H.top_eigenvalues(model, ce, data, k=5, tol=1e-9, max_steps=3000).eigenvalues
-            row = {"model": name, "parameters": params, "examples": len(x)}
-            loosest = TOLS[0]
-            for k in (1, 5):
-                # top-5 needs at least the tol top-1 needed: start the search there
-                ph = pyhessian_top(model, data, k, truth[:k], counter, loosest)
-                loosest = ph[2] if isinstance(ph[2], float) else loosest
-                us = ours_top(model, data, k, truth[:k])
-                row[f"top{k}"] = {"pyhessian": ph, "ours": us}
-                print(
-                    f"top-{k} to 1e-3: PyHessian {ph[0]} HVPs {ph[1]:.2f}s (tol {ph[2]}), "
-                    f"flatness Lanczos {us[0]} HVPs {us[1]:.2f}s: "
-                    f"ratio HVPs {us[0] / ph[0]:.2f}, time {us[1] / ph[1]:.2f}",
-                    flush=True,
-                )
-            row["trace"] = trace_rows(model, data, counter)
-            t = row["trace"]
+    cfg = search.SETTINGS[args.quick]
+    start = time.perf_counter()
+    if not peers.flatness_has_rtol():
+        print("NOTE: flatness.hessian.trace has no rtol yet: flatness uses fixed probe budgets")
+    print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs)")
+    rows, side = [], []
+    for problem in problems(args.quick):
+        with torch.no_grad():
+            loss = ce(problem.model(problem.x), problem.y).item()
+        print(
+            f"\n== {problem.name}: {problem.parameters:,} parameters, {len(problem.x)} examples "
+            f"(trained, eval-mode loss {loss:.3g}), loader of {problem.loader_batch}-example batches",
+            flush=True,
+        )
+        ref = reference(problem, **({"probes": 64, "sketch": 20} if args.quick else {}))
+        print_reference(ref)
+        ours = []
+        for mode in MODES:
+            print(f"-- {mode} (at {time.perf_counter() - start:.0f}s)", flush=True)
+            cells = measure_row(problem, mode, ref, cfg)
+            ours.append({"model": problem.name, "mode": mode, "cells": cells})
+            ours[-1].update(parameters=problem.parameters, examples=len(problem.x))
+        search.pool_hutchinson(ours)  # Hutchinson's probes needed from all its samples here
+        for row in ours:
+            row["summary"] = summarise(row["cells"])
+        rows += ours
+        extra = {
+            "model": problem.name,
+            "reference": {k: v for k, v in ref.items() if k != "cached"},
+        }
+        if not args.no_extras:
+            extra["loader_hvp_cost"] = c = extras.hvp_cost(problem)
             print(
-                f"trace to 1% rel. s.e.: PyHessian Hutchinson {t['pyhessian_probes']} probes "
-                f"(timed on {t['pyhessian_probes_timed']}) "
-                f"{t['pyhessian_seconds']:.2f}s; flatness Hutch++ {t['ours_probes']} probes "
-                f"{t['ours_seconds']:.2f}s reaching rel. s.e. {t['ours_rel_stderr']:.4f}"
-                + ("" if t["ours_rel_stderr"] <= 0.01 else " (1 % NOT reached)")
-                + f"; speed-up at equal standard error "
-                f"{t['pyhessian_seconds_at_ours_stderr'] / t['ours_seconds']:.1f}x",
+                f"loader HVP in gradient passes: PyHessian {c['pyhessian_passes_per_hvp']:.2f}, "
+                f"flatness one vector {c['flatness_passes_per_hvp_single']:.2f}, "
+                f"16 per pass {c['flatness_passes_per_hvp_batched16']:.2f}",
                 flush=True,
             )
-            row["loader"] = hvp_cost(model, x, y, batch, counter)
-            c = row["loader"]
-            print(
-                f"DataLoader HVP (batch {batch}) in gradient passes: PyHessian "
-                f"{c['pyhessian_passes_per_hvp']:.2f}, flatness one vector "
-                f"{c['ours_passes_per_hvp_single']:.2f}, 16 vectors per pass "
-                f"{c['ours_passes_per_hvp_batched16']:.2f}",
-                flush=True,
-            )
-            row["slq_memory"] = slq_memory(index, args.quick, steps=30, probes=4)
-            m = row["slq_memory"]
+            extra["slq_memory"] = m = extras.slq_memory(problem)
             print(
                 f"SLQ 30 steps x 4 probes: peak extra RSS {m['peak_extra_mib']:.1f} MiB "
                 f"(bases alone {m['basis_mib']:.1f} MiB)",
                 flush=True,
             )
-            results.append(row)
-    finally:
-        counter.close()
-    out = Path("_build/bench/hessian.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
-    print(f"\nwritten to {out}")
+        side.append(extra)
+    if peers._COUNTER is not None:
+        peers._COUNTER.close()
+    print_table(rows)
+    print_detail(rows)
+    total = time.perf_counter() - start
+    print(
+        f"\ntargets: eigenvalues within {search.EIG_RTOL:g} relative; trace and Frobenius to "
+        f"{search.SE_TARGET:.0%} relative standard error. Ratio < 1: flatness faster. "
+        f"Whole run {total:.0f}s, torch threads {torch.get_num_threads()}, peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB, "
+        f"load average at the end {os.getloadavg()[0]:.2f}."
+    )
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(
+        json.dumps(
+            {
+                "quick": args.quick,
+                "seconds": total,
+                "platform": platform.platform(),
+                "torch_threads": torch.get_num_threads(),
+                "rows": [_plain(row) for row in rows],
+                "side": side,
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    print(f"written to {OUT}")
 
 
 if __name__ == "__main__":
