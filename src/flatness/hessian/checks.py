@@ -30,7 +30,6 @@ from flatness.errors import FlatnessError, unknown
 from flatness.hessian.loaders import all_random_states_kept, check_loader, uses_batch_statistics
 
 BN_MODES = ("eval", "train")
-_BATCH_NORMS = (nn.modules.batchnorm._BatchNorm,)
 _DTYPES = (torch.float32, torch.float64)
 
 Output = None | int | str | Callable
@@ -249,7 +248,7 @@ def curvature_modes(model: nn.Module, bn_mode: str):
         model.eval()
         if bn_mode == "train":
             for m in model.modules():
-                if isinstance(m, _BATCH_NORMS):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.train()
                     m.track_running_stats = False
         yield

@@ -198,11 +198,9 @@ def _cheap_ggn(op: HessianOperator) -> bool:
     """Is the exact GGN trace about as cheap as a few products (no batch statistics, layers
     :func:`flatness.hessian.gauss_newton.cheap` accepts)?"""
     from flatness.hessian.gauss_newton import cheap
+    from flatness.hessian.loaders import uses_batch_statistics
 
-    batch_stats = op.bn_mode == "train" and any(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in op.model.modules()
-    )
-    return not batch_stats and cheap(op.model)
+    return not uses_batch_statistics(op.model, op.bn_mode) and cheap(op.model)
 
 
 def _quadratic_form(z, hz):
