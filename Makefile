@@ -37,7 +37,8 @@ clean:
 clean-results:
 	rm -rf results
 
-## flatness.hessian against PyHessian, hessian-eigenthings and curvlinops at equal achieved accuracy
+## flatness.hessian against PyHessian, hessian-eigenthings and curvlinops at equal achieved accuracy,
+## then training throughput against a plain torchvision DataLoader loop
 ## (prints a table, writes _build/bench/hessian.json); BENCH_ARGS=--quick for a short run.
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
@@ -48,3 +49,4 @@ $(BENCH_STAMP): requirements-bench.txt $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/hessian_bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/train_bench.py --out _build/bench/train.json

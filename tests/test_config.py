@@ -39,15 +39,54 @@ def test_overrides_are_type_checked():
 @pytest.mark.parametrize(
     "field,value,message",
     [
-        ("model", "resnet", "unknown model 'resnet'; valid choices: 'logreg', 'mlp'"),
+        ("model", "resnet", "unknown model 'resnet'; valid choices: 'logreg', 'mlp'.*'vgg16'"),
         ("dataset", "cifar", "unknown dataset"),
         ("weight_decay", "big", "weight_decay must be a number"),
         ("weight_decay", float("nan"), "weight_decay must be finite"),
         ("seed", True, "seed must be an integer"),
         ("epochs", 0, "epochs must be at least 1"),
+        ("lr", -0.1, "lr must be above 0"),
+        ("lr", float("nan"), "lr must be finite"),
+        ("momentum", -0.5, "momentum must be at least 0"),
+        ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
+        ("batch_size", 0, "batch_size must be at least 1"),
+        (
+            "optimiser",
+            "rmsprop",
+            "unknown optimiser 'rmsprop'; valid choices: 'sgd', 'adam', 'adamw'",
+        ),
+        ("schedule", "exp", "unknown schedule 'exp'; valid choices: 'linear', 'constant'"),
+        ("width", 0, "width must be above 0"),
+        ("average_lr", 0.01, "average_lr is set but average_start is not"),
+        ("hessian_rtol", 2, "hessian_rtol must be between 0 and 1"),
+        ("augment", "yes", "augment must be true, false or null"),
+        ("final_ratio", 2, r"final_ratio must be in \(0, 1\]"),
     ],
 )
 def test_run_config_rejects_bad_fields(field, value, message):
     fields = dict(model="logreg", dataset="digits", weight_decay=0.0, seed=0, epochs=1)
     with pytest.raises(FlatnessError, match=message):
         RunConfig(**{**fields, field: value})
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        (dict(average_start=5, average_lr=0.01), r"average_start must be below epochs \(5\)"),
+        (dict(average_start=2), "average_start needs average_lr"),
+        (dict(average_start=2, average_lr=-1.0), "average_lr must be above 0"),
+    ],
+)
+def test_averaging_settings_are_checked_together(fields, message):
+    base = dict(model="logreg", dataset="digits", weight_decay=0.0, seed=0, epochs=5)
+    with pytest.raises(FlatnessError, match=message):
+        RunConfig(**base, **fields)
+
+
+def test_a_model_that_does_not_fit_the_data_is_refused_where_the_config_is_made():
+    # a CNN cannot take the digits as flat vectors: build() refuses int shapes for CNNs,
+    # and every image model is checked on the data set's (C, H, W) on the meta device
+    cfg = RunConfig(model="vgg16", dataset="digits", weight_decay=0.0, seed=0, epochs=1)
+    assert cfg.width == 1.0
+    with pytest.raises(FlatnessError, match="preresnet-44|depth"):
+        RunConfig(model="preresnet-44", dataset="digits", weight_decay=0.0, seed=0, epochs=1)

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import os
 import pickle
-import struct
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from fixtures_cifar import write_cifar10, write_cifar100, write_python2_pickle
+from fixtures import (
+    write_cifar10,
+    write_cifar100,
+    write_idx,
+    write_mnist_files,
+    write_python2_pickle,
+)
 
 from flatness import data
 from flatness.errors import FlatnessError
@@ -137,29 +142,6 @@ def test_a_dataset_with_inconsistent_splits_is_refused():
 
 
 # ---------------------------------------------------------------- MNIST-format files
-
-
-def write_idx(path, array: np.ndarray):
-    """Write an array in the IDX format MNIST ships in (big-endian header, then uint8 data)."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
-        f">{array.ndim}I", *array.shape
-    )
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def write_mnist_files(raw: Path, n_train: int = 12, n_test: int = 5, seed: int = 0):
-    raw.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    images = {
-        "train": rng.integers(0, 256, (n_train, 28, 28)),
-        "t10k": rng.integers(0, 256, (n_test, 28, 28)),
-    }
-    images["train"][0, 0, :2] = (0, 255)
-    labels = {"train": rng.integers(0, 10, n_train), "t10k": rng.integers(0, 10, n_test)}
-    for split in ("train", "t10k"):
-        write_idx(raw / f"{split}-images-idx3-ubyte", images[split])
-        write_idx(raw / f"{split}-labels-idx1-ubyte", labels[split])
-    return images, labels
 
 
 @pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])

@@ -16,7 +16,7 @@ import pytest
 
 from flatness import store as store_module
 from flatness.config import RunConfig
-from flatness.errors import FlatnessError
+from flatness.errors import FlatnessError, RunDiverged
 from flatness.store import Damaged, Failed, Store, describe_store, load_or_run
 
 TINY = dict(model="logreg", dataset="digits", weight_decay=1e-3, seed=0, epochs=2, train_size=60)
@@ -218,7 +218,7 @@ def test_a_damaged_run_is_listed_refused_and_retrained(tmp_path, kind):
 def test_a_failed_run_is_recorded_and_never_a_result(tmp_path):
     cfg = RunConfig(**TINY)
     store = Store(tmp_path)
-    failing = FakeTrain(FlatnessError("the training loss is nan after epoch 7"))
+    failing = FakeTrain(RunDiverged("the training loss is nan after epoch 7"))
     checkpoint = store.checkpoint_path(cfg)
 
     def failing_after_a_checkpoint(config, **kwargs):
@@ -247,6 +247,14 @@ def test_a_failed_run_is_recorded_and_never_a_result(tmp_path):
     assert len(fine.calls) == 1 and run.metrics == {"test_acc": 0.75}
     assert store.failed() == [] and [r.key for r in store.runs()] == [cfg.key()]
     assert _hidden_leftovers(tmp_path) == []
+
+
+def test_bad_input_during_training_is_not_recorded_as_a_failed_run(tmp_path):
+    store = Store(tmp_path)
+    missing = FakeTrain(FlatnessError("mnist is not available offline"))
+    with pytest.raises(FlatnessError, match="not available offline"):
+        load_or_run(RunConfig(**TINY), store=store, device="cpu", train_fn=missing)
+    assert store.failed() == [] and store.runs() == [] and store.damaged() == []
 
 
 def test_an_interrupted_training_leaves_only_its_checkpoint(tmp_path):

@@ -8,19 +8,41 @@ A failing chapter prints its name and traceback and exits with code 1.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import yaml
 
 from flatness.config import PROFILES, RunConfig, get_profile
-from flatness.data import DATASETS
 from flatness.errors import FlatnessError
-from flatness.models import MODELS
+from flatness.recipes import RECIPES, run_config
+
+
+def _number(value):
+    # YAML 1.1 reads "1e-2" (no dot) as a string; a user typing it means a number
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return [_number(v) for v in value]
+    return value
+
+
+def parse_value(key: str, text: str):
+    """A ``-p KEY VALUE`` value read as YAML, with ``1e-2``-style numbers read as numbers."""
+    try:
+        return _number(yaml.safe_load(text))
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0]
+        raise FlatnessError(f"-p {key}: cannot read {text!r} ({first})") from None
 
 
 def _parameters(pairs: list[list[str]] | None) -> dict:
     # values are read as YAML, so "-p seeds '[0, 1]'" gives a list and "-p epochs 5" an int
-    return {key: yaml.safe_load(value) for key, value in pairs or []}
+    return {key: parse_value(key, value) for key, value in pairs or []}
 
 
 def _execution_options(parser: argparse.ArgumentParser, out_help: str) -> None:
@@ -43,15 +65,34 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run", help="train runs (cached in the results store) and print their metrics"
     )
-    run.add_argument("model", choices=sorted(MODELS))
+    run.add_argument("model", help="a model name, e.g. logreg, mlp-10-100, preresnet-110")
+    run.add_argument(
+        "--optimiser", "--optimizer", default="sgd", help=f"one of {', '.join(RECIPES)}"
+    )
     run.add_argument("--profile", choices=list(PROFILES), default="cpu")
-    run.add_argument("--wd", type=float, nargs="+", help="weight decays (default: the profile's)")
+    run.add_argument("--wd", type=float, nargs="+", help="weight decays (default: the recipe's)")
     run.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the profile's)")
-    run.add_argument("--dataset", choices=DATASETS, help="data set (default: the profile's)")
+    run.add_argument("--dataset", help="data set (default: the profile's)")
     run.add_argument("--epochs", type=int, help="epochs (default: the profile's)")
-    run.add_argument("--data-root", help="where MNIST-style data live ($FLATNESS_DATA)")
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("FIELD", "VALUE"),
+        help="set any run field (lr, width, batch_size, hessian_every ...); repeatable",
+    )
+    run.add_argument("--data-root", help="where torchvision data sets live ($FLATNESS_DATA)")
     run.add_argument("--results", help="the results store's folder ($FLATNESS_RESULTS)")
     run.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    run.add_argument("--retrain", action="store_true", help="retrain damaged or failed runs")
+    run.add_argument("--compile", action="store_true", help="train through torch.compile")
+
+    plan = sub.add_parser("plan", help="list a profile's grid of runs with estimated device hours")
+    plan.add_argument("--profile", choices=list(PROFILES), default="paper")
+    plan.add_argument("--device", help="where steps are timed (default: cuda if available)")
+    plan.add_argument("--step-times", help="JSON of step times saved by an earlier plan")
+    plan.add_argument("--save-step-times", help="write the measured step times here (JSON)")
 
     ls = sub.add_parser("ls", help="list the stored runs")
     ls.add_argument("--results", help="the results store's folder ($FLATNESS_RESULTS)")
@@ -66,19 +107,47 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args) -> None:
     from flatness.store import Store, load_or_run
+    from flatness.train import resolve_device
 
-    settings = get_profile(args.profile).logreg.with_overrides(
-        dataset=args.dataset, seeds=args.seeds, weight_decays=args.wd, epochs=args.epochs
-    )
-    configs = settings.run_configs(args.model)
+    device = resolve_device(args.device)
+    overrides = _parameters(args.parameter)
+    if args.dataset is not None:
+        overrides["dataset"] = args.dataset
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    seeds = args.seeds
+    if seeds is None:
+        seeds = get_profile(args.profile).logreg.seeds if args.model == "logreg" else (0,)
+    decays = args.wd
+    if decays is None and args.model == "logreg" and args.optimiser == "sgd":
+        decays = get_profile(args.profile).logreg.weight_decays
+    configs = [
+        run_config(args.model, args.optimiser, args.profile, weight_decay=wd, seed=s, **overrides)
+        for wd in (decays or [None])
+        for s in seeds
+    ]
     store = Store(args.results)
-    print(f"{len(configs)} run(s) of {args.model} on {settings.dataset}; store: {store.root}")
+    first = configs[0]
+    # missing data is bad input: say so before the store is touched
+    from flatness import data as datasets
+
+    datasets.load(first.dataset, data_root=args.data_root)
     print(
-        f"{'key':16}  {'wd':>8} {'seed':>4} {'test acc':>8} {'lambda_max':>10} {'trace':>10} {'||w||':>8}"
+        f"{len(configs)} run(s) of {args.model} with {args.optimiser} on {first.dataset}; "
+        f"store: {store.root}"
+    )
+    print(
+        f"{'key':16}  {'wd':>8} {'seed':>4} {'test acc':>8} {'lambda_max':>10} {'trace':>10} "
+        f"{'||w||':>8}"
     )
     for cfg in configs:
         run = load_or_run(
-            cfg, store=store, data_root=args.data_root, device=args.device, progress=True
+            cfg,
+            store=store,
+            data_root=args.data_root,
+            device=device,
+            progress=get_profile(args.profile).progress,
+            retrain=args.retrain,
         )
         m = run.metrics
         print(
@@ -87,24 +156,41 @@ def _run(args) -> None:
         )
 
 
+def _plan(args) -> None:
+    from flatness import plan, recipes
+    from flatness.train import resolve_device
+
+    device = resolve_device(args.device)
+    known = plan.read_step_times(args.step_times) if args.step_times else None
+    configs = recipes.grid(args.profile)
+    estimates, times = plan.estimate(configs, device, known)
+    print(plan.table(estimates, device))
+    if args.save_step_times:
+        Path(args.save_step_times).write_text(json.dumps(times, indent=2))
+
+
 def _ls(args) -> None:
-    from flatness.store import Store
+    from flatness.store import Store, describe_store
 
     store = Store(args.results)
     runs = store.runs()
     print(f"{len(runs)} run(s) in {store.root}")
     if runs:
         print(
-            f"{'key':16}  {'model':8} {'dataset':13} {'wd':>8} {'seed':>4} {'epochs':>6} "
-            f"{'test acc':>8} {'lambda_max':>10} {'finished':25}"
+            f"{'key':16}  {'model':14} {'optimiser':9} {'dataset':13} {'wd':>7} {'seed':>4} "
+            f"{'epochs':>6} {'test acc':>8} {'lambda_max':>10} {'finished':25}"
         )
     for r in runs:
         c: RunConfig = r.config
+        opt = c.optimiser + ("+avg" if c.averaging else "")
         print(
-            f"{r.key:16}  {c.model:8} {c.dataset:13} {c.weight_decay:8g} {c.seed:4d} {c.epochs:6d} "
-            f"{r.metrics.get('test_acc', float('nan')):8.4f} "
+            f"{r.key:16}  {c.model:14} {opt:9} {c.dataset:13} {c.weight_decay:7g} {c.seed:4d} "
+            f"{c.epochs:6d} {r.metrics.get('test_acc', float('nan')):8.4f} "
             f"{r.metrics.get('lambda_max', float('nan')):10.4g} {r.provenance.get('finished', '')}"
         )
+    extra = describe_store(store)
+    if extra:
+        print(extra)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             _run(args)
+        elif args.command == "plan":
+            _plan(args)
         elif args.command == "ls":
             _ls(args)
         elif args.command == "chapter":

@@ -18,6 +18,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -26,12 +27,14 @@ from dataclasses import dataclass
 
 from flatness.data import DATASETS
 from flatness.errors import FlatnessError, unknown
-from flatness.models import MODELS
+from flatness.schedules import SCHEDULES
 
 #: Bumped when the training code changes what a stored run means; old runs then stop matching.
-RUN_FORMAT = 1
+#: 2: images keep their (C, H, W) shape, validation splits, optimisers, averaging, estimators.
+RUN_FORMAT = 2
 
-SCHEDULES = ("linear", "constant")
+#: ``sgd`` (heavy-ball momentum, coupled L2), ``adam`` (coupled L2), ``adamw`` (decoupled decay).
+OPTIMISERS = ("sgd", "adam", "adamw")
 
 
 def _as_int(name: str, value: object, *, minimum: int | None = None) -> int:
@@ -45,7 +48,9 @@ def _as_int(name: str, value: object, *, minimum: int | None = None) -> int:
     return value
 
 
-def _as_float(name: str, value: object, *, minimum: float | None = None) -> float:
+def _as_float(
+    name: str, value: object, *, minimum: float | None = None, above: float | None = None
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FlatnessError(f"{name} must be a number, got {value!r}")
     value = float(value)
@@ -53,6 +58,8 @@ def _as_float(name: str, value: object, *, minimum: float | None = None) -> floa
         raise FlatnessError(f"{name} must be finite, got {value}")
     if minimum is not None and value < minimum:
         raise FlatnessError(f"{name} must be at least {minimum}, got {value}")
+    if above is not None and value <= above:
+        raise FlatnessError(f"{name} must be above {above}, got {value}")
     return value
 
 
@@ -85,18 +92,38 @@ class RunConfig:
     """Everything that determines one training run's result.
 
     Args:
-        model: a name from :data:`flatness.models.MODELS`.
+        model: a name from :func:`flatness.models.names` (``preresnet-<depth>`` and
+            ``wrn-<depth>-<k>`` accept other valid depths too).
         dataset: a name from :data:`flatness.data.DATASETS`.
-        weight_decay: coupled L2 coefficient (SGD's ``weight_decay``).
-        seed: seeds the initialisation and the batch order.
-        epochs: passes over the training set.
+        weight_decay: coupled L2 coefficient for ``sgd`` and ``adam`` (added to the gradient),
+            decoupled decay for ``adamw`` (``w <- w - lr * weight_decay * w``).
+        seed: seeds the initialisation, the batch order, augmentation and dropout.
+        epochs: passes over the training split.
         batch_size: minibatch size.
-        lr: the initial learning rate.
-        momentum: heavy-ball momentum.
-        schedule: ``"linear"`` (the authors' schedule) or ``"constant"``.
+        lr: the initial learning rate (> 0).
+        momentum: heavy-ball momentum of ``sgd``, in [0, 1); Adam's betas are (0.9, 0.999).
+        schedule: one of :data:`SCHEDULES` (see :mod:`flatness.schedules`).
         train_size: use only the first ``train_size`` examples of a fixed shuffle (``None``: all).
-        hessian_every: measure the exact Hessian every this many epochs and at the last one;
+        hessian_every: measure the Hessian every this many epochs and at the last one;
             0 never measures it.
+        optimiser: one of :data:`OPTIMISERS`.
+        width: width multiplier of the network's hidden layers (1 = the paper's size).
+        average_start: iterate averaging as the authors' ``swa_start``: the weights at the end of
+            every (1-based) epoch after this one are averaged, with BatchNorm statistics
+            recomputed for the average (SWA with ``sgd``, Gadam with ``adamw``); the schedule
+            then runs over ``average_start`` epochs instead of ``epochs``. ``None``: no averaging.
+        average_lr: the constant learning rate while averaging (required with ``average_start``).
+        final_ratio: the linear schedule's final learning rate as a fraction of ``lr``
+            (the authors' r = 0.01; with averaging r = ``average_lr / lr`` is used instead).
+        augment: random crop and flip while training; ``None`` follows the data set (CIFAR yes).
+        hessian_rtol: relative standard error at which the trace and Frobenius estimators stop,
+            for models too large for an exact Hessian.
+        slq_steps: Lanczos steps of the spectral density estimated after the last epoch for
+            models too large for an exact spectrum; 0 skips it.
+
+    Raises:
+        FlatnessError: for any field out of its range, naming the field and the valid range;
+            for a model that does not fit the data set's input shape.
     """
 
     model: str
@@ -110,21 +137,62 @@ class RunConfig:
     schedule: str = "linear"
     train_size: int | None = None
     hessian_every: int = 1
+    optimiser: str = "sgd"
+    width: float = 1.0
+    average_start: int | None = None
+    average_lr: float | None = None
+    final_ratio: float = 0.01
+    augment: bool | None = None
+    hessian_rtol: float = 0.05
+    slq_steps: int = 0
 
     def __post_init__(self):
         fix = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731
-        _check_choice("model", self.model, MODELS)
         _check_choice("dataset", self.dataset, DATASETS)
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("optimiser", self.optimiser, OPTIMISERS)
         fix("weight_decay", _as_float("weight_decay", self.weight_decay, minimum=0.0))
         fix("seed", _as_int("seed", self.seed, minimum=0))
         fix("epochs", _as_int("epochs", self.epochs, minimum=1))
         fix("batch_size", _as_int("batch_size", self.batch_size, minimum=1))
-        fix("lr", _as_float("lr", self.lr, minimum=0.0))
+        fix("lr", _as_float("lr", self.lr, above=0.0))
         fix("momentum", _as_float("momentum", self.momentum, minimum=0.0))
+        if self.momentum >= 1:
+            raise FlatnessError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.train_size is not None:
             fix("train_size", _as_int("train_size", self.train_size, minimum=2))
         fix("hessian_every", _as_int("hessian_every", self.hessian_every, minimum=0))
+        fix("width", _as_float("width", self.width, above=0.0))
+        fix("final_ratio", _as_float("final_ratio", self.final_ratio, above=0.0))
+        if self.final_ratio > 1:
+            raise FlatnessError(f"final_ratio must be in (0, 1], got {self.final_ratio}")
+        if self.augment is not None and not isinstance(self.augment, bool):
+            raise FlatnessError(f"augment must be true, false or null, got {self.augment!r}")
+        fix("hessian_rtol", _as_rtol("hessian_rtol", self.hessian_rtol))
+        fix("slq_steps", _as_int("slq_steps", self.slq_steps, minimum=0))
+        self._check_averaging(fix)
+        _check_model_fits(self.model, self.dataset, self.width)
+
+    def _check_averaging(self, fix) -> None:
+        if self.average_start is None:
+            if self.average_lr is not None:
+                raise FlatnessError(
+                    "average_lr is set but average_start is not; set both or neither"
+                )
+            return
+        fix("average_start", _as_int("average_start", self.average_start, minimum=0))
+        if self.average_start >= self.epochs:
+            raise FlatnessError(
+                f"average_start must be below epochs ({self.epochs}), got {self.average_start}: "
+                "averaging would never start"
+            )
+        if self.average_lr is None:
+            raise FlatnessError("average_start needs average_lr, the constant lr while averaging")
+        fix("average_lr", _as_float("average_lr", self.average_lr, above=0.0))
+
+    @property
+    def averaging(self) -> bool:
+        return self.average_start is not None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -136,7 +204,34 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def label(self) -> str:
-        return f"{self.model}/{self.dataset} wd={self.weight_decay:g} seed={self.seed}"
+        opt = {"sgd": "SWA", "adamw": "Gadam"}.get(self.optimiser, f"{self.optimiser}+avg")
+        opt = opt if self.averaging else self.optimiser
+        width = "" if self.width == 1 else f" width={self.width:g}"
+        return f"{self.model}{width}/{self.dataset} {opt} wd={self.weight_decay:g} seed={self.seed}"
+
+
+@functools.lru_cache(maxsize=256)
+def _check_model_fits(model: str, dataset: str, width: float) -> None:
+    """Build ``model`` on the meta device and push a batch of the data set's shape through it."""
+    import torch
+
+    from flatness import data, models
+
+    shape = data.input_shape(dataset)
+    with torch.device("meta"):
+        net = models.build(model, shape, data.num_classes(dataset), width=width)
+        try:
+            out = net(torch.zeros(2, *shape))
+        except RuntimeError as err:
+            raise FlatnessError(
+                f"model {model!r} (width {width:g}) does not fit {dataset}'s inputs of shape "
+                f"{shape}: {str(err).splitlines()[0]}"
+            ) from None
+    if tuple(out.shape) != (2, data.num_classes(dataset)):
+        raise FlatnessError(
+            f"model {model!r} gives outputs of shape {tuple(out.shape[1:])} on {dataset}, "
+            f"not ({data.num_classes(dataset)},) logits"
+        )
 
 
 @dataclass(frozen=True)

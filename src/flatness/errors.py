@@ -12,3 +12,10 @@ def unknown(kind: str, name: object, valid) -> FlatnessError:
     """An error for a name that is not one of the valid choices, listing them."""
     choices = ", ".join(repr(v) for v in valid)
     return FlatnessError(f"unknown {kind} {name!r}; valid choices: {choices}")
+
+
+class RunDiverged(FlatnessError):
+    """A training run whose loss became NaN or infinite: the store records it as failed.
+
+    Other errors (missing data, bad settings) are not the run's result and are not recorded.
+    """

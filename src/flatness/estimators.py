@@ -61,7 +61,7 @@ def problem(settings: EstimatorSettings, *, data_root=None, device=None, progres
     )
     run = load_or_run(config, data_root=data_root, device=device, progress=progress)
     data = datasets.load(settings.dataset, data_root=data_root, train_size=settings.train_size)
-    model = load_model(config, run.arrays, data.input_dim, data.num_classes).to(device)
+    model = load_model(config, run.arrays, data.input_shape, data.num_classes).to(device)
     batch = (data.x_train.to(device), data.y_train.to(device))
     exact = H.exact_hessian(model, ce, batch, max_params=20_000)
     return Problem(run, model, batch, exact, torch.linalg.eigvalsh(exact).cpu())

@@ -75,7 +75,7 @@ def history(runs: list[Run]) -> pd.DataFrame:
 
 
 def trained_model(run: Run, data: datasets.Dataset) -> nn.Linear:
-    return load_model(run.config, run.arrays, data.input_dim, data.num_classes)
+    return load_model(run.config, run.arrays, data.input_shape, data.num_classes)
 
 
 def scaled_measures(
@@ -83,7 +83,7 @@ def scaled_measures(
 ) -> pd.DataFrame:
     """Training loss and the exact Hessian measures of the model with W and b scaled by alpha."""
     device = device if device is not None else default_device()
-    x, y = data.x_train.to(device), data.y_train.to(device)
+    x, y = data.x_train.flatten(1).to(device), data.y_train.to(device)
     rows = []
     for alpha in alphas:
         scaled = nn.Linear(model.in_features, model.out_features).to(device).double()

@@ -35,7 +35,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from flatness.config import RunConfig
-from flatness.errors import FlatnessError
+from flatness.errors import FlatnessError, RunDiverged
 from flatness.paths import results_root
 
 FILES = ("config.json", "metrics.json", "arrays.npz", "provenance.json")
@@ -432,7 +432,7 @@ def _train_and_save(config, store, data_root, device, progress, train_fn) -> Run
         result = train_fn(
             config, data_root=data_root, device=device, progress=progress, checkpoint=checkpoint
         )
-    except FlatnessError as err:
+    except RunDiverged as err:
         store.record_failure(config, str(err), provenance(device, time.perf_counter() - start))
         # a retrain starts afresh rather than resuming into the same failure
         checkpoint.unlink(missing_ok=True)

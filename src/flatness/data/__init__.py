@@ -213,6 +213,7 @@ def _data_root(data_root: str | Path | None) -> Path:
         source = "data_root" if data_root is not None else f"${DATA_ENV}"
         raise FlatnessError(
             f"the data root {root} ({source}) does not exist or is not a folder; create it, "
-            f"or point data_root / ${DATA_ENV} at the folder that holds the data sets"
+            f"or point data_root / ${DATA_ENV} at the folder that holds the data sets, "
+            "or use dataset='digits', which works offline (bundled with scikit-learn)"
         )
     return root

@@ -1,4 +1,4 @@
-"""Small CIFAR-10 and CIFAR-100 files in the real on-disk format, for tests.
+"""Small MNIST, CIFAR-10 and CIFAR-100 files in their real on-disk formats, for tests.
 
 The official "python version" archives hold dictionaries pickled by Python 2: their keys and
 strings are Python 2 ``str``, so Python 3 reads them as ``str`` with ``encoding="latin1"`` (as
@@ -152,3 +152,26 @@ def write_cifar100(
     write_python2_pickle(folder / "meta", meta)
     (x_train, y_train), (x_test, y_test) = written["train"], written["test"]
     return Written(folder, x_train, y_train, x_test, y_test, y_train // 5, y_test // 5)
+
+
+def write_idx(path, array: np.ndarray):
+    """Write an array in the IDX format MNIST ships in (big-endian header, then uint8 data)."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}I", *array.shape
+    )
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_mnist_files(raw: Path, n_train: int = 12, n_test: int = 5, seed: int = 0):
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = {
+        "train": rng.integers(0, 256, (n_train, 28, 28)),
+        "t10k": rng.integers(0, 256, (n_test, 28, 28)),
+    }
+    images["train"][0, 0, :2] = (0, 255)
+    labels = {"train": rng.integers(0, 10, n_train), "t10k": rng.integers(0, 10, n_test)}
+    for split in ("train", "t10k"):
+        write_idx(raw / f"{split}-images-idx3-ubyte", images[split])
+        write_idx(raw / f"{split}-labels-idx1-ubyte", labels[split])
+    return images, labels

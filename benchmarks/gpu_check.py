@@ -1,0 +1,130 @@
+"""Every paper-profile network on one device: a few epochs, throughput, one Hessian measurement.
+
+Run by ``scripts/gpu_check.sh`` on a CUDA machine; ``--device cpu --width 0.0625 --epochs 1``
+runs the same code on a CPU in a minute (the tests do). CIFAR is written here in its real
+on-disk format from random pixels, so the check needs no download; MNIST-shaped networks use
+MNIST-format files written the same way. Per network it reports the training images per second
+(second epoch, the first includes warm-up), the step time in the format of
+``python -m flatness plan --step-times``, and the seconds and value of one Lanczos estimate of
+``lambda_max`` and one 32-probe Hutchinson trace on 1,024 training images (eval-mode BatchNorm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fixtures import write_cifar100, write_mnist_files  # noqa: E402
+
+from flatness import data as datasets  # noqa: E402
+from flatness import hessian, recipes  # noqa: E402
+from flatness.train import load_model, train  # noqa: E402
+
+MODELS = (
+    "logreg",
+    "mlp-10-100",
+    "mlp-512-256",
+    "mlp-5-200-50",
+    "lenet5",
+    "allcnn",
+    "preresnet-110",
+    "wrn-28-10",
+    "vgg16",
+    "vgg16-bn",
+)
+
+
+def check(model: str, root: Path, device: torch.device, epochs: int, width: float | None) -> dict:
+    cfg = recipes.run_config(
+        model, "sgd", "paper", epochs=epochs, hessian_every=0, **({"width": width} if width else {})
+    )
+    start = time.perf_counter()
+    result = train(cfg, data_root=root, device=device, data_verify=False)
+    wall = time.perf_counter() - start
+    seconds = result.arrays["epoch_seconds"]
+    n = result.metrics["train_examples"]
+    d = datasets.load(cfg.dataset, data_root=root, download=False, verify=False)
+    net = load_model(cfg, result.arrays, d.input_shape, d.num_classes).to(device)
+    x, y = d.x_train[:1024].to(device), d.y_train[:1024].to(device)
+    loss = nn.functional.cross_entropy
+    t0 = time.perf_counter()
+    top = hessian.top_eigenvalues(net, loss, (x, y), k=1, tol=1e-2, max_steps=20)
+    t1 = time.perf_counter()
+    tr = hessian.trace(net, loss, (x, y), probes=32, method="hutchinson")
+    t2 = time.perf_counter()
+    steps = -(-n // cfg.batch_size)
+    return {
+        "model": model,
+        "width": cfg.width,
+        "parameters": result.metrics["parameters"],
+        "train_examples": n,
+        "images_per_s": n / float(seconds[-1]),
+        "step_seconds": float(seconds[-1]) / steps,
+        "plan_key": f"{cfg.model}|{cfg.width:g}|{cfg.dataset}|{cfg.batch_size}",
+        "wall_seconds": wall,
+        "lambda_max": float(top.eigenvalues[0]),
+        "lambda_max_seconds": t1 - t0,
+        "lambda_max_hvps": top.hvps,
+        "trace": tr.estimate,
+        "trace_se": tr.stderr,
+        "trace_seconds": t2 - t1,
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="_build/gpu_check")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--images", type=int, default=5000, help="CIFAR training images written")
+    parser.add_argument("--width", type=float, help="override every network's width")
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_cifar100(root, n_train=args.images, n_test=100)
+        write_mnist_files(root / "MNIST" / "raw", n_train=args.images, n_test=100)
+        for model in args.models:
+            try:
+                rows.append(check(model, root, device, args.epochs, args.width))
+            except Exception as err:  # one failing network must not hide the others' results
+                rows.append({"model": model, "error": f"{type(err).__name__}: {err}"})
+            print(json.dumps(rows[-1]), flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report = {"device": name, "torch": torch.__version__, "rows": rows}
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    times = {r["plan_key"]: r["step_seconds"] for r in rows if "plan_key" in r}
+    (out / "step_times.json").write_text(json.dumps(times, indent=2))
+    lines = [f"# GPU check on {name} (torch {torch.__version__})", ""]
+    lines.append("| model | params | images/s | step s | lambda_max (s) | trace +- se (s) |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | failed: {r['error']} | | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['parameters']:,} | {r['images_per_s']:.0f} | "
+            f"{r['step_seconds']:.4f} | {r['lambda_max']:.4g} ({r['lambda_max_seconds']:.1f}) | "
+            f"{r['trace']:.4g} +- {r['trace_se']:.2g} ({r['trace_seconds']:.1f}) |"
+        )
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""How long a profile's grid of runs takes, from training steps timed on this machine.
+
+For every distinct network of the grid, a few training steps on random inputs of the data
+set's shape are timed on the chosen device (after warm-up steps). On a GPU the steps use the
+run's batch size; on a CPU a smaller batch is timed and scaled linearly to the run's (a CPU
+step costs about in proportion to the batch). The estimate of a run is
+
+    epochs x ceil(N / B) x step time                       (training)
+    + measurements x HVPS_PER_MEASUREMENT x ceil(N / B) x 2 x step time x modes   (Hessian)
+
+with N the training split, B the batch size, ``modes`` 2 for BatchNorm networks (eval and
+train mode) and 1 otherwise. A Hessian-vector product costs about two training steps
+(a forward and two backward passes); :data:`HVPS_PER_MEASUREMENT` is an assumption stated in
+the table, not a measurement. Models small enough for exact Hessians are charged the same,
+which overstates their cost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flatness import data as datasets
+from flatness import models
+from flatness.config import RunConfig
+from flatness.errors import FlatnessError
+
+#: Assumed Hessian-vector products per measurement (Lanczos top eigenvalue, trace and
+#: Frobenius norm to a few per cent).
+HVPS_PER_MEASUREMENT = 300
+#: Training-split sizes of the paper's data sets (45k of CIFAR's 50k; 55k of MNIST's 60k).
+#: (digits: 1,797 less 360 test and 360 validation images)
+TRAIN_SIZES = {"digits": 1077, "mnist": 55_000, "fashion-mnist": 55_000}
+TRAIN_SIZES |= {"cifar10": 45_000, "cifar100": 45_000}
+CPU_TIMING_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One run's estimated device time, in hours."""
+
+    config: RunConfig
+    step_seconds: float
+    train_hours: float
+    hessian_hours: float
+
+    @property
+    def hours(self) -> float:
+        return self.train_hours + self.hessian_hours
+
+
+def time_step(
+    model_name: str, dataset: str, width: float, batch_size: int, device: torch.device
+) -> float:
+    """Seconds of one training step (forward, backward, SGD update) at ``batch_size``."""
+    shape = datasets.input_shape(dataset)
+    torch.manual_seed(0)
+    model = models.build(model_name, shape, datasets.num_classes(dataset), width=width).to(device)
+    timed_batch = batch_size if device.type == "cuda" else min(batch_size, CPU_TIMING_BATCH)
+    x = torch.randn(timed_batch, *shape, device=device)
+    y = torch.randint(datasets.num_classes(dataset), (timed_batch,), device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up: allocations, kernel selection
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    repeats, start = 0, time.perf_counter()
+    while repeats < 3 or (time.perf_counter() - start < 1.0 and repeats < 50):
+        step()
+        sync()
+        repeats += 1
+    return (time.perf_counter() - start) / repeats * batch_size / timed_batch
+
+
+def estimate(configs: list[RunConfig], device: torch.device, step_times: dict | None = None):
+    """An :class:`Estimate` per run; steps are timed once per (model, width, data set)."""
+    cache = dict(step_times or {})
+    out = []
+    for cfg in configs:
+        key = f"{cfg.model}|{cfg.width:g}|{cfg.dataset}|{cfg.batch_size}"
+        if key not in cache:
+            cache[key] = time_step(cfg.model, cfg.dataset, cfg.width, cfg.batch_size, device)
+        step = cache[key]
+        n = cfg.train_size or TRAIN_SIZES[cfg.dataset]
+        steps = math.ceil(n / cfg.batch_size)
+        measurements = 0
+        if cfg.hessian_every:
+            measurements = cfg.epochs // cfg.hessian_every + (cfg.epochs % cfg.hessian_every > 0)
+        with torch.device("meta"):
+            shape = datasets.input_shape(cfg.dataset)
+            net = models.build(cfg.model, shape, datasets.num_classes(cfg.dataset), width=cfg.width)
+        modes = 2 if models.has_batchnorm(net) else 1
+        hessian = measurements * HVPS_PER_MEASUREMENT * steps * 2 * step * modes
+        out.append(Estimate(cfg, step, cfg.epochs * steps * step / 3600, hessian / 3600))
+    return out, cache
+
+
+def table(estimates: list[Estimate], device: torch.device) -> str:
+    """The plan as text: one line per run and the total."""
+    unit = "GPU-hours" if device.type == "cuda" else "CPU-hours on this machine"
+    lines = [
+        f"{'model':15} {'optimiser':10} {'wd':>7} {'seed':>4} {'epochs':>6} {'width':>6} "
+        f"{'step s':>8} {'train h':>8} {'hessian h':>9} {'total h':>8}"
+    ]
+    for e in estimates:
+        c = e.config
+        opt = c.optimiser + ("+avg" if c.averaging else "")
+        lines.append(
+            f"{c.model:15} {opt:10} {c.weight_decay:7g} {c.seed:4d} {c.epochs:6d} {c.width:6g} "
+            f"{e.step_seconds:8.4f} {e.train_hours:8.3f} {e.hessian_hours:9.3f} {e.hours:8.3f}"
+        )
+    total = sum(e.hours for e in estimates)
+    lines.append(f"{len(estimates)} run(s); total {total:.1f} {unit}")
+    lines.append(
+        f"(steps timed on {device}; Hessian cost assumes {HVPS_PER_MEASUREMENT} HVPs per "
+        "measurement, each about two training steps)"
+    )
+    return "\n".join(lines)
+
+
+def read_step_times(path: str | Path) -> dict:
+    """Step times saved by an earlier plan (``--save-step-times``), e.g. from a GPU machine."""
+    try:
+        found = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FlatnessError(f"cannot read step times from {path}: {err}") from None
+    if not isinstance(found, dict) or not all(isinstance(v, (int, float)) for v in found.values()):
+        raise FlatnessError(f"{path} must hold a JSON object of step times in seconds")
+    return found

@@ -1,0 +1,88 @@
+"""A run killed with SIGKILL resumes from its checkpoint and ends bit for bit as an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from flatness.checkpoint import load_checkpoint
+from flatness.config import RunConfig
+from flatness.store import Store
+
+# dropout, augmentation, averaging and measurements: every random state in play
+CONFIG = dict(
+    model="vgg16",
+    dataset="digits",
+    width=1 / 16,
+    train_size=128,
+    batch_size=32,
+    epochs=6,
+    weight_decay=5e-4,
+    seed=3,
+    augment=True,
+    average_start=3,
+    average_lr=0.02,
+    hessian_every=3,
+    hessian_rtol=0.3,
+)
+
+SCRIPT = """
+import json, sys, time
+from flatness.config import RunConfig
+from flatness.store import Store, load_or_run
+from flatness.train import train
+
+def slow_train(config, **kwargs):
+    # a pause after every epoch, so that the kill lands in the middle of the run
+    return train(config, checkpoint_every=1, callback=lambda e, m: time.sleep(0.4), **kwargs)
+
+run = load_or_run(RunConfig(**json.loads(sys.argv[1])), store=Store(sys.argv[2]),
+                  device="cpu", train_fn=slow_train)
+print(run.key)
+"""
+
+
+def _command(results):
+    return [sys.executable, "-c", SCRIPT, json.dumps(CONFIG), str(results)]
+
+
+def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    results = tmp_path / "results"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(_command(results), env=env, stdout=subprocess.PIPE)
+    config = RunConfig(**CONFIG)
+    checkpoints = results / ".checkpoints"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = list(checkpoints.glob("*.pt")) if checkpoints.is_dir() else []
+        state = load_checkpoint(found[0]) if found else None
+        if state is not None and state["epoch"] >= 3:
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    assert first.wait() == -signal.SIGKILL
+    assert Store(results).load(config) is None  # nothing but the checkpoint was left
+    resumed_from = load_checkpoint(found[0])["epoch"]
+    assert 3 <= resumed_from < CONFIG["epochs"]
+
+    second = subprocess.run(_command(results), env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    run = Store(results).load(config)
+    assert run is not None and run.key == second.stdout.strip()
+    assert not list(checkpoints.glob("*.pt"))  # removed once the run is stored
+
+    # the same command, never interrupted, in a store of its own
+    other = tmp_path / "uninterrupted"
+    done = subprocess.run(_command(other), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    whole = Store(other).load(config).arrays
+    stored = run.arrays
+    timing = {"epoch_seconds", "hessian_seconds"}
+    compared = [k for k in whole if k not in timing]
+    assert set(compared) <= set(stored)
+    for k in compared:
+        assert np.array_equal(stored[k], whole[k], equal_nan=True), k
