@@ -105,20 +105,33 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_or_list(overrides: dict, field: str, option: str, listed):
+    """``listed`` (from ``option``), or ``[overrides.pop(field)]``; both at once is bad input."""
+    if field not in overrides:
+        return listed
+    if listed is not None:
+        raise FlatnessError(f"-p {field} and {option} both given; use one of them")
+    return [overrides.pop(field)]
+
+
 def _run(args) -> None:
     from flatness.store import Store, load_or_run
     from flatness.train import resolve_device
 
     device = resolve_device(args.device)
     overrides = _parameters(args.parameter)
+    for field, where in (("model", "the MODEL argument"), ("optimiser", "--optimiser")):
+        if field in overrides:
+            raise FlatnessError(f"-p {field}: set the {field} with {where}, not -p")
     if args.dataset is not None:
         overrides["dataset"] = args.dataset
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-    seeds = args.seeds
+    # -p seed / -p weight_decay name one value of what --seeds / --wd list
+    seeds = _one_or_list(overrides, "seed", "--seeds", args.seeds)
     if seeds is None:
         seeds = get_profile(args.profile).logreg.seeds if args.model == "logreg" else (0,)
-    decays = args.wd
+    decays = _one_or_list(overrides, "weight_decay", "--wd", args.wd)
     if decays is None and args.model == "logreg" and args.optimiser == "sgd":
         decays = get_profile(args.profile).logreg.weight_decays
     configs = [
@@ -131,7 +144,7 @@ def _run(args) -> None:
     # missing data is bad input: say so before the store is touched
     from flatness import data as datasets
 
-    datasets.load(first.dataset, data_root=args.data_root)
+    datasets.load(first.dataset, data_root=args.data_root, train_size=first.train_size)
     print(
         f"{len(configs)} run(s) of {args.model} with {args.optimiser} on {first.dataset}; "
         f"store: {store.root}"
@@ -149,11 +162,20 @@ def _run(args) -> None:
             progress=get_profile(args.profile).progress,
             retrain=args.retrain,
         )
-        m = run.metrics
+        m = {k: _metric(run.metrics, k) for k in ("test_acc", "lambda_max", "trace", "weight_norm")}
         print(
             f"{run.key:16}  {cfg.weight_decay:8g} {cfg.seed:4d} {m['test_acc']:8.4f} "
-            f"{m['lambda_max']:10.4g} {m['trace']:10.4g} {m['weight_norm']:8.3f}"
+            f"{m['lambda_max']:10.4g} {m['trace']:10.4g} {m['weight_norm']:8.3g}"
         )
+
+
+def _metric(metrics: dict, name: str) -> float:
+    """``metrics[name]`` as a float; NaN where it is absent or not a number (a run trained
+    by another ``train_fn``, or a metrics.json edited by hand)."""
+    value = metrics.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return float("nan")
+    return float(value)
 
 
 def _plan(args) -> None:
@@ -185,8 +207,8 @@ def _ls(args) -> None:
         opt = c.optimiser + ("+avg" if c.averaging else "")
         print(
             f"{r.key:16}  {c.model:14} {opt:9} {c.dataset:13} {c.weight_decay:7g} {c.seed:4d} "
-            f"{c.epochs:6d} {r.metrics.get('test_acc', float('nan')):8.4f} "
-            f"{r.metrics.get('lambda_max', float('nan')):10.4g} {r.provenance.get('finished', '')}"
+            f"{c.epochs:6d} {_metric(r.metrics, 'test_acc'):8.4f} "
+            f"{_metric(r.metrics, 'lambda_max'):10.4g} {r.provenance.get('finished', '')}"
         )
     extra = describe_store(store)
     if extra:

@@ -1,0 +1,76 @@
+"""Training used as a researcher would: odd settings, hand-edited stores, one message each."""
+
+import json
+
+import pytest
+
+from flatness import cli
+from flatness.store import Store
+
+
+def _cli(capsys, *args):
+    code = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+SMOKE = ("--profile", "smoke", "-p", "epochs", "1", "-p", "hessian_every", "0")
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["-p", "model", "lenet5"], "-p model: set the model with the MODEL argument"),
+        (["-p", "optimiser", "adam"], "-p optimiser: set the optimiser with --optimiser"),
+        (["-p", "seed", "1", "--seeds", "2"], "-p seed and --seeds both given"),
+        (["-p", "weight_decay", "0", "--wd", "0.1"], "-p weight_decay and --wd both given"),
+        (["-p", "seed", "-1"], "seed must be at least 0, got -1"),
+        (["-p", "weight_decay", "nan"], "weight_decay must be finite"),
+    ],
+)
+def test_run_identity_fields_given_by_p_are_one_message(tmp_path, capsys, extra, message):
+    results = tmp_path / "results"
+    code, out, err = _cli(capsys, "run", "mlp-10-100", *SMOKE, "--results", str(results), *extra)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not results.exists()
+
+
+def test_p_seed_and_weight_decay_set_the_run(tmp_path, capsys):
+    results = tmp_path / "results"
+    args = ("run", "logreg", *SMOKE, "--results", str(results))
+    code, out, err = _cli(capsys, *args, "-p", "seed", "3", "-p", "weight_decay", "0.02")
+    assert code == 0, err
+    (run,) = Store(results).runs()
+    assert (run.config.seed, run.config.weight_decay) == (3, 0.02)
+
+
+def test_train_size_beyond_the_data_is_refused_before_the_store_is_touched(tmp_path, capsys):
+    results = tmp_path / "results"
+    code, out, err = _cli(
+        capsys, "run", "mlp-10-100", *SMOKE, "--results", str(results), "-p", "train_size", "5000"
+    )
+    assert code == 2
+    assert "train_size=5000 is more than the 1077 examples" in err
+    assert out == "" and not results.exists()
+
+
+@pytest.mark.parametrize(
+    "metrics", [{}, {"test_acc": "high", "lambda_max": None, "trace": [1], "weight_norm": True}]
+)
+def test_ls_and_run_print_a_hand_edited_metrics_file_without_crashing(tmp_path, capsys, metrics):
+    results = tmp_path / "results"
+    args = ("run", "mlp-10-100", *SMOKE, "--results", str(results))
+    assert _cli(capsys, *args)[0] == 0
+    (run,) = Store(results).runs()
+    (run.path / "metrics.json").write_text(json.dumps(metrics))
+
+    code, out, err = _cli(capsys, *args)
+    assert code == 0, err
+    row = out.strip().splitlines()[-1].split()
+    assert row[0] == run.key and row[3:] == ["nan"] * 4
+
+    code, out, err = _cli(capsys, "ls", "--results", str(results))
+    assert code == 0, err
+    row = out.strip().splitlines()[-1].split()
+    assert row[0] == run.key and row[7:9] == ["nan", "nan"]
