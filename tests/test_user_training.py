@@ -74,3 +74,53 @@ def test_ls_and_run_print_a_hand_edited_metrics_file_without_crashing(tmp_path, 
     assert code == 0, err
     row = out.strip().splitlines()[-1].split()
     assert row[0] == run.key and row[7:9] == ["nan", "nan"]
+
+
+def test_averaging_from_epoch_zero_runs_every_epoch_at_the_averaging_rate():
+    from flatness.recipes import run_config
+    from flatness.schedules import factor
+    from flatness.train import learning_rate
+
+    cfg = run_config("mlp-10-100", "swa", "smoke", average_start=0, epochs=3)
+    assert [learning_rate(cfg, e) for e in range(3)] == [0.02] * 3
+    # the same rule at a later start: the schedule's horizon, then the averaging rate
+    rates = [factor("linear", e, epochs=10, average_start=4, average_ratio=0.2) for e in range(6)]
+    assert rates == pytest.approx([1.0, 1.0, 1.0, 1.0 - 0.8 * 0.25 / 0.4, 0.2, 0.2])
+
+
+@pytest.mark.parametrize("model", [3, None, ["mlp"]])
+def test_a_model_that_is_not_a_name_is_one_message(model):
+    from flatness.errors import FlatnessError
+    from flatness.recipes import run_config
+
+    with pytest.raises(FlatnessError, match="unknown model .* valid choices: 'logreg'"):
+        run_config(model, "sgd", "smoke")
+
+
+@pytest.mark.parametrize("train_size,batch_size", [(3, 2), (5, 1), (257, 128)])
+def test_a_batch_of_one_that_batchnorm_cannot_take_is_refused_before_training(
+    train_size, batch_size
+):
+    from flatness.errors import FlatnessError
+    from flatness.recipes import run_config
+    from flatness.train import train
+
+    # VGG's last BatchNorm sees a 1x1 map on 8x8 digits: one value per channel in a batch of one
+    cfg = run_config(
+        "vgg16-bn", "sgd", "smoke", train_size=train_size, batch_size=batch_size, epochs=1
+    )
+    with pytest.raises(FlatnessError, match=f"batch_size {batch_size} on {train_size} training"):
+        train(cfg, device="cpu", callback=lambda *a: pytest.fail("training began"))
+
+
+def test_batches_of_one_train_where_batchnorm_takes_them():
+    from flatness.recipes import run_config
+    from flatness.train import train
+
+    # PreResNet's smallest map on 8x8 digits is 2x2 (four values per channel); no BN in the MLP
+    for model in ("preresnet-8", "mlp-10-100"):
+        cfg = run_config(
+            model, "sgd", "smoke", train_size=3, batch_size=2, epochs=1, hessian_every=0
+        )
+        result = train(cfg, device="cpu")
+        assert result.metrics["train_examples"] == 3

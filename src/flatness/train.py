@@ -265,6 +265,7 @@ def train(
         config.dataset, data_root=data_root, train_size=config.train_size, verify=data_verify
     ).to(device)
     augment = data.augment if config.augment is None else config.augment
+    _check_batches(config, len(data.y_train))
     run = _Run(config, data, device)
     saved = load_checkpoint(checkpoint) if checkpoint is not None else None
     if saved is not None and saved.get("key") == config.key():
@@ -311,6 +312,29 @@ def train(
         if checkpoint is not None and (run.epoch % checkpoint_every == 0) and not last:
             save_checkpoint(checkpoint, run.state())
     return _result(run, final_arrays)
+
+
+def _check_batches(config: RunConfig, n: int) -> None:
+    """Refuse a run whose batches include one of a single example where BatchNorm, in train mode,
+    would see one value per channel and fail (training, update_bn and the train-mode Hessian
+    all use the run's batch size, so the last batch holds ``n % batch_size`` examples)."""
+    b = config.batch_size
+    if b != 1 and n % b != 1:
+        return
+    shape = datasets.input_shape(config.dataset)
+    with torch.device("meta"):
+        net = models.build(
+            config.model, shape, datasets.num_classes(config.dataset), width=config.width
+        )
+        try:
+            net.train()(torch.zeros(1, *shape))
+        except ValueError:
+            better = next(c for c in range(max(b, 1) + 1, n + 2) if n % c != 1)
+            raise FlatnessError(
+                f"{config.label()}: batch_size {b} on {n} training examples leaves a batch of "
+                "one example, which the BatchNorm layers cannot normalise in train mode; "
+                f"choose a batch_size that does not (e.g. {better}) or another train_size"
+            ) from None
 
 
 def _evaluate_row(run: _Run, epoch: int, lr: float, averaging: bool) -> dict[str, float]:
