@@ -53,10 +53,12 @@ def factor(
         raise unknown("schedule", schedule, SCHEDULES)
     horizon, r = epochs, final_ratio
     if average_start is not None:
-        horizon, r = max(average_start, 1), average_ratio
+        # from average_start on (every epoch when it is 0) the averaged iterates are collected
+        # at the constant averaging rate
+        if epoch >= average_start:
+            return average_ratio
+        horizon, r = average_start, average_ratio
     t = epoch / horizon
-    if average_start is not None and t >= 1:
-        return r
     if schedule == "constant":
         return 1.0
     if schedule == "linear":
