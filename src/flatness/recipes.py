@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from flatness.config import RunConfig, get_profile
 from flatness.errors import FlatnessError, unknown
 from flatness.models import names as model_names
+from flatness.models import resolve as resolve_model
 
 #: Optimiser names of the command line: the averaged ones are an optimiser plus averaging.
 RECIPES = ("sgd", "adam", "adamw", "swa", "gadam")
@@ -94,6 +95,7 @@ def run_config(
     """
     if optimiser not in RECIPES:
         raise unknown("optimiser", optimiser, RECIPES)
+    resolve_model(model)  # the recipe reads the name's prefix: refuse a non-name first
     scale = SCALES[get_profile(profile).name]
     fields = {
         "model": model,
