@@ -124,3 +124,22 @@ def test_batches_of_one_train_where_batchnorm_takes_them():
         )
         result = train(cfg, device="cpu")
         assert result.metrics["train_examples"] == 3
+
+
+def test_a_results_store_that_is_a_file_or_cannot_be_made_is_one_message(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a store")
+    for command in (["ls"], ["run", "logreg", *SMOKE]):
+        code, out, err = _cli(capsys, *command, "--results", str(a_file))
+        assert code == 2 and f"the results store {a_file} is not a folder" in err
+    below_a_file = a_file / "results"
+    code, out, err = _cli(capsys, "run", "logreg", *SMOKE, "--results", str(below_a_file))
+    assert code == 2 and f"cannot create the results store's folder {below_a_file}" in err
+    assert a_file.read_text() == "not a store"
+
+
+def test_plan_refuses_a_step_times_file_it_could_not_write_before_timing(tmp_path, capsys):
+    target = tmp_path / "missing" / "times.json"
+    code, out, err = _cli(capsys, "plan", "--profile", "smoke", "--save-step-times", str(target))
+    assert code == 2 and f"the folder {target.parent} does not exist" in err
+    assert out == ""

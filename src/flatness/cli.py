@@ -183,12 +183,19 @@ def _plan(args) -> None:
     from flatness.train import resolve_device
 
     device = resolve_device(args.device)
+    save = Path(args.save_step_times) if args.save_step_times else None
+    if save is not None and not save.parent.is_dir():
+        # say so before the steps are timed, not after
+        raise FlatnessError(f"--save-step-times: the folder {save.parent} does not exist")
     known = plan.read_step_times(args.step_times) if args.step_times else None
     configs = recipes.grid(args.profile)
     estimates, times = plan.estimate(configs, device, known)
     print(plan.table(estimates, device))
-    if args.save_step_times:
-        Path(args.save_step_times).write_text(json.dumps(times, indent=2))
+    if save is not None:
+        try:
+            save.write_text(json.dumps(times, indent=2))
+        except OSError as err:
+            raise FlatnessError(f"--save-step-times: cannot write {save} ({err})") from None
 
 
 def _ls(args) -> None:

@@ -41,6 +41,7 @@ from flatness.paths import results_root
 FILES = ("config.json", "metrics.json", "arrays.npz", "provenance.json")
 FAILED = "failed.json"
 _KEY = re.compile(r"[0-9a-f]{16}")
+_WHERE = "point --results or $FLATNESS_RESULTS at a folder that can be written"
 _FIX = "retrain it with load_or_run(..., retrain=True) or the command line's --retrain"
 
 
@@ -174,10 +175,25 @@ def _fsync(path: Path) -> None:
 
 
 class Store:
-    """A folder of runs (default :func:`flatness.paths.results_root`)."""
+    """A folder of runs (default :func:`flatness.paths.results_root`).
+
+    Raises:
+        FlatnessError: when ``root`` exists but is not a folder; when it cannot be created
+            (on the first write or lock).
+    """
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else results_root()
+        if self.root.exists() and not self.root.is_dir():
+            raise FlatnessError(f"the results store {self.root} is not a folder; {_WHERE}")
+
+    def _make(self, folder: Path) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise FlatnessError(
+                f"cannot create the results store's folder {folder} ({_one_line(err)}); {_WHERE}"
+            ) from None
 
     def path(self, config: RunConfig) -> Path:
         return self.root / config.key()
@@ -189,7 +205,7 @@ class Store:
     def lock(self, config: RunConfig) -> FileLock:
         """The inter-process lock of ``config``'s run (``<root>/.locks/<key>.lock``)."""
         folder = self.root / ".locks"
-        folder.mkdir(parents=True, exist_ok=True)
+        self._make(folder)
         return FileLock(folder / f"{config.key()}.lock")
 
     def inspect(self, config: RunConfig) -> Run | Damaged | Failed | None:
@@ -270,7 +286,7 @@ class Store:
 
     def _write(self, config: RunConfig, fill) -> None:
         """Fill a temporary folder, make it durable, and rename it to ``config``'s folder."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._make(self.root)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{config.key()}-", dir=self.root))
         target = self.path(config)
         try:
