@@ -143,3 +143,26 @@ def test_plan_refuses_a_step_times_file_it_could_not_write_before_timing(tmp_pat
     code, out, err = _cli(capsys, "plan", "--profile", "smoke", "--save-step-times", str(target))
     assert code == 2 and f"the folder {target.parent} does not exist" in err
     assert out == ""
+
+
+@pytest.mark.parametrize("optimiser", ["swa", "gadam"])
+def test_one_epoch_of_an_averaging_recipe_names_the_epochs(optimiser):
+    from flatness.errors import FlatnessError
+    from flatness.recipes import run_config
+
+    with pytest.raises(FlatnessError, match=f"^{optimiser} averages .* epochs must be at least 2"):
+        run_config("mlp-10-100", optimiser, "smoke", epochs=1)
+    # with a start of 0 the one epoch is averaged, which is a valid run
+    assert run_config("mlp-10-100", optimiser, "smoke", epochs=1, average_start=0).averaging
+
+
+def test_a_failed_record_without_its_config_is_damaged_naming_the_entry(tmp_path):
+    from flatness.recipes import run_config
+    from flatness.store import Damaged
+
+    store = Store(tmp_path)
+    cfg = run_config("mlp-10-100", "sgd", "smoke")
+    store.record_failure(cfg, "the loss is nan")
+    (store.path(cfg) / "failed.json").write_text(json.dumps({"message": "m", "time": "t"}))
+    found = store.inspect(cfg)
+    assert isinstance(found, Damaged) and found.reason == "failed.json lacks the entry 'config'"

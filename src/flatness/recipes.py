@@ -135,6 +135,11 @@ def run_config(
         if isinstance(epochs, int) and epochs >= 2:
             start = round(PAPER_AVERAGE_START * epochs / PAPER_EPOCHS)
             fields["average_start"] = min(max(start, 1), epochs - 1)
+        elif epochs == 1 and "average_start" not in overrides:
+            raise FlatnessError(
+                f"{optimiser} averages the weights of the epochs after the first: "
+                "epochs must be at least 2, got 1"
+            )
         else:
             fields["average_start"] = 1  # RunConfig explains what is wrong with the epochs
         fields["average_lr"] = _AVERAGE_LR[optimiser]
