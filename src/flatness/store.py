@@ -145,7 +145,9 @@ def _examine(path: Path) -> Run | Damaged | Failed:
             record = _read_json(path / FAILED)
             config, problem = _config_problem(key, record["config"], "failed.json's config")
             message, when = str(record["message"]), str(record["time"])
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except KeyError as err:
+            return Damaged(key, path, f"failed.json lacks the entry {err}")
+        except (OSError, ValueError, TypeError) as err:
             return Damaged(key, path, f"failed.json is unreadable ({_one_line(err)})")
         if problem:
             return Damaged(key, path, problem)
