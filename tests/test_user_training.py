@@ -166,3 +166,23 @@ def test_a_failed_record_without_its_config_is_damaged_naming_the_entry(tmp_path
     (store.path(cfg) / "failed.json").write_text(json.dumps({"message": "m", "time": "t"}))
     found = store.inspect(cfg)
     assert isinstance(found, Damaged) and found.reason == "failed.json lacks the entry 'config'"
+
+
+@pytest.mark.parametrize("flag,compiled", [([], False), (["--compile"], True)])
+def test_run_compile_reaches_training(tmp_path, capsys, monkeypatch, flag, compiled):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import flatness.train
+
+    seen = []
+
+    def fake_train(config, *, compile=False, **kwargs):
+        seen.append(compile)
+        return SimpleNamespace(metrics={"test_acc": 0.5}, arrays={"x": np.zeros(1)})
+
+    monkeypatch.setattr(flatness.train, "train", fake_train)
+    code, out, err = _cli(capsys, "run", "logreg", *SMOKE, "--results", str(tmp_path), *flag)
+    assert code == 0, err
+    assert seen == [compiled, compiled]  # the smoke profile trains logreg at two decays

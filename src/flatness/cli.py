@@ -8,6 +8,7 @@ A failing chapter prints its name and traceback and exits with code 1.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -115,6 +116,7 @@ def _one_or_list(overrides: dict, field: str, option: str, listed):
 
 
 def _run(args) -> None:
+    from flatness import train as training
     from flatness.store import Store, load_or_run
     from flatness.train import resolve_device
 
@@ -161,6 +163,7 @@ def _run(args) -> None:
             device=device,
             progress=get_profile(args.profile).progress,
             retrain=args.retrain,
+            train_fn=functools.partial(training.train, compile=True) if args.compile else None,
         )
         m = {k: _metric(run.metrics, k) for k in ("test_acc", "lambda_max", "trace", "weight_norm")}
         print(
