@@ -186,3 +186,13 @@ def test_run_compile_reaches_training(tmp_path, capsys, monkeypatch, flag, compi
     code, out, err = _cli(capsys, "run", "logreg", *SMOKE, "--results", str(tmp_path), *flag)
     assert code == 0, err
     assert seen == [compiled, compiled]  # the smoke profile trains logreg at two decays
+
+
+def test_load_or_run_takes_the_store_as_a_folder(tmp_path):
+    from flatness.recipes import run_config
+    from flatness.store import load_or_run
+
+    cfg = run_config("logreg", "sgd", "smoke", epochs=1, hessian_every=0, weight_decay=0.0)
+    run = load_or_run(cfg, store=str(tmp_path), device="cpu")
+    assert run.path == tmp_path / cfg.key()
+    assert load_or_run(cfg, store=tmp_path).metrics == run.metrics

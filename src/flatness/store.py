@@ -383,7 +383,7 @@ def _refusal(found: Damaged | Failed) -> FlatnessError:
 def load_or_run(
     config: RunConfig,
     *,
-    store: Store | None = None,
+    store: Store | str | Path | None = None,
     data_root=None,
     device=None,
     progress: bool = False,
@@ -396,6 +396,7 @@ def load_or_run(
     run's lock and then reuse the stored run.
 
     Args:
+        store: a :class:`Store` or its folder (default :func:`flatness.paths.results_root`).
         retrain: replace a damaged folder or a recorded failure by training again (a good run
             is always reused).
         train_fn: called as ``train_fn(config, data_root=, device=, progress=, checkpoint=)``
@@ -410,7 +411,7 @@ def load_or_run(
             when training raises :class:`FlatnessError`, which is first recorded as a failed run.
             Any other exception leaves only the checkpoint behind, so a rerun resumes.
     """
-    store = store or Store()
+    store = store if isinstance(store, Store) else Store(store)
     found = store.inspect(config)
     if isinstance(found, Run):
         return found
