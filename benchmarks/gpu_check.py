@@ -4,8 +4,8 @@ Run by ``scripts/gpu_check.sh`` on a CUDA machine; ``--device cpu --width 0.0625
 runs the same code on a CPU in a minute (the tests do). CIFAR is written here in its real
 on-disk format from random pixels, so the check needs no download; MNIST-shaped networks use
 MNIST-format files written the same way. Per network it reports the training images per second
-(second epoch, the first includes warm-up), the step time in the format of
-``python -m flatness plan --step-times``, and the seconds and value of one Lanczos estimate of
+(last epoch; the first includes warm-up), the step and HVP times at the run's batch size in
+the format of ``python -m flatness plan --step-times``, and the seconds and value of one Lanczos estimate of
 ``lambda_max`` and one 32-probe Hutchinson trace on 1,024 training images (eval-mode BatchNorm).
 """
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fixtures import write_cifar100, write_mnist_files  # noqa: E402
 
 from flatness import data as datasets  # noqa: E402
-from flatness import hessian, recipes  # noqa: E402
+from flatness import hessian, plan, recipes  # noqa: E402
 from flatness.train import load_model, train  # noqa: E402
 
 MODELS = (
@@ -62,14 +62,17 @@ def check(model: str, root: Path, device: torch.device, epochs: int, width: floa
     t1 = time.perf_counter()
     tr = hessian.trace(net, loss, (x, y), probes=32, method="hutchinson")
     t2 = time.perf_counter()
-    steps = -(-n // cfg.batch_size)
+    step_seconds, hvp_seconds = plan.time_step(
+        cfg.model, cfg.dataset, cfg.width, cfg.batch_size, device
+    )
     return {
         "model": model,
         "width": cfg.width,
         "parameters": result.metrics["parameters"],
         "train_examples": n,
         "images_per_s": n / float(seconds[-1]),
-        "step_seconds": float(seconds[-1]) / steps,
+        "step_seconds": step_seconds,
+        "hvp_seconds": hvp_seconds,
         "plan_key": f"{cfg.model}|{cfg.width:g}|{cfg.dataset}|{cfg.batch_size}",
         "wall_seconds": wall,
         "lambda_max": float(top.eigenvalues[0]),
@@ -108,6 +111,7 @@ def main(argv=None):
     report = {"device": name, "torch": torch.__version__, "rows": rows}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     times = {r["plan_key"]: r["step_seconds"] for r in rows if "plan_key" in r}
+    times |= {f"{r['plan_key']}|hvp": r["hvp_seconds"] for r in rows if "plan_key" in r}
     (out / "step_times.json").write_text(json.dumps(times, indent=2))
     lines = [f"# GPU check on {name} (torch {torch.__version__})", ""]
     lines.append("| model | params | images/s | step s | lambda_max (s) | trace +- se (s) |")

@@ -23,5 +23,6 @@ def test_gpu_check_writes_a_report_and_step_times_plan_can_read(tmp_path):
     from flatness.plan import read_step_times
 
     times = read_step_times(tmp_path / "step_times.json")
-    assert set(times) == {"logreg|0.0625|mnist|128", "lenet5|0.0625|mnist|128"}
+    keys = {"logreg|0.0625|mnist|128", "lenet5|0.0625|mnist|128"}
+    assert set(times) == keys | {f"{k}|hvp" for k in keys}
     assert "| lenet5 |" in (tmp_path / "report.md").read_text()

@@ -1,18 +1,17 @@
 """How long a profile's grid of runs takes, from training steps timed on this machine.
 
-For every distinct network of the grid, a few training steps on random inputs of the data
-set's shape are timed on the chosen device (after warm-up steps). On a GPU the steps use the
-run's batch size; on a CPU a smaller batch is timed and scaled linearly to the run's (a CPU
-step costs about in proportion to the batch). The estimate of a run is
+For every distinct network of the grid, a few training steps and Hessian-vector products on
+random inputs of the data set's shape are timed on the chosen device (after a warm-up). On a
+GPU they use the run's batch size; on a CPU a smaller batch is timed and scaled linearly to the
+run's (a CPU step costs about in proportion to the batch). The estimate of a run is
 
-    epochs x ceil(N / B) x step time                       (training)
-    + measurements x HVPS_PER_MEASUREMENT x ceil(N / B) x 2 x step time x modes   (Hessian)
+    epochs x ceil(N / B) x step time                                        (training)
+    + (measurements x HVPS_PER_MEASUREMENT + slq_steps) x ceil(N / B) x HVP time x modes
 
 with N the training split, B the batch size, ``modes`` 2 for BatchNorm networks (eval and
-train mode) and 1 otherwise. A Hessian-vector product costs about two training steps
-(a forward and two backward passes); :data:`HVPS_PER_MEASUREMENT` is an assumption stated in
-the table, not a measurement. Models small enough for exact Hessians are charged the same,
-which overstates their cost.
+train mode) and 1 otherwise. :data:`HVPS_PER_MEASUREMENT` is an assumption stated in the
+table, not a measurement. Models small enough for exact Hessians are charged the same, which
+overstates their cost.
 """
 
 from __future__ import annotations
@@ -31,9 +30,9 @@ from flatness import models
 from flatness.config import RunConfig
 from flatness.errors import FlatnessError
 
-#: Assumed Hessian-vector products per measurement (Lanczos top eigenvalue, trace and
-#: Frobenius norm to a few per cent).
-HVPS_PER_MEASUREMENT = 300
+#: Assumed Hessian-vector products per measurement and BatchNorm mode: about 30 Lanczos
+#: steps for lambda_max and at least 32 probes each for the trace and the Frobenius norm.
+HVPS_PER_MEASUREMENT = 100
 #: Training-split sizes of the paper's data sets (45k of CIFAR's 50k; 55k of MNIST's 60k).
 #: (digits: 1,797 less 360 test and 360 validation images)
 TRAIN_SIZES = {"digits": 1077, "mnist": 55_000, "fashion-mnist": 55_000}
@@ -47,6 +46,7 @@ class Estimate:
 
     config: RunConfig
     step_seconds: float
+    hvp_seconds: float
     train_hours: float
     hessian_hours: float
 
@@ -57,8 +57,11 @@ class Estimate:
 
 def time_step(
     model_name: str, dataset: str, width: float, batch_size: int, device: torch.device
-) -> float:
-    """Seconds of one training step (forward, backward, SGD update) at ``batch_size``."""
+) -> tuple[float, float]:
+    """Seconds of one training step (forward, backward, SGD update) and of one Hessian-vector
+    product, both at ``batch_size``."""
+    from flatness.hessian import HessianOperator
+
     shape = datasets.input_shape(dataset)
     torch.manual_seed(0)
     model = models.build(model_name, shape, datasets.num_classes(dataset), width=width).to(device)
@@ -73,15 +76,24 @@ def time_step(
         loss.backward()
         opt.step()
 
-    step()  # warm-up: allocations, kernel selection
+    scale = batch_size / timed_batch
+    seconds = _timed(step, device) * scale
+    model.eval()
+    op = HessianOperator(model, nn.functional.cross_entropy, (x, y))
+    v = torch.randn(op.size, device=device)
+    return seconds, _timed(lambda: op.matvec(v), device) * scale
+
+
+def _timed(fn, device: torch.device) -> float:
+    fn()  # warm-up: allocations, kernel selection
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     repeats, start = 0, time.perf_counter()
     while repeats < 3 or (time.perf_counter() - start < 1.0 and repeats < 50):
-        step()
+        fn()
         sync()
         repeats += 1
-    return (time.perf_counter() - start) / repeats * batch_size / timed_batch
+    return (time.perf_counter() - start) / repeats
 
 
 def estimate(configs: list[RunConfig], device: torch.device, step_times: dict | None = None):
@@ -90,9 +102,11 @@ def estimate(configs: list[RunConfig], device: torch.device, step_times: dict | 
     out = []
     for cfg in configs:
         key = f"{cfg.model}|{cfg.width:g}|{cfg.dataset}|{cfg.batch_size}"
-        if key not in cache:
-            cache[key] = time_step(cfg.model, cfg.dataset, cfg.width, cfg.batch_size, device)
-        step = cache[key]
+        if key not in cache or f"{key}|hvp" not in cache:
+            found = time_step(cfg.model, cfg.dataset, cfg.width, cfg.batch_size, device)
+            cache.setdefault(key, found[0])
+            cache.setdefault(f"{key}|hvp", found[1])
+        step, hvp = cache[key], cache[f"{key}|hvp"]
         n = cfg.train_size or TRAIN_SIZES[cfg.dataset]
         steps = math.ceil(n / cfg.batch_size)
         measurements = 0
@@ -102,8 +116,9 @@ def estimate(configs: list[RunConfig], device: torch.device, step_times: dict | 
             shape = datasets.input_shape(cfg.dataset)
             net = models.build(cfg.model, shape, datasets.num_classes(cfg.dataset), width=cfg.width)
         modes = 2 if models.has_batchnorm(net) else 1
-        hessian = measurements * HVPS_PER_MEASUREMENT * steps * 2 * step * modes
-        out.append(Estimate(cfg, step, cfg.epochs * steps * step / 3600, hessian / 3600))
+        hvps = measurements * HVPS_PER_MEASUREMENT + (cfg.slq_steps if measurements else 0)
+        hessian = hvps * steps * hvp * modes
+        out.append(Estimate(cfg, step, hvp, cfg.epochs * steps * step / 3600, hessian / 3600))
     return out, cache
 
 
@@ -112,20 +127,21 @@ def table(estimates: list[Estimate], device: torch.device) -> str:
     unit = "GPU-hours" if device.type == "cuda" else "CPU-hours on this machine"
     lines = [
         f"{'model':15} {'optimiser':10} {'wd':>7} {'seed':>4} {'epochs':>6} {'width':>6} "
-        f"{'step s':>8} {'train h':>8} {'hessian h':>9} {'total h':>8}"
+        f"{'step s':>8} {'HVP s':>8} {'train h':>8} {'hessian h':>9} {'total h':>8}"
     ]
     for e in estimates:
         c = e.config
         opt = c.optimiser + ("+avg" if c.averaging else "")
         lines.append(
             f"{c.model:15} {opt:10} {c.weight_decay:7g} {c.seed:4d} {c.epochs:6d} {c.width:6g} "
-            f"{e.step_seconds:8.4f} {e.train_hours:8.3f} {e.hessian_hours:9.3f} {e.hours:8.3f}"
+            f"{e.step_seconds:8.4f} {e.hvp_seconds:8.4f} {e.train_hours:8.3f} "
+            f"{e.hessian_hours:9.3f} {e.hours:8.3f}"
         )
     total = sum(e.hours for e in estimates)
     lines.append(f"{len(estimates)} run(s); total {total:.1f} {unit}")
     lines.append(
-        f"(steps timed on {device}; Hessian cost assumes {HVPS_PER_MEASUREMENT} HVPs per "
-        "measurement, each about two training steps)"
+        f"(steps and HVPs timed on {device}; the Hessian cost assumes {HVPS_PER_MEASUREMENT} "
+        "HVPs per measurement and BatchNorm mode, plus the SLQ steps at the end)"
     )
     return "\n".join(lines)
 
