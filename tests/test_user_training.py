@@ -196,3 +196,22 @@ def test_load_or_run_takes_the_store_as_a_folder(tmp_path):
     run = load_or_run(cfg, store=str(tmp_path), device="cpu")
     assert run.path == tmp_path / cfg.key()
     assert load_or_run(cfg, store=tmp_path).metrics == run.metrics
+
+
+@pytest.mark.parametrize("seed", [2**32, 2**64, 1e30])
+def test_a_seed_beyond_the_generators_range_is_one_message(tmp_path, capsys, seed):
+    results = tmp_path / "results"
+    code, out, err = _cli(
+        capsys, "run", "logreg", *SMOKE, "--results", str(results), "-p", "seed", str(seed)
+    )
+    assert code == 2 and "seed must be below 2**32 = 4294967296" in err
+    assert not results.exists()
+
+
+def test_the_largest_seed_trains_and_is_measured():
+    from flatness.recipes import run_config
+    from flatness.train import train
+
+    cfg = run_config("mlp-10-100", "sgd", "smoke", seed=2**32 - 1, epochs=1, train_size=20)
+    result = train(cfg, device="cpu")
+    assert 0 <= result.metrics["test_acc"] <= 1 and result.metrics["lambda_max"] > 0

@@ -33,6 +33,10 @@ from flatness.schedules import SCHEDULES
 #: 2: images keep their (C, H, W) shape, validation splits, optimisers, averaging, estimators.
 RUN_FORMAT = 2
 
+#: Seeds are below 2**32: training seeds torch generators with ``seed + 1`` and
+#: ``seed * 100_003 + epoch``, which must stay within their 64-bit range.
+SEED_LIMIT = 2**32
+
 #: ``sgd`` (heavy-ball momentum, coupled L2), ``adam`` (coupled L2), ``adamw`` (decoupled decay).
 OPTIMISERS = ("sgd", "adam", "adamw")
 
@@ -97,7 +101,8 @@ class RunConfig:
         dataset: a name from :data:`flatness.data.DATASETS`.
         weight_decay: coupled L2 coefficient for ``sgd`` and ``adam`` (added to the gradient),
             decoupled decay for ``adamw`` (``w <- w - lr * weight_decay * w``).
-        seed: seeds the initialisation, the batch order, augmentation and dropout.
+        seed: seeds the initialisation, the batch order, augmentation and dropout; in
+            [0, 2**32).
         epochs: passes over the training split.
         batch_size: minibatch size.
         lr: the initial learning rate (> 0).
@@ -153,6 +158,8 @@ class RunConfig:
         _check_choice("optimiser", self.optimiser, OPTIMISERS)
         fix("weight_decay", _as_float("weight_decay", self.weight_decay, minimum=0.0))
         fix("seed", _as_int("seed", self.seed, minimum=0))
+        if self.seed >= SEED_LIMIT:
+            raise FlatnessError(f"seed must be below 2**32 = {SEED_LIMIT}, got {self.seed}")
         fix("epochs", _as_int("epochs", self.epochs, minimum=1))
         fix("batch_size", _as_int("batch_size", self.batch_size, minimum=1))
         fix("lr", _as_float("lr", self.lr, above=0.0))
