@@ -215,3 +215,13 @@ def test_the_largest_seed_trains_and_is_measured():
     cfg = run_config("mlp-10-100", "sgd", "smoke", seed=2**32 - 1, epochs=1, train_size=20)
     result = train(cfg, device="cpu")
     assert 0 <= result.metrics["test_acc"] <= 1 and result.metrics["lambda_max"] > 0
+
+
+def test_ls_into_a_pipe_closed_early_prints_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    # `true` exits without reading, so every write of ls meets a closed pipe
+    command = f"{sys.executable} -m flatness ls --results {tmp_path} | true"
+    done = subprocess.run(command, shell=True, capture_output=True, text=True)
+    assert done.stderr == ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -253,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
                 profile=args.profile, parameters=_parameters(args.parameter), out=args.out
             )
             print(index)
+        sys.stdout.flush()  # a closed pipe is then reported here, not at exit
+    except BrokenPipeError:
+        # the reader (e.g. `| head`) stopped reading; silence the flush at exit too
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except FlatnessError as err:
         print(f"flatness: error: {err}", file=sys.stderr)
         return 2
