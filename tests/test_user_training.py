@@ -225,3 +225,16 @@ def test_ls_into_a_pipe_closed_early_prints_no_traceback(tmp_path):
     command = f"{sys.executable} -m flatness ls --results {tmp_path} | true"
     done = subprocess.run(command, shell=True, capture_output=True, text=True)
     assert done.stderr == ""
+
+
+def test_a_diverged_run_is_recorded_and_the_rest_of_the_grid_still_trains(tmp_path, capsys):
+    # coupled L2 of 1e6 at lr 0.1 multiplies the weights by about 1e5 a step: they overflow
+    code, out, err = _cli(
+        capsys, "run", "logreg", "--profile", "smoke", "--wd", "1e6", "0", "--seeds", "0",
+        "--epochs", "2", "--results", str(tmp_path),
+    )  # fmt: skip
+    assert code == 2
+    assert "diverged (recorded)" in out and "1 of 2 run(s) diverged" in err
+    store = Store(tmp_path)
+    assert len(store.failed()) == 1 and len(store.runs()) == 1
+    assert store.runs()[0].config.weight_decay == 0.0

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from flatness.config import PROFILES, RunConfig, get_profile
-from flatness.errors import FlatnessError
+from flatness.errors import FlatnessError, RunDiverged
 from flatness.recipes import RECIPES, run_config
 
 
@@ -156,20 +156,32 @@ def _run(args) -> None:
         f"{'key':16}  {'wd':>8} {'seed':>4} {'test acc':>8} {'lambda_max':>10} {'trace':>10} "
         f"{'||w||':>8}"
     )
+    diverged = []
     for cfg in configs:
-        run = load_or_run(
-            cfg,
-            store=store,
-            data_root=args.data_root,
-            device=device,
-            progress=get_profile(args.profile).progress,
-            retrain=args.retrain,
-            train_fn=functools.partial(training.train, compile=True) if args.compile else None,
-        )
+        try:
+            run = load_or_run(
+                cfg,
+                store=store,
+                data_root=args.data_root,
+                device=device,
+                progress=get_profile(args.profile).progress,
+                retrain=args.retrain,
+                train_fn=functools.partial(training.train, compile=True) if args.compile else None,
+            )
+        except RunDiverged as err:
+            # one diverged run is that run's result: the others of the grid still train
+            print(f"{cfg.key():16}  {cfg.weight_decay:8g} {cfg.seed:4d}  diverged (recorded)")
+            diverged.append(str(err))
+            continue
         m = {k: _metric(run.metrics, k) for k in ("test_acc", "lambda_max", "trace", "weight_norm")}
         print(
             f"{run.key:16}  {cfg.weight_decay:8g} {cfg.seed:4d} {m['test_acc']:8.4f} "
             f"{m['lambda_max']:10.4g} {m['trace']:10.4g} {m['weight_norm']:8.3g}"
+        )
+    if diverged:
+        raise FlatnessError(
+            f"{len(diverged)} of {len(configs)} run(s) diverged and are recorded as failed:\n"
+            + "\n".join(f"  {message}" for message in diverged)
         )
 
 

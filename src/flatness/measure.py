@@ -4,9 +4,11 @@ What is measured is the Hessian of the mean cross-entropy over the whole trainin
 without the L2 term (as the authors did, ``../shared/paper-notes.md`` section 3), on the
 deterministic, unaugmented images:
 
-- up to :data:`EXACT_LIMIT` parameters, the exact Hessian (softmax regression from its closed
-  form, anything else from :func:`flatness.hessian.exact_hessian`), so ``lambda_max``, trace and
-  Frobenius norm carry no error (their standard errors are 0);
+- up to :data:`EXACT_LIMIT` parameters and without BatchNorm, the exact Hessian (softmax
+  regression from its closed form, anything else from :func:`flatness.hessian.exact_hessian`),
+  so ``lambda_max``, trace and Frobenius norm carry no error (their standard errors are 0);
+  BatchNorm networks always get the estimators, as their dense Hessian in two modes over a
+  loader of batches takes minutes even at a thousand parameters;
 - larger models, :mod:`flatness.hessian` estimators: ``lambda_max`` by Lanczos, trace and
   Frobenius norm with their standard errors down to the run's ``hessian_rtol``;
 - after the last epoch, the whole spectrum: exact eigenvalues up to :data:`EXACT_LIMIT`
@@ -133,8 +135,8 @@ def measure(
     arrays: dict[str, np.ndarray] = {}
     for mode in modes:
         suffix = "" if mode == "eval" else "_bn_train"
-        per_epoch_exact = count <= EXACT_LIMIT
-        if per_epoch_exact or (final and count <= exact_limit):
+        per_epoch_exact = count <= EXACT_LIMIT and len(modes) == 1
+        if per_epoch_exact or (final and count <= exact_limit and len(modes) == 1):
             found, eigenvalues = _exact(model, x, y, mode, batch_size)
             if final:
                 arrays[f"eigenvalues{suffix}"] = eigenvalues
