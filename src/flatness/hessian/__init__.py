@@ -29,9 +29,11 @@ from flatness.hessian.exact import (
     MAX_EXACT_PARAMS,
     Measures,
     Rank,
+    SoftmaxSpectrum,
     exact_hessian,
     hessian_rank,
     softmax_regression_hessian,
+    softmax_regression_spectrum,
     weight_norm,
 )
 from flatness.hessian.gauss_newton import ggn_trace
@@ -51,6 +53,7 @@ __all__ = [
     "Measures",
     "PyHessianEstimate",
     "Rank",
+    "SoftmaxSpectrum",
     "SpectralDensity",
     "exact_hessian",
     "frobenius_norm",
@@ -59,6 +62,7 @@ __all__ = [
     "pyhessian_estimate",
     "pyhessian_hvp",
     "softmax_regression_hessian",
+    "softmax_regression_spectrum",
     "spectral_density",
     "top_eigenvalues",
     "trace",

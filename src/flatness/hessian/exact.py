@@ -34,6 +34,9 @@ from flatness.hessian.checks import (
     tensors,
 )
 from flatness.hessian.operator import CURVATURES
+from flatness.hessian.softmax import SoftmaxSpectrum as SoftmaxSpectrum
+from flatness.hessian.softmax import softmax_regression_hessian as softmax_regression_hessian
+from flatness.hessian.softmax import softmax_regression_spectrum as softmax_regression_spectrum
 
 #: Beyond this many parameters a dense Hessian is refused (P^2 float64 numbers).
 MAX_EXACT_PARAMS = 12_000
@@ -210,39 +213,3 @@ def hessian_rank(hessian: torch.Tensor, rtols=(1e-4, 1e-6, 1e-8, 1e-10)) -> Rank
     scale = evals.abs().max().item()
     ranks = {float(t): int((evals.abs() > t * scale).sum()) for t in rtols}
     return Rank(ranks=ranks, size=hessian.shape[0], eigenvalues=evals)
-
-
-def softmax_regression_hessian(
-    model: nn.Linear, inputs: torch.Tensor, *, max_chunk_elements: int = 2**24
-) -> torch.Tensor:
-    """The closed-form Hessian of mean cross-entropy for softmax regression, in float64.
-
-    ``H = (1/N) sum_i (diag p_i - p_i p_i^T) kron x~_i x~_i^T`` with ``x~ = [x; 1]``, returned in
-    the order of ``model.parameters()`` (the weight row-major, then the bias). It does not
-    depend on the labels. Samples are summed in chunks of at most ``max_chunk_elements``
-    outer-product entries, so that MNIST-sized data fits in memory.
-    """
-    if not isinstance(model, nn.Linear) or model.bias is None:
-        raise FlatnessError(
-            "softmax_regression_hessian takes an nn.Linear with a bias (logits = W x + b); "
-            f"got {type(model).__name__}"
-            + (" without a bias" if isinstance(model, nn.Linear) else "")
-            + ": use exact_hessian for other models"
-        )
-    weight, bias = model.weight.detach().double(), model.bias.detach().double()
-    k, d = weight.shape
-    total = torch.zeros(k * k, (d + 1) ** 2, dtype=torch.float64, device=weight.device)
-    n = len(inputs)
-    chunk = max(1, max_chunk_elements // (d + 1) ** 2)
-    for start in range(0, n, chunk):
-        x = inputs[start : start + chunk].double().to(weight.device)
-        p = torch.softmax(x @ weight.T + bias, dim=1)
-        curvature = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (n, K, K)
-        xt = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1)
-        outer = (xt[:, :, None] * xt[:, None, :]).reshape(len(x), -1)  # (n, (d+1)^2)
-        total += curvature.reshape(len(x), k * k).T @ outer
-    # (k, l, a, b) -> rows (k, a), columns (l, b)
-    h = (total / n).reshape(k, k, d + 1, d + 1).permute(0, 2, 1, 3).reshape(k * (d + 1), -1)
-    index = torch.arange(k * (d + 1), device=h.device).reshape(k, d + 1)
-    order = torch.cat([index[:, :d].reshape(-1), index[:, d]])  # weight entries, then biases
-    return h[order][:, order]
