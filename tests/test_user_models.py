@@ -228,3 +228,19 @@ def test_every_random_state_gradient_and_mode_is_left_alone():
     assert (states[1] == np.random.get_state()[1]).all() and states[2] == random.getstate()
     assert all(torch.equal(p.grad, torch.full_like(p, 0.5)) for p in model.parameters())
     assert flagged.training and flagged.flag
+
+
+def test_ggn_trace_of_a_linear_subclass_that_flattens_images_inside_forward():
+    # softmax regression on (N, 1, 4, 4) images: the layer formulas must see the flat input
+    from flatness.models import softmax_regression
+
+    torch.manual_seed(0)
+    model = softmax_regression((1, 4, 4), 3).double()
+    x = torch.randn(20, 1, 4, 4, dtype=torch.float64)
+    y = torch.randint(3, (20,))
+    dense = H.exact_hessian(model, nn.functional.cross_entropy, (x, y), curvature="ggn")
+    got = H.ggn_trace(model, nn.functional.cross_entropy, (x, y))
+    assert got == pytest.approx(torch.trace(dense).item(), rel=1e-10)
+    est = H.trace(model, nn.functional.cross_entropy, (x, y), rtol=0.01)
+    assert est.method == "ggn+hutchinson"
+    assert est.estimate == pytest.approx(torch.trace(dense).item(), rel=1e-10)

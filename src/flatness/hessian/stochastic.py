@@ -269,12 +269,18 @@ def frobenius_estimate(
     seed: int = 0,
 ) -> Estimate:
     """``||H||_F = sqrt(Tr H^2)`` from ``||H z||^2``; ``rtol`` bounds the relative standard
-    error of the norm (half that of ``Tr H^2``, by the delta method)."""
+    error of the norm (half that of ``Tr H^2``, by the delta method).
+
+    ``method="auto"`` is Hutch++: squaring weights the few largest eigenvalues, which its sketch
+    takes exactly, and plain Hutchinson's samples of ``||H z||^2`` are then so skewed that 32 of
+    them understate their own spread (softmax regression on 5,000 MNIST images: 3.8 standard
+    errors from the exact norm; ``tests/test_coverage.py``)."""
     if method == "ggn+hutchinson":
         raise FlatnessError(
             "method='ggn+hutchinson' is for the trace; use 'auto', 'hutchinson' or 'hutch++'"
         )
     _check(method, probes, rtol, max_probes, batch, seed)
+    method = "hutch++" if method == "auto" else method
     est = _run(
         op,
         lambda z, hz: (hz * hz).sum(dim=1),
