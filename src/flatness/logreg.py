@@ -67,11 +67,19 @@ def history(runs: list[Run]) -> pd.DataFrame:
     frames = []
     for r in runs:
         arrays = r.arrays
-        frame = pd.DataFrame({k: arrays[k] for k in arrays if not k.startswith("param.")})
+        epochs = len(arrays["epoch"])
+        series = {k: v for k, v in arrays.items() if _per_epoch(k, v, epochs)}
+        frame = pd.DataFrame(series)
         frame["weight_decay"] = r.config.weight_decay
         frame["seed"] = r.config.seed
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _per_epoch(name: str, values: np.ndarray, epochs: int) -> bool:
+    """Is this stored array a per-epoch series (not weights, a spectrum or an SLQ density)?"""
+    whole_run = name.startswith(("state.", "eigenvalues", "slq_"))
+    return not whole_run and values.ndim == 1 and len(values) == epochs
 
 
 def trained_model(run: Run, data: datasets.Dataset) -> nn.Linear:
