@@ -2,8 +2,9 @@
 
 For every distinct network of the grid, a few training steps and Hessian-vector products on
 random inputs of the data set's shape are timed on the chosen device (after a warm-up). On a
-GPU they use the run's batch size; on a CPU a smaller batch is timed and scaled linearly to the
-run's (a CPU step costs about in proportion to the batch). The estimate of a run is
+GPU they use the run's batch size; on a CPU batches of 8 and 32 are timed and the line through
+them (a fixed cost per step plus a cost per example) gives the run's batch size. The estimate of
+a run is
 
     epochs x ceil(N / B) x step time                                        (training)
     + (measurements x HVPS_PER_MEASUREMENT + slq_steps) x ceil(N / B) x HVP time x modes
@@ -65,23 +66,40 @@ def time_step(
     shape = datasets.input_shape(dataset)
     torch.manual_seed(0)
     model = models.build(model_name, shape, datasets.num_classes(dataset), width=width).to(device)
-    timed_batch = batch_size if device.type == "cuda" else min(batch_size, CPU_TIMING_BATCH)
-    x = torch.randn(timed_batch, *shape, device=device)
-    y = torch.randint(datasets.num_classes(dataset), (timed_batch,), device=device)
+    if device.type == "cuda":
+        sizes = (batch_size,)
+    else:  # two small batches, and a line through them: fixed cost plus a cost per example
+        sizes = tuple(
+            sorted({min(batch_size, CPU_TIMING_BATCH), min(batch_size, 4 * CPU_TIMING_BATCH)})
+        )
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    steps, hvps = [], []
+    for n in sizes:
+        x = torch.randn(n, *shape, device=device)
+        y = torch.randint(datasets.num_classes(dataset), (n,), device=device)
 
-    def step():
-        loss = nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        def step(x=x, y=y):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
 
-    scale = batch_size / timed_batch
-    seconds = _timed(step, device) * scale
-    model.eval()
-    op = HessianOperator(model, nn.functional.cross_entropy, (x, y))
-    v = torch.randn(op.size, device=device)
-    return seconds, _timed(lambda: op.matvec(v), device) * scale
+        model.train()
+        steps.append(_timed(step, device))
+        model.eval()
+        op = HessianOperator(model, nn.functional.cross_entropy, (x, y))
+        v = torch.randn(op.size, device=device)
+        hvps.append(_timed(lambda op=op, v=v: op.matvec(v), device))
+    return _at(sizes, steps, batch_size), _at(sizes, hvps, batch_size)
+
+
+def _at(sizes: tuple[int, ...], seconds: list[float], batch_size: int) -> float:
+    """Seconds at ``batch_size`` on the line through the timed sizes (proportional for one)."""
+    if len(sizes) == 1:
+        return seconds[0] * batch_size / sizes[0]
+    per_example = max((seconds[1] - seconds[0]) / (sizes[1] - sizes[0]), 0.0)
+    fixed = max(seconds[0] - per_example * sizes[0], 0.0)
+    return fixed + per_example * batch_size
 
 
 def _timed(fn, device: torch.device) -> float:
