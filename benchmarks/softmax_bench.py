@@ -108,7 +108,9 @@ def load() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="/work/shared/data")
+    parser.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data")
+    )
     parser.add_argument("--subset", type=int, default=3000)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--n", type=int, default=None, help="first n examples only (a quick check)")

@@ -22,8 +22,8 @@ from fixtures import (
 from flatness import data
 from flatness.errors import FlatnessError
 
-SHARED_MNIST = Path("/work/shared/data")
-# from /work/shared/data/README.md
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data
+# from ../shared/data/README.md
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
@@ -232,7 +232,7 @@ def test_real_mnist_splits_labels_and_pixels():
     d = data.load("mnist", data_root=SHARED_MNIST, download=False)
     assert d.x_train.shape == (55000, 1, 28, 28) and d.x_val.shape == (5000, 1, 28, 28)
     assert d.x_test.shape == (10000, 1, 28, 28)
-    # facts from /work/shared/data/README.md
+    # facts from ../shared/data/README.md
     assert d.y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert d.y_test[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert torch.bincount(torch.cat([d.y_train, d.y_val])).tolist() == MNIST_TRAIN_COUNTS
