@@ -18,154 +18,26 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-import zipfile
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 from filelock import FileLock, Timeout
 
 from flatness.config import RunConfig
+from flatness.entries import FAILED, Damaged, Failed, Run, examine, one_line
 from flatness.errors import FlatnessError, RunDiverged
 from flatness.paths import results_root
+from flatness.provenance import provenance
 
-FILES = ("config.json", "metrics.json", "arrays.npz", "provenance.json")
-FAILED = "failed.json"
 _KEY = re.compile(r"[0-9a-f]{16}")
 _WHERE = "point --results or $FLATNESS_RESULTS at a folder that can be written"
 _FIX = "retrain it with load_or_run(..., retrain=True) or the command line's --retrain"
-
-
-@dataclass(frozen=True)
-class Run:
-    """One stored run."""
-
-    key: str
-    path: Path
-    config: RunConfig
-    metrics: dict
-    provenance: dict
-
-    @property
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The run's arrays, read from disk on each access."""
-        with np.load(self.path / "arrays.npz") as npz:
-            return {k: npz[k] for k in npz.files}
-
-
-@dataclass(frozen=True)
-class Damaged:
-    """A run folder that is not a whole run; ``reason`` is one line."""
-
-    key: str
-    path: Path
-    reason: str
-
-
-@dataclass(frozen=True)
-class Failed:
-    """A run whose training raised :class:`FlatnessError`; ``message`` is the error's text.
-
-    ``time`` is when the failure was recorded (ISO 8601, UTC).
-    """
-
-    key: str
-    path: Path
-    config: RunConfig
-    message: str
-    time: str
-
-
-#: arrays.npz checks already done in this process, by path: (file signature, reason or None)
-_ARRAYS_CHECKED: dict[Path, tuple[tuple, str | None]] = {}
-
-
-def _arrays_problem(path: Path) -> str | None:
-    """Why ``arrays.npz`` is unreadable, or ``None``: every array is read, so every CRC is checked.
-
-    Measured at about 1.2 ms for a 10 kB file and 0.1 s for 150 MB (warm page cache); a run
-    folder never changes once renamed into place, so each file is checked once per process.
-    """
-    st = path.stat()
-    signature = (st.st_ino, st.st_size, st.st_mtime_ns)
-    cached = _ARRAYS_CHECKED.get(path)
-    if cached is not None and cached[0] == signature:
-        return cached[1]
-    problem = None
-    try:
-        # np.load would take a file that is no zip for a pickle; say what it is instead
-        zipfile.ZipFile(path).close()
-        with np.load(path, allow_pickle=False) as npz:
-            for name in npz.files:
-                npz[name]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        problem = f"arrays.npz is unreadable ({type(err).__name__}: {_one_line(err)})"
-    _ARRAYS_CHECKED[path] = (signature, problem)
-    return problem
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _read_json(path: Path) -> dict:
-    value = json.loads(path.read_text())
-    if not isinstance(value, dict):
-        raise ValueError(f"holds a {type(value).__name__}, not an object")
-    return value
-
-
-def _config_problem(key: str, d: dict, name: str) -> tuple[RunConfig | None, str | None]:
-    try:
-        config = RunConfig(**d)
-    except (TypeError, ValueError) as err:  # FlatnessError is a ValueError
-        return None, f"{name} does not make a RunConfig ({_one_line(err)})"
-    if config.key() != key:
-        return None, (
-            f"{name} hashes to {config.key()}, not to the folder's name "
-            "(written by an older run format, or edited)"
-        )
-    return config, None
-
-
-def _examine(path: Path) -> Run | Damaged | Failed:
-    key = path.name
-    if (path / FAILED).exists():
-        try:
-            record = _read_json(path / FAILED)
-            config, problem = _config_problem(key, record["config"], "failed.json's config")
-            message, when = str(record["message"]), str(record["time"])
-        except KeyError as err:
-            return Damaged(key, path, f"failed.json lacks the entry {err}")
-        except (OSError, ValueError, TypeError) as err:
-            return Damaged(key, path, f"failed.json is unreadable ({_one_line(err)})")
-        if problem:
-            return Damaged(key, path, problem)
-        return Failed(key, path, config, message, when)
-    missing = [f for f in FILES if not (path / f).is_file()]
-    if missing:
-        return Damaged(key, path, f"missing {', '.join(missing)}")
-    read = {}
-    for name in ("config.json", "metrics.json", "provenance.json"):
-        try:
-            read[name] = _read_json(path / name)
-        except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
-            return Damaged(key, path, f"{name} is not valid JSON ({_one_line(err)})")
-    config, problem = _config_problem(key, read["config.json"], "config.json")
-    problem = problem or _arrays_problem(path / "arrays.npz")
-    if problem:
-        return Damaged(key, path, problem)
-    return Run(key, path, config, read["metrics.json"], read["provenance.json"])
 
 
 def _fsync(path: Path) -> None:
@@ -194,7 +66,7 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise FlatnessError(
-                f"cannot create the results store's folder {folder} ({_one_line(err)}); {_WHERE}"
+                f"cannot create the results store's folder {folder} ({one_line(err)}); {_WHERE}"
             ) from None
 
     def path(self, config: RunConfig) -> Path:
@@ -213,7 +85,7 @@ class Store:
     def inspect(self, config: RunConfig) -> Run | Damaged | Failed | None:
         """What the store holds for ``config``: a good run, a damaged folder, a failure or nothing."""
         path = self.path(config)
-        return _examine(path) if path.is_dir() else None
+        return examine(path) if path.is_dir() else None
 
     def load(self, config: RunConfig) -> Run | None:
         """The stored run for ``config``; ``None`` if absent, damaged or failed."""
@@ -226,7 +98,7 @@ class Store:
         # hidden entries are locks, checkpoints and folders being written or deleted; other
         # names are not runs of this store
         paths = sorted(p for p in self.root.iterdir() if _KEY.fullmatch(p.name) and p.is_dir())
-        return [_examine(p) for p in paths]
+        return [examine(p) for p in paths]
 
     def runs(self) -> list[Run]:
         """Every good run, oldest first; damaged and failed ones are left out."""
@@ -331,42 +203,6 @@ def describe_store(store: Store) -> str:
         lines.append(f"{len(failed)} failed run(s), never used as results (to try again, {_FIX}):")
         lines += [f"  {f.key}  {f.config.label()}  {f.time}  {f.message}" for f in failed]
     return "\n".join(lines)
-
-
-def _git_commit() -> str | None:
-    here = str(Path(__file__).resolve().parent)
-    command = ["git", "-C", here, "describe", "--always", "--dirty", "--abbrev=40"]
-    try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
-def _versions() -> dict:
-    found = {"python": platform.python_version()}
-    for pkg in ("flatness", "torch", "numpy", "pyhessian", "scikit-learn", "torchvision"):
-        try:
-            found[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            found[pkg] = None
-    return found
-
-
-def provenance(device, wall_seconds: float) -> dict:
-    """Where, when and with what a run was made."""
-    import torch
-
-    dev = torch.device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
-    return {
-        "git_commit": _git_commit(),
-        "versions": _versions(),
-        "device": f"{dev.type}: {name}",
-        "platform": platform.platform(),
-        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "wall_seconds": wall_seconds,
-    }
 
 
 def _refusal(found: Damaged | Failed) -> FlatnessError:
