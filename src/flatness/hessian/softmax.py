@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.linalg import blas  # scipy comes with scikit-learn, a dependency
+from scipy.linalg import blas
 from torch import nn
 
 from flatness.errors import FlatnessError
