@@ -9,10 +9,11 @@ from flatness.config import get_profile
 from flatness.store import Store
 
 
-def fake_summary(acc, lam, acc_sd=0.001, lam_sd=0.01, seeds=3):
+def fake_summary(acc, lam, acc_sd=0.001, lam_sd=0.01, seeds=3, val=None):
     rows = {}
-    for wd, a, m in zip((0.0, 1e-3, 1e-2), acc, lam):
+    for wd, a, m, v in zip((0.0, 1e-3, 1e-2), acc, lam, val or acc):
         rows[wd] = {"test_acc_mean": a, "test_acc_sd": acc_sd, "seeds": seeds}
+        rows[wd] |= {"val_acc_mean": v, "val_acc_sd": acc_sd}
         for measure in logreg.MEASURES:
             rows[wd] |= {f"{measure}_mean": m, f"{measure}_sd": lam_sd}
     return pd.DataFrame.from_dict(rows, orient="index")
@@ -30,6 +31,14 @@ def test_verdict_outcomes(acc, lam, outcome):
     v = logreg.verdict(fake_summary(acc, lam), test_examples=10_000)
     assert v.outcome == outcome
     assert "0.01" in v.text and "lambda_max" in v.text
+
+
+def test_the_candidate_weight_decay_is_chosen_on_validation_not_test_accuracy():
+    # 1e-3 is best on test, 1e-2 on validation: the verdict must judge 1e-2
+    summary = fake_summary((0.90, 0.97, 0.93), (1.0, 2.0, 4.0), val=(0.90, 0.91, 0.95))
+    v = logreg.verdict(summary, test_examples=10_000)
+    assert "best weight decay on validation data, 0.01" in v.text
+    assert v.outcome == "reproduced"  # 0.93 vs 0.90 on test is clearly better, and sharper
 
 
 def test_a_small_test_set_cannot_call_a_small_gain_better():
