@@ -32,7 +32,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
 from flatness import data as datasets
-from flatness import measure, models, schedules
+from flatness import hessian, measure, models, schedules
 from flatness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from flatness.config import RunConfig
 from flatness.errors import FlatnessError, RunDiverged
@@ -284,11 +284,7 @@ def train(
         start = time.perf_counter()
         lr = learning_rate(config, epoch)
         loss = _train_epoch(run, step, lr, augment).item()
-        if not math.isfinite(loss):
-            raise RunDiverged(
-                f"{config.label()}: the training loss is {loss} in epoch {epoch + 1}; the run "
-                f"diverged. Lower lr (now {config.lr:g}) or weight_decay ({config.weight_decay:g})."
-            )
+        _check_finite(config, loss, f"in epoch {epoch + 1}")
         averaging = config.averaging and epoch + 1 > config.average_start
         if averaging:
             _average(run)
@@ -340,11 +336,7 @@ def _check_batches(config: RunConfig, n: int) -> None:
 def _evaluate_row(run: _Run, epoch: int, lr: float, averaging: bool) -> dict[str, float]:
     model, d = run.result_model, run.data
     train_loss, train_acc = evaluate(model, d.x_train, d.y_train)
-    if not math.isfinite(train_loss):
-        raise RunDiverged(
-            f"{run.config.label()}: the training loss is {train_loss} after epoch {epoch + 1}; "
-            f"the run diverged. Lower lr (now {run.config.lr:g}) or weight_decay."
-        )
+    _check_finite(run.config, train_loss, f"after epoch {epoch + 1}")
     val_loss, val_acc = evaluate(model, d.x_val, d.y_val)
     test_loss, test_acc = evaluate(model, d.x_test, d.y_test)
     return {
@@ -356,15 +348,17 @@ def _evaluate_row(run: _Run, epoch: int, lr: float, averaging: bool) -> dict[str
         "val_acc": val_acc,
         "test_loss": test_loss,
         "test_acc": test_acc,
-        "weight_norm": weight_norm(model),
+        "weight_norm": hessian.weight_norm(model),
         "averaged": float(averaging),
     }
 
 
-def weight_norm(model: nn.Module) -> float:
-    """The L2 norm over every parameter, BatchNorm and the last layer included."""
-    with torch.no_grad():
-        return math.sqrt(sum(p.double().pow(2).sum().item() for p in model.parameters()))
+def _check_finite(config: RunConfig, loss: float, when: str) -> None:
+    if not math.isfinite(loss):
+        raise RunDiverged(
+            f"{config.label()}: the training loss is {loss} {when}; the run diverged. "
+            f"Lower lr (now {config.lr:g}) or weight_decay ({config.weight_decay:g})."
+        )
 
 
 def _measure(run: _Run, epoch: int, *, final: bool):
