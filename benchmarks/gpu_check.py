@@ -3,9 +3,10 @@
 Run by ``scripts/gpu_check.sh`` on a CUDA machine; ``--device cpu --width 0.0625 --epochs 1``
 runs the same code on a CPU in a minute (the tests do). CIFAR is written here in its real
 on-disk format from random pixels, so the check needs no download; MNIST-shaped networks use
-MNIST-format files written the same way. Per network it reports the training images per second
-(last epoch; the first includes warm-up), the step and HVP times at the run's batch size in
-the format of ``python -m flatness plan --step-times``, and the seconds and value of one Lanczos estimate of
+MNIST-format files written the same way. Per network it reports the images per second of
+the last epoch (its wall time, evaluation of the splits included; the first epoch includes
+warm-up), the step and HVP times at the run's batch size in the format of
+``python -m flatness plan --step-times``, and the seconds and value of one Lanczos estimate of
 ``lambda_max`` and one 32-probe Hutchinson trace on 1,024 training images (eval-mode BatchNorm).
 """
 
@@ -30,18 +31,7 @@ from flatness import data as datasets  # noqa: E402
 from flatness import hessian, plan, recipes  # noqa: E402
 from flatness.train import load_model, train  # noqa: E402
 
-MODELS = (
-    "logreg",
-    "mlp-10-100",
-    "mlp-512-256",
-    "mlp-5-200-50",
-    "lenet5",
-    "allcnn",
-    "preresnet-110",
-    "wrn-28-10",
-    "vgg16",
-    "vgg16-bn",
-)
+MODELS = recipes.paper_models()
 
 
 def check(model: str, root: Path, device: torch.device, epochs: int, width: float | None) -> dict:

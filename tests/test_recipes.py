@@ -21,7 +21,7 @@ HAVE_MNIST = (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file
 NEEDS_MNIST = pytest.mark.skipif(
     not HAVE_MNIST, reason=f"the real MNIST files are not at {SHARED_DATA} (CI has them)"
 )
-PAPER_MODELS = sorted({m for m, _, _ in recipes.PAPER_GRID} | {"logreg"})
+PAPER_MODELS = recipes.paper_models()
 
 
 @pytest.fixture(scope="module")

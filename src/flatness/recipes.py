@@ -187,6 +187,11 @@ PAPER_GRID = (
 PAPER_SEEDS = (0, 1, 2)
 
 
+def paper_models() -> tuple[str, ...]:
+    """Every network of the paper's grid, logistic regression first."""
+    return ("logreg", *dict.fromkeys(m for m, _, _ in PAPER_GRID))
+
+
 def grid(profile: str, seeds=PAPER_SEEDS) -> list[RunConfig]:
     """Every run of the paper's grid at ``profile``'s scale (logistic regression: its chapter's)."""
     runs = [
@@ -200,4 +205,12 @@ def grid(profile: str, seeds=PAPER_SEEDS) -> list[RunConfig]:
     return runs
 
 
-__all__ = ["RECIPES", "SCALES", "grid", "model_names", "paper_dataset", "run_config"]
+__all__ = [
+    "RECIPES",
+    "SCALES",
+    "grid",
+    "model_names",
+    "paper_dataset",
+    "paper_models",
+    "run_config",
+]
