@@ -47,15 +47,16 @@ def _parameters(pairs: list[list[str]] | None) -> dict:
     return {key: parse_value(key, value) for key, value in pairs or []}
 
 
+def _parameter_option(parser: argparse.ArgumentParser, key: str, help: str) -> None:
+    parser.add_argument(
+        "-p", "--parameter", nargs=2, action="append", metavar=(key, "VALUE"), help=help
+    )
+
+
 def _execution_options(parser: argparse.ArgumentParser, out_help: str) -> None:
     parser.add_argument("--profile", choices=list(PROFILES), default="cpu")
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        metavar=("KEY", "VALUE"),
-        help="override a chapter parameter (VALUE is read as YAML); repeatable",
+    _parameter_option(
+        parser, "KEY", "override a chapter parameter (VALUE is read as YAML); repeatable"
     )
     parser.add_argument("--out", help=out_help)
 
@@ -76,13 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the profile's)")
     run.add_argument("--dataset", help="data set (default: the profile's)")
     run.add_argument("--epochs", type=int, help="epochs (default: the profile's)")
-    run.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        metavar=("FIELD", "VALUE"),
-        help="set any run field (lr, width, batch_size, hessian_every ...); repeatable",
+    _parameter_option(
+        run, "FIELD", "set any run field (lr, width, batch_size, hessian_every ...); repeatable"
     )
     run.add_argument("--data-root", help="where torchvision data sets live ($FLATNESS_DATA)")
     run.add_argument("--results", help="the results store's folder ($FLATNESS_RESULTS)")
