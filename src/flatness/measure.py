@@ -129,14 +129,13 @@ def measure(
     """
     start = time.perf_counter()
     count = models.parameter_count(model)
-    exact_limit = SOFTMAX_EXACT_LIMIT if _is_softmax_regression(model) else EXACT_LIMIT
+    final_limit = SOFTMAX_EXACT_LIMIT if _is_softmax_regression(model) else EXACT_LIMIT
     modes = ("eval", "train") if models.has_batchnorm(model) else ("eval",)
     values: dict[str, float] = {}
     arrays: dict[str, np.ndarray] = {}
     for mode in modes:
         suffix = "" if mode == "eval" else "_bn_train"
-        per_epoch_exact = count <= EXACT_LIMIT and len(modes) == 1
-        if per_epoch_exact or (final and count <= exact_limit and len(modes) == 1):
+        if len(modes) == 1 and count <= (final_limit if final else EXACT_LIMIT):
             found, eigenvalues = _exact(model, x, y, mode, batch_size)
             if final:
                 arrays[f"eigenvalues{suffix}"] = eigenvalues

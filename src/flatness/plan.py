@@ -117,7 +117,7 @@ def _timed(fn, device: torch.device) -> float:
 def estimate(configs: list[RunConfig], device: torch.device, step_times: dict | None = None):
     """An :class:`Estimate` per run; steps are timed once per (model, width, data set)."""
     cache = dict(step_times or {})
-    out = []
+    out, modes_of = [], {}
     for cfg in configs:
         key = f"{cfg.model}|{cfg.width:g}|{cfg.dataset}|{cfg.batch_size}"
         if key not in cache or f"{key}|hvp" not in cache:
@@ -130,10 +130,15 @@ def estimate(configs: list[RunConfig], device: torch.device, step_times: dict | 
         measurements = 0
         if cfg.hessian_every:
             measurements = cfg.epochs // cfg.hessian_every + (cfg.epochs % cfg.hessian_every > 0)
-        with torch.device("meta"):
-            shape = datasets.input_shape(cfg.dataset)
-            net = models.build(cfg.model, shape, datasets.num_classes(cfg.dataset), width=cfg.width)
-        modes = 2 if models.has_batchnorm(net) else 1
+        if key not in modes_of:  # one meta-device build per network, not per run
+            with torch.device("meta"):
+                shape, classes = (
+                    datasets.input_shape(cfg.dataset),
+                    datasets.num_classes(cfg.dataset),
+                )
+                net = models.build(cfg.model, shape, classes, width=cfg.width)
+            modes_of[key] = 2 if models.has_batchnorm(net) else 1
+        modes = modes_of[key]
         hvps = measurements * HVPS_PER_MEASUREMENT + (cfg.slq_steps if measurements else 0)
         hessian = hvps * steps * hvp * modes
         out.append(Estimate(cfg, step, hvp, cfg.epochs * steps * step / 3600, hessian / 3600))
