@@ -13,6 +13,7 @@ from fixtures import write_cifar100
 from torch import nn
 
 from flatness import data, models, recipes
+from flatness.config import get_profile
 from flatness.hessian import HessianOperator
 from flatness.train import make_optimiser, train
 
@@ -88,3 +89,13 @@ def test_the_recipes_carry_the_authors_settings():
     cpu = recipes.run_config("wrn-28-10", "gadam", "cpu")
     assert cpu.dataset == "digits" and cpu.width < 1 and cpu.average_start < cpu.epochs
     assert recipes.run_config("mlp-512-256", "sgd", "paper").dataset == "mnist"
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_run_logreg_trains_exactly_the_chapters_runs(profile):
+    chapter = get_profile(profile).logreg.run_configs()
+    made = [
+        recipes.run_config("logreg", "sgd", profile, weight_decay=c.weight_decay, seed=c.seed)
+        for c in chapter
+    ]
+    assert [c.key() for c in made] == [c.key() for c in chapter]

@@ -238,3 +238,13 @@ def test_a_diverged_run_is_recorded_and_the_rest_of_the_grid_still_trains(tmp_pa
     store = Store(tmp_path)
     assert len(store.failed()) == 1 and len(store.runs()) == 1
     assert store.runs()[0].config.weight_decay == 0.0
+
+
+def test_a_grid_rerun_past_a_failed_run_still_trains_the_others(tmp_path, capsys):
+    base = ("run", "logreg", "--profile", "smoke", "--epochs", "2", "--results", str(tmp_path))
+    code, _, _ = _cli(capsys, *base, "--wd", "1e6", "--seeds", "0")
+    assert code == 2
+    code, out, err = _cli(capsys, *base, "--wd", "1e6", "0", "--seeds", "0")
+    assert code == 2 and "refused (see below)" in out and "1 of 2 run(s) gave no result" in err
+    store = Store(tmp_path)
+    assert len(store.failed()) == 1 and [r.config.weight_decay for r in store.runs()] == [0.0]

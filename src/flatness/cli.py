@@ -152,7 +152,7 @@ def _run(args) -> None:
         f"{'key':16}  {'wd':>8} {'seed':>4} {'test acc':>8} {'lambda_max':>10} {'trace':>10} "
         f"{'||w||':>8}"
     )
-    diverged = []
+    problems: list[tuple[bool, str]] = []  # (diverged now, message), one per run without result
     for cfg in configs:
         try:
             run = load_or_run(
@@ -164,20 +164,28 @@ def _run(args) -> None:
                 retrain=args.retrain,
                 train_fn=functools.partial(training.train, compile=True) if args.compile else None,
             )
-        except RunDiverged as err:
-            # one diverged run is that run's result: the others of the grid still train
-            print(f"{cfg.key():16}  {cfg.weight_decay:8g} {cfg.seed:4d}  diverged (recorded)")
-            diverged.append(str(err))
+        except FlatnessError as err:
+            # a diverged run is that run's result, a failed or damaged one in the store that
+            # run's problem: the others of the grid still train
+            diverged = isinstance(err, RunDiverged)
+            what = "diverged (recorded)" if diverged else "refused (see below)"
+            print(f"{cfg.key():16}  {cfg.weight_decay:8g} {cfg.seed:4d}  {what}")
+            problems.append((diverged, str(err)))
             continue
         m = {k: _metric(run.metrics, k) for k in ("test_acc", "lambda_max", "trace", "weight_norm")}
         print(
             f"{run.key:16}  {cfg.weight_decay:8g} {cfg.seed:4d} {m['test_acc']:8.4f} "
             f"{m['lambda_max']:10.4g} {m['trace']:10.4g} {m['weight_norm']:8.3g}"
         )
-    if diverged:
+    if problems:
+        head = (
+            "diverged and are recorded as failed"
+            if all(diverged for diverged, _ in problems)
+            else "gave no result (diverged, failed before, or damaged in the store)"
+        )
         raise FlatnessError(
-            f"{len(diverged)} of {len(configs)} run(s) diverged and are recorded as failed:\n"
-            + "\n".join(f"  {message}" for message in diverged)
+            f"{len(problems)} of {len(configs)} run(s) {head}:\n"
+            + "\n".join(f"  {message}" for _, message in problems)
         )
 
 

@@ -135,7 +135,8 @@ def run_config(
     fields["lr"] = 0.1 if _BASE[optimiser] == "sgd" else (5e-4 if vgg else 1e-3)
     if model == "logreg":
         fields["lr"] = get_profile(profile).logreg.lr if _BASE[optimiser] == "sgd" else 1e-3
-    fields |= dict(hessian_rtol=scale.hessian_rtol, slq_steps=scale.slq_steps)
+    if model != "logreg":  # logistic regression keeps its chapter's (the RunConfig defaults)
+        fields |= dict(hessian_rtol=scale.hessian_rtol, slq_steps=scale.slq_steps)
     if optimiser in _AVERAGE_LR:
         # the paper's start, 161 of 300 epochs, at the same fraction of the epochs asked for
         epochs = overrides.get("epochs", fields["epochs"])
