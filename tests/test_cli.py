@@ -104,7 +104,7 @@ def test_a_wrong_parameter_type_reaching_a_chapter_is_bad_input(tmp_path):
         results=tmp_path / "results",
     )
     assert done.returncode == 2, done.stderr
-    assert "chapter logreg: seeds must be a list, got 'abc'" in done.stderr
+    assert "chapter logreg: seeds must be a list of integers, got 'abc'" in done.stderr
     assert not (tmp_path / "results").exists()
 
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from flatness.config import PROFILES, RunConfig, get_profile
+from flatness.chapters import logreg
+from flatness.config import RunConfig, get_profile
 from flatness.errors import FlatnessError
 
 
@@ -14,7 +15,7 @@ def test_unknown_profile_lists_the_valid_ones():
 
 
 def test_profiles_grow_from_smoke_to_paper():
-    smoke, cpu, paper = (PROFILES[n].logreg for n in ("smoke", "cpu", "paper"))
+    smoke, cpu, paper = (logreg.settings(n) for n in ("smoke", "cpu", "paper"))
     assert smoke.dataset == cpu.dataset == "digits" and paper.dataset == "mnist"
     assert smoke.epochs < cpu.epochs < paper.epochs
     assert len(cpu.seeds) >= 3 and {0.0, 1e-4, 5e-4, 1e-3, 1e-2} <= set(cpu.weight_decays)
@@ -22,14 +23,16 @@ def test_profiles_grow_from_smoke_to_paper():
 
 
 def test_overrides_are_type_checked():
-    settings = get_profile("smoke").logreg
+    settings = logreg.settings("smoke")
     assert settings.with_overrides(seeds=[3, 4]).seeds == (3, 4)
     assert settings.with_overrides(seeds=5).seeds == (5,)
     assert settings.with_overrides(weight_decays=[0, 1e-3]).weight_decays == (0.0, 1e-3)
     with pytest.raises(FlatnessError, match="seeds must be a list"):
         settings.with_overrides(seeds="abc")
-    with pytest.raises(FlatnessError, match=r"seeds\[1\] must be an integer"):
+    with pytest.raises(FlatnessError, match=r"seeds must be non-negative integers, got 1.5"):
         settings.with_overrides(seeds=[0, 1.5])
+    with pytest.raises(FlatnessError, match=r"duplicate seeds \[1\]"):
+        settings.with_overrides(seeds=[1, 0, 1])
     with pytest.raises(FlatnessError, match=r"weight_decays\[0\] must be at least 0"):
         settings.with_overrides(weight_decays=[-1])
     with pytest.raises(FlatnessError, match="unknown dataset 'imagenet'"):

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flatness import data, logreg
-from flatness.config import get_profile
+from flatness import data
+from flatness.chapters import logreg
 from flatness.store import Store
 
 
@@ -48,7 +48,7 @@ def test_a_small_test_set_cannot_call_a_small_gain_better():
 
 
 def test_summary_and_scaling_on_real_runs(tmp_path):
-    settings = get_profile("smoke").logreg.with_overrides(seeds=[0, 1], epochs=2)
+    settings = logreg.settings("smoke", seeds=[0, 1], epochs=2)
     runs = logreg.sweep(settings, store=Store(tmp_path), device="cpu")
     summary = logreg.summary(runs)
     table = logreg.final_table(runs)

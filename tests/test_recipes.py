@@ -13,7 +13,7 @@ from fixtures import write_cifar100
 from torch import nn
 
 from flatness import data, models, recipes
-from flatness.config import get_profile
+from flatness.chapters import logreg
 from flatness.hessian import HessianOperator
 from flatness.train import make_optimiser, train
 
@@ -93,7 +93,7 @@ def test_the_recipes_carry_the_authors_settings():
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
 def test_run_logreg_trains_exactly_the_chapters_runs(profile):
-    chapter = get_profile(profile).logreg.run_configs()
+    chapter = logreg.settings(profile).run_configs()
     made = [
         recipes.run_config("logreg", "sgd", profile, weight_decay=c.weight_decay, seed=c.seed)
         for c in chapter

@@ -3,7 +3,8 @@
 Modules mirror the book: :mod:`flatness.config` (profiles and run configs),
 :mod:`flatness.data`, :mod:`flatness.models`, :mod:`flatness.train`, :mod:`flatness.store`
 (the results store), :mod:`flatness.hessian` (exact Hessians and PyHessian's estimates),
-:mod:`flatness.logreg` (the logistic-regression chapter) and :mod:`flatness.book`.
+:mod:`flatness.chapters` (one module per chapter), :mod:`flatness.stats` (intervals and
+judgements), :mod:`flatness.plotting` (the house style) and :mod:`flatness.book`.
 """
 
 from flatness.config import PROFILES, RunConfig, get_profile

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from flatness.chapters import logreg as logreg_chapter
 from flatness.config import PROFILES, RunConfig, get_profile
 from flatness.errors import FlatnessError, RunDiverged
 from flatness.recipes import RECIPES, run_config
@@ -129,10 +130,10 @@ def _run(args) -> None:
     # -p seed / -p weight_decay name one value of what --seeds / --wd list
     seeds = _one_or_list(overrides, "seed", "--seeds", args.seeds)
     if seeds is None:
-        seeds = get_profile(args.profile).logreg.seeds if args.model == "logreg" else (0,)
+        seeds = logreg_chapter.settings(args.profile).seeds if args.model == "logreg" else (0,)
     decays = _one_or_list(overrides, "weight_decay", "--wd", args.wd)
     if decays is None and args.model == "logreg" and args.optimiser == "sgd":
-        decays = get_profile(args.profile).logreg.weight_decays
+        decays = logreg_chapter.settings(args.profile).weight_decays
     configs = [
         run_config(args.model, args.optimiser, args.profile, weight_decay=wd, seed=s, **overrides)
         for wd in (decays or [None])

@@ -242,100 +242,12 @@ def _check_model_fits(model: str, dataset: str, width: float) -> None:
 
 
 @dataclass(frozen=True)
-class LogregSettings:
-    """Sizes for the logistic-regression chapter."""
-
-    dataset: str
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decays: tuple[float, ...]
-    seeds: tuple[int, ...]
-    train_size: int | None = None
-    hessian_every: int = 1
-    #: log10 range and count of the scale factors alpha applied to a trained W
-    alpha_log10_range: tuple[float, float] = (-1.0, 1.5)
-    alpha_count: int = 21
-    pyhessian_max_iter: int = 100
-    pyhessian_tol: float = 1e-3
-
-    def run_configs(self, model: str = "logreg") -> list[RunConfig]:
-        """One run of ``model`` per (weight decay, seed), weight decay varying slowest."""
-        return [
-            RunConfig(
-                model=model,
-                dataset=self.dataset,
-                weight_decay=wd,
-                seed=seed,
-                epochs=self.epochs,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                train_size=self.train_size,
-                hessian_every=self.hessian_every,
-            )
-            for wd in self.weight_decays
-            for seed in self.seeds
-        ]
-
-    def with_overrides(self, *, dataset=None, seeds=None, weight_decays=None, epochs=None):
-        """Replace the fields a chapter's parameters may override; ``None`` keeps the profile's."""
-        changes = {}
-        if dataset is not None:
-            changes["dataset"] = _check_choice("dataset", dataset, DATASETS)
-        if seeds is not None:
-            changes["seeds"] = _as_tuple("seeds", seeds, lambda n, v: _as_int(n, v, minimum=0))
-        if weight_decays is not None:
-            changes["weight_decays"] = _as_tuple(
-                "weight_decays", weight_decays, lambda n, v: _as_float(n, v, minimum=0.0)
-            )
-        if epochs is not None:
-            changes["epochs"] = _as_int("epochs", epochs, minimum=1)
-        return dataclasses.replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class EstimatorSettings:
-    """Sizes for the chapter checking the Hessian estimators against exact answers."""
-
-    dataset: str
-    epochs: int
-    #: HVP budgets at which the estimators are compared
-    budgets: tuple[int, ...]
-    #: one randomised estimate per seed
-    seeds: tuple[int, ...]
-    slq_steps: int
-    slq_probes: int
-    train_size: int | None = None
-    batch_size: int = 128
-    lr: float = 0.1
-    weight_decay: float = 0.0
-    top_k: int = 5
-    #: relative standard errors at which the adaptive trace and Frobenius estimators stop
-    rtols: tuple[float, ...] = (0.1, 0.03, 0.01)
-    #: the adaptive estimators give up (``converged=False``) after this many random probes
-    max_probes: int = 1000
-
-    def with_overrides(self, *, dataset=None, seeds=None, rtols=None):
-        """Replace the data set, the seeds of the randomised estimators or the ``rtols``."""
-        changes = {}
-        if dataset is not None:
-            changes["dataset"] = _check_choice("dataset", dataset, DATASETS)
-        if seeds is not None:
-            changes["seeds"] = _as_tuple("seeds", seeds, lambda n, v: _as_int(n, v, minimum=0))
-        if rtols is not None:
-            changes["rtols"] = _as_tuple("rtols", rtols, _as_rtol)
-        return dataclasses.replace(self, **changes)
-
-
-@dataclass(frozen=True)
 class Profile:
-    """How large every chapter's experiments are."""
+    """A named scale for the whole book; each chapter module maps it to its own settings."""
 
     name: str
     description: str
     progress: bool
-    logreg: LogregSettings
-    estimators: EstimatorSettings
 
 
 PROFILES: dict[str, Profile] = {
@@ -343,75 +255,28 @@ PROFILES: dict[str, Profile] = {
         name="smoke",
         description="seconds per chapter, for CI; the numbers mean nothing",
         progress=False,
-        logreg=LogregSettings(
-            dataset="digits",
-            train_size=200,
-            epochs=3,
-            batch_size=64,
-            lr=0.1,
-            weight_decays=(0.0, 1e-2),
-            seeds=(0,),
-            alpha_count=5,
-            pyhessian_max_iter=20,
-        ),
-        estimators=EstimatorSettings(
-            dataset="digits",
-            train_size=200,
-            epochs=2,
-            budgets=(3, 6, 12),
-            seeds=(0, 1),
-            slq_steps=8,
-            slq_probes=2,
-            rtols=(0.1, 0.03),
-            max_probes=256,
-        ),
     ),
     "cpu": Profile(
         name="cpu",
         description="real offline data (scikit-learn's digits), minutes on a laptop",
         progress=True,
-        logreg=LogregSettings(
-            dataset="digits",
-            epochs=100,
-            batch_size=128,
-            lr=0.1,
-            weight_decays=(0.0, 1e-4, 5e-4, 1e-3, 1e-2),
-            seeds=(0, 1, 2),
-        ),
-        estimators=EstimatorSettings(
-            dataset="digits",
-            epochs=30,
-            budgets=(3, 6, 12, 24, 48, 96, 192),
-            seeds=tuple(range(10)),
-            slq_steps=80,
-            slq_probes=8,
-        ),
     ),
     "paper": Profile(
         name="paper",
-        description="the paper's data and settings (MNIST, 300 epochs); wants a GPU",
+        description="the paper's data and settings (MNIST, CIFAR-100, 300 epochs); wants a GPU",
         progress=True,
-        logreg=LogregSettings(
-            dataset="mnist",
-            epochs=300,
-            batch_size=128,
-            lr=0.1,
-            weight_decays=(0.0, 1e-4, 5e-4, 1e-3, 1e-2),
-            seeds=(0, 1, 2),
-            hessian_every=10,
-        ),
-        # the MLP 784-16-10 (12,730 parameters) on 5,000 MNIST images: still an exact Hessian
-        estimators=EstimatorSettings(
-            dataset="mnist",
-            train_size=5000,
-            epochs=30,
-            budgets=(3, 6, 12, 24, 48, 96, 192, 384),
-            seeds=tuple(range(20)),
-            slq_steps=100,
-            slq_probes=10,
-        ),
     ),
 }
+
+
+# validators shared with the chapter settings
+as_int, as_float, as_tuple, as_rtol, check_choice = (
+    _as_int,
+    _as_float,
+    _as_tuple,
+    _as_rtol,
+    _check_choice,
+)
 
 
 def get_profile(name: str) -> Profile:

@@ -7,6 +7,7 @@ and PyHessian are measured against, HVP for HVP.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -18,12 +19,86 @@ from torch import nn
 
 from flatness import data as datasets
 from flatness import hessian as H
-from flatness.config import EstimatorSettings, RunConfig
+from flatness.config import RunConfig, as_rtol, as_tuple, check_choice, get_profile
 from flatness.hessian.reference import pyhessian_engine
+from flatness.stats import check_seeds
 from flatness.store import Run, load_or_run
 from flatness.train import default_device, load_model
 
 ce = nn.functional.cross_entropy
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """Sizes for the chapter checking the Hessian estimators against exact answers."""
+
+    dataset: str
+    epochs: int
+    #: HVP budgets at which the estimators are compared
+    budgets: tuple[int, ...]
+    #: one randomised estimate per seed
+    seeds: tuple[int, ...]
+    slq_steps: int
+    slq_probes: int
+    train_size: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    top_k: int = 5
+    #: relative standard errors at which the adaptive trace and Frobenius estimators stop
+    rtols: tuple[float, ...] = (0.1, 0.03, 0.01)
+    #: the adaptive estimators give up (``converged=False``) after this many random probes
+    max_probes: int = 1000
+
+    def with_overrides(self, *, dataset=None, seeds=None, rtols=None):
+        """Replace the data set, the seeds of the randomised estimators or the ``rtols``."""
+        changes = {}
+        if dataset is not None:
+            changes["dataset"] = check_choice("dataset", dataset, datasets.DATASETS)
+        if seeds is not None:
+            changes["seeds"] = check_seeds(seeds)
+        if rtols is not None:
+            changes["rtols"] = as_tuple("rtols", rtols, as_rtol)
+        return dataclasses.replace(self, **changes)
+
+
+#: The chapter's settings for each profile. ``paper``: the MLP 784-16-10 (12,730 parameters)
+#: on 5,000 MNIST images, still an exact Hessian.
+SETTINGS = {
+    "smoke": EstimatorSettings(
+        dataset="digits",
+        train_size=200,
+        epochs=2,
+        budgets=(3, 6, 12),
+        seeds=(0, 1),
+        slq_steps=8,
+        slq_probes=2,
+        rtols=(0.1, 0.03),
+        max_probes=256,
+    ),
+    "cpu": EstimatorSettings(
+        dataset="digits",
+        epochs=30,
+        budgets=(3, 6, 12, 24, 48, 96, 192),
+        seeds=tuple(range(10)),
+        slq_steps=80,
+        slq_probes=8,
+    ),
+    "paper": EstimatorSettings(
+        dataset="mnist",
+        train_size=5000,
+        epochs=30,
+        budgets=(3, 6, 12, 24, 48, 96, 192, 384),
+        seeds=tuple(range(20)),
+        slq_steps=100,
+        slq_probes=10,
+    ),
+}
+
+
+def settings(profile: str, **overrides) -> EstimatorSettings:
+    """The profile's settings with the chapter parameters that are not ``None`` replaced."""
+    return SETTINGS[get_profile(profile).name].with_overrides(**overrides)
 
 
 @dataclass(frozen=True)

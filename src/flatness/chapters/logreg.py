@@ -5,6 +5,7 @@ Everything the chapter computes lives here, so the chapter itself only calls and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -15,12 +16,90 @@ from torch import nn
 
 from flatness import data as datasets
 from flatness import hessian
-from flatness.config import LogregSettings
+from flatness.config import RunConfig, as_float, as_int, as_tuple, check_choice, get_profile
+from flatness.recipes import LOGREG_TRAINING, LOGREG_WEIGHT_DECAYS
+from flatness.stats import check_seeds
 from flatness.store import Run, Store, load_or_run
 from flatness.train import default_device, load_model
 
 MEASURES = ("lambda_max", "trace", "frobenius")
 FINAL_COLUMNS = ("test_acc", "val_acc", "train_loss", "weight_norm", *MEASURES)
+
+
+@dataclass(frozen=True)
+class LogregSettings:
+    """Sizes for the logistic-regression chapter; training follows :data:`recipes.LOGREG_TRAINING`."""
+
+    dataset: str
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decays: tuple[float, ...]
+    seeds: tuple[int, ...]
+    train_size: int | None = None
+    hessian_every: int = 1
+    #: log10 range and count of the scale factors alpha applied to a trained W
+    alpha_log10_range: tuple[float, float] = (-1.0, 1.5)
+    alpha_count: int = 21
+    pyhessian_max_iter: int = 100
+    pyhessian_tol: float = 1e-3
+
+    def run_configs(self, model: str = "logreg") -> list[RunConfig]:
+        """One run of ``model`` per (weight decay, seed), weight decay varying slowest."""
+        return [
+            RunConfig(
+                model=model,
+                dataset=self.dataset,
+                weight_decay=wd,
+                seed=seed,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                train_size=self.train_size,
+                hessian_every=self.hessian_every,
+            )
+            for wd in self.weight_decays
+            for seed in self.seeds
+        ]
+
+    def with_overrides(self, *, dataset=None, seeds=None, weight_decays=None, epochs=None):
+        """Replace the fields a chapter's parameters may override; ``None`` keeps the profile's."""
+        changes = {}
+        if dataset is not None:
+            changes["dataset"] = check_choice("dataset", dataset, datasets.DATASETS)
+        if seeds is not None:
+            changes["seeds"] = check_seeds(seeds)
+        if weight_decays is not None:
+            changes["weight_decays"] = as_tuple(
+                "weight_decays", weight_decays, lambda n, v: as_float(n, v, minimum=0.0)
+            )
+        if epochs is not None:
+            changes["epochs"] = as_int("epochs", epochs, minimum=1)
+        return dataclasses.replace(self, **changes)
+
+
+def _settings(profile: str, **chapter) -> LogregSettings:
+    training = {k: v for k, v in LOGREG_TRAINING[profile].items()}
+    return LogregSettings(**training, **chapter)
+
+
+#: The chapter's settings for each profile.
+SETTINGS = {
+    "smoke": _settings(
+        "smoke", weight_decays=(0.0, 1e-2), seeds=(0, 1), alpha_count=5, pyhessian_max_iter=20
+    ),
+    "cpu": _settings("cpu", weight_decays=LOGREG_WEIGHT_DECAYS, seeds=(0, 1, 2)),
+    "paper": _settings("paper", weight_decays=LOGREG_WEIGHT_DECAYS, seeds=(0, 1, 2)),
+}
+
+
+def settings(profile: str, **overrides) -> LogregSettings:
+    """The profile's settings with the chapter parameters that are not ``None`` replaced.
+
+    Raises:
+        FlatnessError: an unknown profile or data set, duplicate seeds, or a value out of range.
+    """
+    return SETTINGS[get_profile(profile).name].with_overrides(**overrides)
 
 
 def sweep(
