@@ -4,13 +4,19 @@ Chapters are MyST Markdown notebooks under ``book/``; papermill runs each one wi
 parameters, and Jupyter Book renders the executed notebooks (its own execution is off).
 Everything produced goes under ``<out>/_build``: ``executed/`` (notebooks), ``stage/`` (the
 book's sources as rendered) and ``html/``.
+
+``python -m flatness chapter -p KEY VALUE`` and ``papermill -p KEY VALUE`` read values alike
+(:func:`read_parameter`); chapters run on the interpreter that runs flatness, whatever
+``python3`` kernelspec a user has installed (:func:`_this_python`).
 """
 
 from __future__ import annotations
 
 import ast
 import datetime as dt
+import functools
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -26,9 +32,18 @@ from flatness.errors import FlatnessError, unknown
 from flatness.paths import project_root
 
 #: Pages of the table of contents that are plain Markdown, not executed notebooks.
-PLAIN_PAGES = ("book/index", "book/status")
+PLAIN_PAGES = ("book/index", "book/status", "book/troubleshooting", "book/bibliography")
+#: Where ``book/status.md`` gets the table of chapter executions, and the build environment.
 STATUS_MARKER = "<!-- execution-table -->"
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+ENVIRONMENT_MARKER = "<!-- build-environment -->"
+#: Packages whose versions the status page lists.
+VERSIONED = (
+    "torch", "torchvision", "numpy", "scipy", "pandas", "seaborn", "matplotlib", "scikit-learn",
+    "pyhessian", "jupyter-book", "myst-nb", "papermill", "flatness",
+)  # fmt: skip
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_SPECIAL = {"True": True, "False": False, "None": None}
+_YAML_TEXT_NUMBER = re.compile(r"^[+-]?[0-9]+[eE][+-]?[0-9]+$")
 
 
 class ChapterError(RuntimeError):
@@ -42,6 +57,75 @@ class Execution:
     notebook: Path
     seconds: float
     error: str | None = None
+
+
+def read_parameter(key: str, text: str):
+    """A ``-p KEY VALUE`` value read exactly as ``papermill -p`` reads it.
+
+    ``True``/``False``/``None`` become those constants, what ``int()`` or else ``float()``
+    accepts a number, anything else stays text (papermill 2.7, ``cli._resolve_type``). So the
+    command line and plain papermill hand a chapter the same values.
+
+    Raises:
+        FlatnessError: for a list or mapping (``[0, 1]``), which papermill would pass on as
+            text: give those with ``-y 'KEY: [0, 1]'``, as with papermill.
+    """
+    if text in _SPECIAL:
+        return _SPECIAL[text]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    if text.strip().startswith(("[", "{")):
+        raise FlatnessError(
+            f"-p {key} {text}: -p reads values as papermill does (a number, True, False, None "
+            f"or else text), so this would reach the chapter as text; give lists with "
+            f"-y '{key}: {text}' (papermill's -y works the same way)"
+        )
+    return text
+
+
+def read_parameters(pairs: list[list[str]] | None, yamls: list[str] | None = None) -> dict:
+    """Chapter parameters from ``-y YAML`` texts, then ``-p KEY VALUE`` pairs (papermill's order).
+
+    Raises:
+        FlatnessError: for YAML that does not parse to a mapping, or see :func:`read_parameter`.
+    """
+    from papermill.iorw import NoDatesSafeLoader  # papermill's -y loader: dates stay text
+
+    found: dict = {}
+    for text in yamls or []:
+        try:
+            value = yaml.load(text, Loader=NoDatesSafeLoader)
+        except yaml.YAMLError as err:
+            first = str(err).splitlines()[0]
+            raise FlatnessError(f"-y {text!r}: not YAML ({first})") from None
+        if value is not None and not isinstance(value, dict):
+            raise FlatnessError(f"-y {text!r}: give KEY: VALUE pairs, e.g. -y 'seeds: [0, 1]'")
+        for item in (value or {}).values():
+            for v in item if isinstance(item, list) else [item]:
+                if isinstance(v, str) and _YAML_TEXT_NUMBER.match(v):
+                    # YAML 1.1 (PyYAML, papermill -y) reads 1e-2 as text; the chapter would refuse it
+                    raise FlatnessError(
+                        f"-y {text!r}: YAML reads {v} as text, not a number; write it with a dot "
+                        f"({float(v)!r} or 1.0e{v.lower().split('e')[1]})"
+                    )
+        found.update(value or {})
+    found.update({key: read_parameter(key, text) for key, text in pairs or []})
+    return found
+
+
+def _data_root(value) -> str | None:
+    """``data_root`` checked, and absolute: chapters run in the checkout, while plain papermill
+    runs them where it is called, so a relative folder means the caller's folder in both."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip():
+        return str(Path(value).expanduser().resolve())
+    # a number here would end in a pathlib traceback inside the chapter
+    hint = f"; for a folder named {value} write ./{value}" if isinstance(value, int | float) else ""
+    raise FlatnessError(f"data_root must be a folder (a path) or None, got {value!r}{hint}")
 
 
 def checkout() -> Path:
@@ -77,12 +161,27 @@ def chapters(root: Path | None = None) -> list[str]:
     return [Path(p).name for p in toc_files(root) if p not in PLAIN_PAGES]
 
 
+def page_source(page: str, root: Path) -> Path:
+    """The Markdown file of a ``_toc.yml`` page.
+
+    Raises:
+        FlatnessError: when the table of contents lists a page whose file does not exist.
+    """
+    source = root / f"{page}.md"
+    if not source.is_file():
+        raise FlatnessError(
+            f"_toc.yml lists {page}, but {source} does not exist: write it or remove it from _toc.yml"
+        )
+    return source
+
+
 def chapter_source(name: str, root: Path | None = None) -> Path:
+    """``book/NAME.md`` of a chapter; FlatnessError for an unknown or missing chapter."""
     root = root or checkout()
     valid = chapters(root)
     if name not in valid:
         raise unknown("chapter", name, valid)
-    return root / "book" / f"{name}.md"
+    return page_source(f"book/{name}", root)
 
 
 def read_chapter(path: Path):
@@ -105,6 +204,58 @@ def chapter_parameters(name: str, root: Path | None = None) -> list[str]:
     return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
 
 
+_ROLE = re.compile(r"\{[\w:.-]+\}`([^`]*)`")  # {numref}`fig-x` -> fig-x
+_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_TEX_WRAP = re.compile(r"\\(?:mathrm|operatorname|text|mathbf|mathit|boldsymbol)\{([^}]*)\}")
+
+
+def plain_text(markdown: str) -> str:
+    """Markdown (with MyST roles and TeX) as one line of plain text, e.g. for alt text."""
+    text = _LINK.sub(r"\1", _ROLE.sub(r"\1", markdown))
+    text = re.sub(r"\\[,;:! ]", " ", _TEX_WRAP.sub(r"\1", text))
+    text = re.sub(r"\\([A-Za-z]+)", r"\1", text)  # \lambda -> lambda
+    return " ".join(re.sub(r"[`*${}\\]", "", text).split())
+
+
+def describe_figures(notebook) -> int:
+    """Give every captioned figure cell an alt text (its caption's plain text) unless it has one.
+
+    Without it, myst-nb renders ``<img alt="...path of the image...">``. Returns how many cells
+    got one. The metadata keys are myst-nb's: ``mystnb.figure.caption`` and ``mystnb.image.alt``.
+    """
+    count = 0
+    for cell in notebook.cells:
+        options = cell.get("metadata", {}).get("mystnb")
+        figure = options.get("figure") if isinstance(options, dict) else None
+        if not isinstance(figure, dict) or not figure.get("caption"):
+            continue
+        image = options.setdefault("image", {})
+        if isinstance(image, dict) and not image.get("alt"):
+            image["alt"] = plain_text(str(figure["caption"]))
+            count += 1
+    return count
+
+
+@functools.cache
+def _this_python():
+    """A kernel manager that starts ipykernel on this interpreter (``sys.executable``).
+
+    papermill looks ``python3`` up among the kernelspecs, where a user-level one (e.g. left by
+    another Python install) wins over the virtual environment's and starts a Python without
+    flatness ("Kernel died"). This builds the spec as jupyter_client does for its native kernel.
+    """
+    from ipykernel.kernelspec import RESOURCES, get_kernel_dict
+    from jupyter_client import AsyncKernelManager  # nbclient's default manager
+    from jupyter_client.kernelspec import KernelSpec
+
+    class ThisPython(AsyncKernelManager):
+        @property
+        def kernel_spec(self):
+            return KernelSpec(resource_dir=RESOURCES, **get_kernel_dict())
+
+    return ThisPython
+
+
 def execute_chapter(
     name: str,
     *,
@@ -115,9 +266,13 @@ def execute_chapter(
 ) -> Execution:
     """Execute one chapter with papermill; the notebook lands in ``<out>/_build/executed``.
 
+    ``parameters`` are values, e.g. from :func:`read_parameters`. Captioned figures get their
+    caption as alt text (:func:`describe_figures`). The kernel runs on this interpreter.
+
     Raises:
         ChapterError: when a cell fails (the message holds the chapter, cell and traceback).
-        FlatnessError: for an unknown chapter, profile or parameter.
+        FlatnessError: for an unknown or missing chapter, an unknown profile or parameter, or a
+            ``data_root`` that is not a path or None.
     """
     import papermill
 
@@ -130,16 +285,21 @@ def execute_chapter(
             raise unknown(
                 f"parameter for chapter {name}", key, [v for v in valid if v != "profile"]
             )
+    if "data_root" in parameters:
+        parameters["data_root"] = _data_root(parameters["data_root"])
+    notebook = read_chapter(chapter_source(name, root))
+    describe_figures(notebook)
     target = Path(out or root) / "_build" / "executed" / f"{name}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     error = None
     try:
         papermill.execute_notebook(
-            read_chapter(chapter_source(name, root)),
+            notebook,
             str(target),
             parameters={"profile": profile, **parameters},
             kernel_name="python3",
+            kernel_manager_class=_this_python(),
             cwd=str(root),
             progress_bar=progress,
         )
@@ -165,6 +325,59 @@ def _status_table(runs: list[Execution]) -> str:
     return "\n".join(lines)
 
 
+def _git_state(root: Path) -> str:
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return "not a git checkout"
+    changed = git("status", "--porcelain")
+    if changed is None:
+        return f"`{commit}`"
+    count = len(changed.splitlines())
+    return f"`{commit}`" + (
+        f", with uncommitted changes ({count} file(s) changed or untracked)"
+        if count
+        else ", no uncommitted changes"
+    )
+
+
+def _device() -> str:
+    # the device the chapters pick (flatness.train.default_device), described
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} GPU(s))"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def environment_table(root: Path) -> str:
+    """What this build ran with, as a Markdown table: Python, platform, git commit, device and
+    the versions of :data:`VERSIONED` (``not installed`` where absent)."""
+    from importlib import metadata
+
+    rows = [
+        ("Python", f"{platform.python_version()} (`{sys.executable}`)"),
+        ("platform", platform.platform()),
+        ("git commit", _git_state(root)),
+        ("device", _device()),
+    ]
+    for package in VERSIONED:
+        try:
+            rows.append((package, metadata.version(package)))
+        except metadata.PackageNotFoundError:
+            rows.append((package, "not installed"))
+    lines = ["| item | value |", "|---|---|"]
+    return "\n".join(lines + [f"| {item} | {value} |" for item, value in rows])
+
+
 def build_book(
     *,
     profile: str = "cpu",
@@ -179,6 +392,10 @@ def build_book(
     """
     root = checkout()
     get_profile(profile)
+    for page in toc_files(root):  # a missing page is bad input: say so before any execution
+        page_source(page, root)
+    if "data_root" in (parameters or {}):
+        _data_root(parameters["data_root"])
     build = Path(out or root) / "_build"
     stage = build / "stage"
     shutil.rmtree(stage, ignore_errors=True)
@@ -198,7 +415,9 @@ def build_book(
     if failures:
         raise ChapterError("\n\n".join(failures))
     status = stage / "book" / "status.md"
-    status.write_text(status.read_text().replace(STATUS_MARKER, _status_table(executions)))
+    if status.is_file():
+        text = status.read_text().replace(STATUS_MARKER, _status_table(executions))
+        status.write_text(text.replace(ENVIRONMENT_MARKER, environment_table(root)))
     command = [
         sys.executable,
         "-c",
@@ -216,6 +435,7 @@ def build_book(
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     index = build / "html" / "index.html"
     if done.returncode != 0 or not index.is_file():
-        raise ChapterError(f"jupyter-book failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+        output = _ANSI.sub("", f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
+        raise ChapterError(f"jupyter-book failed:\n{output}")
     print(f"book written to {index}", file=sys.stderr)
     return index

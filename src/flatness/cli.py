@@ -55,11 +55,42 @@ def _parameter_option(parser: argparse.ArgumentParser, key: str, help: str) -> N
 
 
 def _execution_options(parser: argparse.ArgumentParser, out_help: str) -> None:
+    # -p and -y read values as papermill's -p and -y do, so both documented routes agree
     parser.add_argument("--profile", choices=list(PROFILES), default="cpu")
     _parameter_option(
-        parser, "KEY", "override a chapter parameter (VALUE is read as YAML); repeatable"
+        parser,
+        "KEY",
+        "set a chapter parameter, read as papermill -p reads it (a number, True, False, None, "
+        "else text); repeatable",
     )
+    parser.add_argument(
+        "-y",
+        "--parameters-yaml",
+        action="append",
+        metavar="YAML",
+        help="chapter parameters as YAML, e.g. -y 'seeds: [0, 1]' (as papermill -y); repeatable",
+    )
+    parser.add_argument(
+        "--data-root", help="where torchvision data sets live (the data_root parameter)"
+    )
+    parser.add_argument("--results", help="the results store's folder ($FLATNESS_RESULTS)")
     parser.add_argument("--out", help=out_help)
+
+
+def _chapter_parameters(args) -> dict:
+    """The chapter parameters of ``chapter``/``book``; ``--results`` goes to the kernels' env."""
+    from flatness import book
+    from flatness.paths import RESULTS_ENV
+
+    parameters = book.read_parameters(args.parameter, args.parameters_yaml)
+    if args.data_root is not None:
+        if "data_root" in parameters:
+            raise FlatnessError("-p data_root and --data-root both given; use one of them")
+        parameters["data_root"] = args.data_root
+    if args.results is not None:
+        # chapters open the store named by the environment, which their kernels inherit
+        os.environ[RESULTS_ENV] = str(Path(args.results).expanduser().resolve())
+    return parameters
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -258,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             done = book.execute_chapter(
                 args.name,
                 profile=args.profile,
-                parameters=_parameters(args.parameter),
+                parameters=_chapter_parameters(args),
                 out=args.out,
             )
             if done.error:
@@ -268,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             print(done.notebook)
         elif args.command == "book":
             index = book.build_book(
-                profile=args.profile, parameters=_parameters(args.parameter), out=args.out
+                profile=args.profile,
+                parameters=_chapter_parameters(args),
+                out=args.out,
             )
             print(index)
         sys.stdout.flush()  # a closed pipe is then reported here, not at exit

@@ -123,6 +123,8 @@ class RunConfig:
         augment: random crop and flip while training; ``None`` follows the data set (CIFAR yes).
         hessian_rtol: relative standard error at which the trace and Frobenius estimators stop,
             for models too large for an exact Hessian.
+        hessian_max_probes: the trace and Frobenius estimators stop here if ``hessian_rtol``
+            is not reached first (the stored standard errors say how precise they got).
         slq_steps: Lanczos steps of the spectral density estimated after the last epoch for
             models too large for an exact spectrum; 0 skips it.
 
@@ -149,6 +151,7 @@ class RunConfig:
     final_ratio: float = 0.01
     augment: bool | None = None
     hessian_rtol: float = 0.05
+    hessian_max_probes: int = 1000
     slq_steps: int = 0
 
     def __post_init__(self):
@@ -176,6 +179,10 @@ class RunConfig:
         if self.augment is not None and not isinstance(self.augment, bool):
             raise FlatnessError(f"augment must be true, false or null, got {self.augment!r}")
         fix("hessian_rtol", _as_rtol("hessian_rtol", self.hessian_rtol))
+        # the stochastic estimators take at least 32 probes (flatness.hessian.stochastic.MIN_PROBES)
+        fix(
+            "hessian_max_probes", _as_int("hessian_max_probes", self.hessian_max_probes, minimum=32)
+        )
         fix("slq_steps", _as_int("slq_steps", self.slq_steps, minimum=0))
         self._check_averaging(fix)
         _check_model_fits(self.model, self.dataset, self.width)

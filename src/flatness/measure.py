@@ -86,11 +86,17 @@ def _exact(model, x, y, bn_mode: str, batch_size: int) -> tuple[dict, np.ndarray
     return values | {"trace_se": 0.0, "frobenius_se": 0.0}, eigenvalues
 
 
-def _estimated(model, x, y, bn_mode: str, batch_size: int, *, rtol: float, seed: int) -> dict:
+def _estimated(
+    model, x, y, bn_mode: str, batch_size: int, *, rtol: float, seed: int, max_probes: int
+) -> dict:
     data = _data(x, y, batch_size, bn_mode == "train")
     top = hessian.top_eigenvalues(model, _loss, data, k=1, tol=1e-3, seed=seed, bn_mode=bn_mode)
-    tr = hessian.trace(model, _loss, data, rtol=rtol, seed=seed, bn_mode=bn_mode)
-    fro = hessian.frobenius_norm(model, _loss, data, rtol=rtol, seed=seed, bn_mode=bn_mode)
+    tr = hessian.trace(
+        model, _loss, data, rtol=rtol, max_probes=max_probes, seed=seed, bn_mode=bn_mode
+    )
+    fro = hessian.frobenius_norm(
+        model, _loss, data, rtol=rtol, max_probes=max_probes, seed=seed, bn_mode=bn_mode
+    )
     return {
         "lambda_max": float(top.eigenvalues[0]),
         "trace": tr.estimate,
@@ -110,6 +116,7 @@ def measure(
     seed: int,
     final: bool = False,
     slq_steps: int = 0,
+    max_probes: int = 1000,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Measure the data-loss Hessian of ``model`` on ``(x, y)``.
 
@@ -121,6 +128,7 @@ def measure(
         seed: seeds the randomised estimators.
         final: also compute the whole spectrum (exact eigenvalues or an SLQ density).
         slq_steps: Lanczos steps of that density (0 skips it).
+        max_probes: the most random probes the trace and Frobenius estimators may use.
 
     Returns:
         ``(values, arrays)``: the columns of :func:`measured_columns` plus ``hessian_seconds``,
@@ -140,7 +148,9 @@ def measure(
             if final:
                 arrays[f"eigenvalues{suffix}"] = eigenvalues
         else:
-            found = _estimated(model, x, y, mode, batch_size, rtol=rtol, seed=seed)
+            found = _estimated(
+                model, x, y, mode, batch_size, rtol=rtol, seed=seed, max_probes=max_probes
+            )
             if final and slq_steps > 0:
                 data = _data(x, y, batch_size, mode == "train")
                 density = hessian.spectral_density(

@@ -168,3 +168,96 @@ def densities(panels: list[tuple[str, np.ndarray, np.ndarray, float]], *, ncols:
         ax.set_visible(False)
     fig.tight_layout()
     return fig
+
+
+def bn_modes(final: pd.DataFrame, *, hue: str):
+    """Each measure in BatchNorm train mode against eval mode, one point per run, log-log."""
+    pairs = [(m, f"{m}_bn_train") for m in ("lambda_max", "trace", "frobenius")]
+    pairs = [(a, b) for a, b in pairs if a in final and b in final]
+    fig, axes = plt.subplots(1, len(pairs), figsize=(WIDTH, 2.8), squeeze=False)
+    for i, (ax, (a, b)) in enumerate(zip(axes.flat, pairs)):
+        sns.scatterplot(data=final, x=a, y=b, hue=hue, style=hue, ax=ax, s=40, legend=i == 0)
+        lo = min(final[a].min(), final[b].min())
+        hi = max(final[a].max(), final[b].max())
+        ax.plot([lo, hi], [lo, hi], color="0.4", ls="--", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{label(a)}, eval mode")
+        ax.set_ylabel(f"{label(a)}, train mode")
+    if axes.flat[0].get_legend() is not None:
+        axes.flat[0].legend(title=name(hue), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def in_points(effects: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy-difference intervals (fractions) rescaled to percentage points."""
+    import dataclasses
+
+    out = effects.copy()
+    out["interval"] = [
+        dataclasses.replace(iv, estimate=100 * iv.estimate, low=100 * iv.low, high=100 * iv.high)
+        for iv in out["interval"]
+    ]
+    return out
+
+
+def heatmaps(matrices, *, titles, block: int | None = None):
+    """log10 |entry| of square matrices side by side, one colour scale, block lines every
+    ``block`` rows and columns."""
+    mats = [np.log10(np.abs(m) + 1e-12) for m in matrices]
+    hi = max(m.max() for m in mats)
+    lo = max(hi - 8, min(m.min() for m in mats))
+    fig, axes = plt.subplots(1, len(mats), figsize=(WIDTH, WIDTH / len(mats) * 0.9), squeeze=False)
+    for ax, m, title in zip(axes.flat, mats, titles):
+        im = ax.imshow(m, vmin=lo, vmax=hi, cmap="mako_r", interpolation="nearest")
+        if block:
+            for edge in range(block, len(m), block):
+                ax.axhline(edge - 0.5, color="w", lw=0.4)
+                ax.axvline(edge - 0.5, color="w", lw=0.4)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    fig.colorbar(im, ax=list(axes.flat), shrink=0.8, label="log10 |H_ij|")
+    return fig
+
+
+def spectra(found, *, scaled: bool, ncols: int = 3):
+    """One panel per model; a smoothed density per run, against lambda or lambda ||w||^2.
+
+    ``found``: :class:`flatness.chapters.spectra.Spectrum` objects. The legend gives each run's
+    weight norm, so no density is shown without it.
+    """
+    models = list(dict.fromkeys(s.model for s in found))
+    ncols = min(ncols, len(models))
+    nrows = int(np.ceil(len(models) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, 2.2 * nrows + 0.4), squeeze=False)
+    for ax, model in zip(axes.flat, models):
+        group = [s for s in found if s.model == model]
+        for s, colour in zip(group, colours(len(group))):
+            factor = s.weight_norm**2 if scaled else 1.0
+            nodes = s.nodes * factor
+            lo, hi = nodes.min(), nodes.max()
+            pad = 0.05 * (hi - lo) if hi > lo else 1.0
+            grid = np.linspace(lo - pad, hi + pad, 400)
+            sigma = max(0.01 * (hi - lo), 1e-12 * max(abs(hi), 1.0)) if hi > lo else 1.0
+            scaled_spectrum = type(s)(
+                s.chapter, s.model, s.arm, s.weight_norm, nodes, s.weights, s.source, s.key
+            )
+            ax.plot(
+                grid,
+                scaled_spectrum.density(grid, sigma) + 1e-12,
+                color=colour,
+                lw=1.1,
+                label=f"{s.arm} (‖w‖ {s.weight_norm:.3g})",
+            )
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=1e-6 * ax.get_ylim()[1])
+        ax.set_title(model)
+        ax.set_xlabel(r"$\lambda \|w\|^2$" if scaled else r"$\lambda$")
+        ax.legend(fontsize=6.5)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig

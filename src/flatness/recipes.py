@@ -74,18 +74,19 @@ class Scale:
     train_size: int | None
     hessian_every: int
     hessian_rtol: float
+    hessian_max_probes: int
     slq_steps: int
     #: measurement interval of the CIFAR networks (0: the last epoch only)
     conv_hessian_every: int | None = None
 
 
 SCALES = {
-    "smoke": Scale("digits", 3, 1 / 16, 200, 3, 0.2, 8),
-    "cpu": Scale("digits", 40, 1 / 8, None, 10, 0.05, 40),
+    "smoke": Scale("digits", 3, 1 / 16, 200, 3, 0.2, 64, 8),
+    "cpu": Scale("digits", 40, 1 / 8, None, 10, 0.05, 256, 40),
     # CIFAR networks: one measurement of the whole training split costs about as much as
     # 100 HVPs x 352 batches, far more than an epoch; like the authors (spectra of stored
     # checkpoints), the paper profile measures them after the last epoch only
-    "paper": Scale(None, PAPER_EPOCHS, 1.0, None, 10, 0.05, 80, conv_hessian_every=0),
+    "paper": Scale(None, PAPER_EPOCHS, 1.0, None, 10, 0.05, 1000, 80, conv_hessian_every=0),
 }
 
 
@@ -152,7 +153,11 @@ def run_config(
             LOGREG_TRAINING[scale_name(profile)]["lr"] if _BASE[optimiser] == "sgd" else 1e-3
         )
     if model != "logreg":  # logistic regression keeps its chapter's (the RunConfig defaults)
-        fields |= dict(hessian_rtol=scale.hessian_rtol, slq_steps=scale.slq_steps)
+        fields |= dict(
+            hessian_rtol=scale.hessian_rtol,
+            hessian_max_probes=scale.hessian_max_probes,
+            slq_steps=scale.slq_steps,
+        )
     if optimiser in _AVERAGE_LR:
         # the paper's start, 161 of 300 epochs, at the same fraction of the epochs asked for
         epochs = overrides.get("epochs", fields["epochs"])

@@ -374,6 +374,7 @@ def _measure(run: _Run, epoch: int, *, final: bool):
             seed=cfg.seed * 100_003 + epoch,
             final=final,
             slq_steps=cfg.slq_steps,
+            max_probes=cfg.hessian_max_probes,
         )
 
 

@@ -1,8 +1,9 @@
 """The chapter "Can we trust the estimates?": every estimator against the exact Hessian.
 
 A small MLP on real data is trained (and cached) once; its exact Hessian gives the truth that
-Lanczos, Hutchinson, Hutch++ (on a fixed budget and stopping at a requested precision), SLQ
-and PyHessian are measured against, HVP for HVP.
+Lanczos, PyHessian's power iteration, Hutchinson, Hutch++ (on a fixed budget and stopping at a
+requested precision), SLQ and PyHessian's trace are measured against, HVP for HVP and over
+several random starts (the profile's seeds).
 """
 
 from __future__ import annotations
@@ -19,24 +20,43 @@ from torch import nn
 
 from flatness import data as datasets
 from flatness import hessian as H
-from flatness.config import RunConfig, as_rtol, as_tuple, check_choice, get_profile
+from flatness.config import RunConfig, as_int, as_rtol, as_tuple, check_choice, get_profile
+from flatness.errors import FlatnessError
 from flatness.hessian.reference import pyhessian_engine
-from flatness.stats import check_seeds
+from flatness.stats import Interval, binomial, check_seeds
 from flatness.store import Run, load_or_run
 from flatness.train import default_device, load_model
 
 ce = nn.functional.cross_entropy
+#: a reported standard error s covers the truth when |estimate - truth| <= Z s: the two-sided
+#: 95 % normal quantile, so that an honest s covers about 95 % of runs
+Z = 1.96
+NOMINAL = 0.95
+#: Lanczos stops early only once every Ritz residual is this small relative to its value, at
+#: float64 round-off, so that both methods spend the budget they are given
+LANCZOS_TOL = 1e-14
+
+
+def _budgets(name: str, value) -> tuple[int, ...]:
+    budgets = as_tuple(name, value, lambda n, v: as_int(n, v, minimum=1))
+    if list(budgets) != sorted(set(budgets)):
+        raise FlatnessError(f"{name} must be strictly increasing, got {list(budgets)}")
+    return budgets
 
 
 @dataclass(frozen=True)
-class EstimatorSettings:
-    """Sizes for the chapter checking the Hessian estimators against exact answers."""
+class Settings:
+    """Sizes for the chapter checking the Hessian estimators against exact answers.
+
+    Raises FlatnessError (from :func:`settings`) for an unknown data set, duplicate seeds, budgets
+    that do not increase, a ``top_k`` above the largest budget or an ``rtol`` outside (0, 1).
+    """
 
     dataset: str
     epochs: int
-    #: HVP budgets at which the estimators are compared
+    #: HVP budgets at which the estimators are compared, every method on the same grid
     budgets: tuple[int, ...]
-    #: one randomised estimate per seed
+    #: one random start (probes, start vector) per seed
     seeds: tuple[int, ...]
     slq_steps: int
     slq_probes: int
@@ -50,8 +70,8 @@ class EstimatorSettings:
     #: the adaptive estimators give up (``converged=False``) after this many random probes
     max_probes: int = 1000
 
-    def with_overrides(self, *, dataset=None, seeds=None, rtols=None):
-        """Replace the data set, the seeds of the randomised estimators or the ``rtols``."""
+    def with_overrides(self, *, dataset=None, seeds=None, rtols=None, budgets=None, top_k=None):
+        """Replace the fields a chapter's parameters may override; ``None`` keeps the profile's."""
         changes = {}
         if dataset is not None:
             changes["dataset"] = check_choice("dataset", dataset, datasets.DATASETS)
@@ -59,13 +79,23 @@ class EstimatorSettings:
             changes["seeds"] = check_seeds(seeds)
         if rtols is not None:
             changes["rtols"] = as_tuple("rtols", rtols, as_rtol)
-        return dataclasses.replace(self, **changes)
+        if budgets is not None:
+            changes["budgets"] = _budgets("budgets", budgets)
+        if top_k is not None:
+            changes["top_k"] = as_int("top_k", top_k, minimum=1)
+        out = dataclasses.replace(self, **changes)
+        if out.top_k > max(out.budgets):
+            raise FlatnessError(
+                f"top_k={out.top_k} needs a budget of at least {out.top_k} HVPs (one per "
+                f"eigenvalue), but the largest budget is {max(out.budgets)}"
+            )
+        return out
 
 
 #: The chapter's settings for each profile. ``paper``: the MLP 784-16-10 (12,730 parameters)
 #: on 5,000 MNIST images, still an exact Hessian.
 SETTINGS = {
-    "smoke": EstimatorSettings(
+    "smoke": Settings(
         dataset="digits",
         train_size=200,
         epochs=2,
@@ -73,22 +103,23 @@ SETTINGS = {
         seeds=(0, 1),
         slq_steps=8,
         slq_probes=2,
+        top_k=3,
         rtols=(0.1, 0.03),
         max_probes=256,
     ),
-    "cpu": EstimatorSettings(
+    "cpu": Settings(
         dataset="digits",
         epochs=30,
-        budgets=(3, 6, 12, 24, 48, 96, 192),
+        budgets=(5, 10, 20, 40, 80, 160),
         seeds=tuple(range(10)),
         slq_steps=80,
         slq_probes=8,
     ),
-    "paper": EstimatorSettings(
+    "paper": Settings(
         dataset="mnist",
         train_size=5000,
         epochs=30,
-        budgets=(3, 6, 12, 24, 48, 96, 192, 384),
+        budgets=(5, 10, 20, 40, 80, 160, 320),
         seeds=tuple(range(20)),
         slq_steps=100,
         slq_probes=10,
@@ -96,8 +127,12 @@ SETTINGS = {
 }
 
 
-def settings(profile: str, **overrides) -> EstimatorSettings:
-    """The profile's settings with the chapter parameters that are not ``None`` replaced."""
+def settings(profile: str, **overrides) -> Settings:
+    """The profile's settings with the chapter parameters that are not ``None`` replaced.
+
+    Raises:
+        FlatnessError: an unknown profile or data set, duplicate seeds, or a value out of range.
+    """
     return SETTINGS[get_profile(profile).name].with_overrides(**overrides)
 
 
@@ -120,7 +155,7 @@ class Problem:
         return self.eigenvalues.square().sum().sqrt().item()
 
 
-def problem(settings: EstimatorSettings, *, data_root=None, device=None, progress=False) -> Problem:
+def problem(settings: Settings, *, data_root=None, device=None, progress=False) -> Problem:
     """Train (or load) the MLP and compute its exact data-loss Hessian in float64."""
     device = device if device is not None else default_device()
     config = RunConfig(
@@ -142,35 +177,165 @@ def problem(settings: EstimatorSettings, *, data_root=None, device=None, progres
     return Problem(run, model, batch, exact, torch.linalg.eigvalsh(exact).cpu())
 
 
-def eigenvalue_convergence(p: Problem, budgets, k: int = 5, *, seed: int = 0) -> pd.DataFrame:
-    """Relative error of the top-1 and the worst of the top-k eigenvalues against HVPs.
+def architecture(model: nn.Module) -> str:
+    """``"an MLP 64-16-10 with Tanh"``: the layer sizes and activations of a Linear stack."""
+    linear = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    sizes = [linear[0].in_features] + [m.out_features for m in linear]
+    acts = sorted(
+        {type(m).__name__ for m in model.modules() if not list(m.children())} - {"Linear"}
+    )
+    return f"an MLP {'-'.join(map(str, sizes))} with {', '.join(acts) or 'no'} activations"
 
-    Lanczos: one run per column, its Ritz values after each block step. The top-1 run has a
-    single vector (``k=1``); the top-k run a block of k, so row j (from 0) of its history has
-    cost ``(j + 1) k`` products. PyHessian's power iteration runs with ``tol=0`` (so it never
-    stops early) for each budget; its top-k runs ``budget`` iterations per eigenvalue, k x
-    budget HVPs in all. Each row fills one of the columns ``top-1`` and ``top-{k}``.
+
+def shared_budgets(budgets, n: int) -> tuple[int, ...]:
+    """The HVP budgets at which both eigenvalue methods run for the top ``n``.
+
+    Block Lanczos with a block of ``n`` and PyHessian's power iteration with deflation both
+    spend HVPs in multiples of ``n`` (n per block step; the same number of iterations for each
+    of n eigenvalues), so each budget is rounded down to a multiple of ``n``; budgets below
+    ``n`` are dropped. Raises FlatnessError when none is left.
     """
-    truth = p.eigenvalues.flip(0)[:k].double()
-    columns = dict.fromkeys(((1, "top-1"), (k, f"top-{k}")))  # one column when k == 1
+    out = tuple(sorted({b // n * n for b in budgets if b >= n}))
+    if not out:
+        raise FlatnessError(f"no budget of at least {n} HVPs among {list(budgets)}")
+    return out
+
+
+def _rel_error(values, truth) -> float:
+    values = torch.as_tensor(values, dtype=torch.float64)
+    return ((values - truth).abs() / truth.abs()).max().item()
+
+
+def lanczos_run(p: Problem, n: int, budget: int, *, seed: int) -> tuple[float, int]:
+    """Block Lanczos (a block of ``n``) for the top ``n`` on ``budget`` HVPs: the largest
+    relative error of the ``n`` Ritz values and the HVPs its operator counted."""
+    truth = p.eigenvalues.flip(0)[:n].double()
+    run = H.top_eigenvalues(
+        p.model, ce, p.data, k=n, tol=LANCZOS_TOL, seed=seed, max_steps=budget // n
+    )
+    return _rel_error(run.eigenvalues.cpu(), truth), run.hvps
+
+
+def power_run(p: Problem, n: int, budget: int, *, seed: int) -> tuple[float, int]:
+    """PyHessian's power iteration with deflation for the top ``n`` on ``budget`` HVPs.
+
+    With ``tol=0`` its stopping test (relative change below tol) never fires, so each of the n
+    eigenvalues runs exactly ``maxIter = budget // n`` iterations of one HVP each (pyhessian 0.1,
+    ``hessian.eigenvalues``); the count returned is that number.
+    """
+    truth = p.eigenvalues.flip(0)[:n].double()
+    with pyhessian_engine(p.model, ce, p.data, seed=seed) as engine:
+        values, _ = engine.eigenvalues(maxIter=budget // n, tol=0.0, top_n=n)
+    return _rel_error(sorted(values, reverse=True), truth), budget // n * n
+
+
+EIGEN_METHODS = {"Lanczos": lanczos_run, "power iteration (PyHessian)": power_run}
+
+
+def eigenvalue_runs(p: Problem, budgets, k: int, seeds) -> pd.DataFrame:
+    """Every method, for the top 1 and the top ``k``, at every budget of
+    :func:`shared_budgets` and every seed (the random start vectors).
+
+    One row per run: ``method``, ``eigenvalues`` ("top-1" or "top-k"), ``seed``, ``budget``,
+    ``hvps`` (spent, at most the budget) and ``rel error`` (the largest of the n eigenvalues).
+    """
     rows = []
-    for n, column in columns:
-        run = H.top_eigenvalues(
-            p.model, ce, p.data, k=n, tol=1e-12, seed=seed, max_steps=max(budgets)
-        )
-        for j, values in enumerate(run.history):
-            rel = ((values - truth[:n]).abs() / truth[:n].abs()).max().item()  # NaN until n
-            rows.append({"method": "Lanczos", "hvps": (j + 1) * n, column: rel})
-    for budget in budgets:
-        for top_n, column in columns:
-            with pyhessian_engine(p.model, ce, p.data, seed=seed) as engine:
-                values, _ = engine.eigenvalues(maxIter=budget, tol=0.0, top_n=top_n)
-            values = torch.tensor(sorted(values, reverse=True), dtype=torch.float64)
-            rel = ((values - truth[:top_n]).abs() / truth[:top_n].abs()).max().item()
-            rows.append(
-                {"method": "PyHessian power iteration", "hvps": budget * top_n, column: rel}
-            )
+    for n in dict.fromkeys((1, k)):
+        for budget in shared_budgets(budgets, n):
+            for method, run in EIGEN_METHODS.items():
+                for seed in seeds:
+                    rel, hvps = run(p, n, budget, seed=seed)
+                    rows.append(
+                        {
+                            "method": method,
+                            "eigenvalues": f"top-{n}",
+                            "seed": seed,
+                            "budget": budget,
+                            "hvps": hvps,
+                            "rel error": rel,
+                        }
+                    )
     return pd.DataFrame(rows)
+
+
+def spread(runs: pd.DataFrame, by, column: str = "rel error") -> pd.DataFrame:
+    """Median, minimum and maximum of ``column`` over the seeds, per group of ``by``."""
+    stats = runs.groupby(list(by), sort=False)[column].agg(["median", "min", "max"])
+    return stats.reset_index()
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How many HVPs a method needed until every seed's error was at most ``level``."""
+
+    method: str
+    level: float
+    reached: bool
+    #: the most any seed spent at the first budget where all were within ``level``; if none
+    #: was, the most any seed spent at the largest budget tried
+    hvps: int
+
+    def phrase(self) -> str:
+        return f"{self.hvps} HVPs" if self.reached else f"not reached within {self.hvps} HVPs"
+
+
+def hvps_to_reach(runs: pd.DataFrame, method: str, eigenvalues: str, level: float) -> Reach:
+    """The :class:`Reach` of ``method`` for ``eigenvalues`` in :func:`eigenvalue_runs`' rows."""
+    rows = runs[(runs.method == method) & (runs.eigenvalues == eigenvalues)]
+    worst = rows.groupby("budget")["rel error"].max()
+    hit = worst[worst <= level]
+    budget = int(hit.index.min()) if len(hit) else int(worst.index.max())
+    spent = int(rows[rows.budget == budget].hvps.max())
+    return Reach(method, level, bool(len(hit)), spent)
+
+
+def compare_reach(a: Reach, b: Reach) -> str:
+    """Which of two :class:`Reach` got there on fewer HVPs, in words."""
+    if a.reached and b.reached:
+        if a.hvps == b.hvps:
+            return f"{a.method} and {b.method} needed the same number of HVPs"
+        fast, slow = (a, b) if a.hvps < b.hvps else (b, a)
+        return (
+            f"{fast.method} needed {slow.hvps / fast.hvps:.2g} times fewer HVPs than {slow.method}"
+        )
+    if a.reached or b.reached:
+        done, not_done = (a, b) if a.reached else (b, a)
+        return f"only {done.method} got there ({not_done.method}: {not_done.phrase()})"
+    return f"neither got there ({a.method}: {a.phrase()}; {b.method}: {b.phrase()})"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How often ``estimate +- Z stderr`` covered the truth, with a Clopper-Pearson interval."""
+
+    covered: int
+    runs: int
+    interval: Interval
+
+    def sentence(self, what: str) -> str:
+        """Says the interval, and whether it rules the nominal 95 % out, in words."""
+        iv = self.interval
+        told = (
+            f"{what}: the truth lay within {Z} reported standard errors in {self.covered} of "
+            f"{self.runs} runs (95 % Clopper-Pearson interval {100 * iv.low:.0f} % to "
+            f"{100 * iv.high:.0f} %)"
+        )
+        if iv.high < NOMINAL:
+            return told + f", fewer than the {100 * NOMINAL:.0f} % the intervals claim."
+        if iv.low > NOMINAL:
+            return (
+                told + f", more than the {100 * NOMINAL:.0f} % they claim: the errors are too wide."
+            )
+        return (
+            told + f"; consistent with the claimed {100 * NOMINAL:.0f} %, but {self.runs} runs "
+            f"cannot tell it from a coverage of {100 * iv.low:.0f} %."
+        )
+
+
+def coverage(covered) -> Coverage:
+    """A :class:`Coverage` from one boolean per run (at least one run)."""
+    covered = [bool(c) for c in covered]
+    return Coverage(sum(covered), len(covered), binomial(sum(covered), len(covered)))
 
 
 #: the fixed-budget estimators compared HVP for HVP
@@ -186,30 +351,42 @@ def _measures(p: Problem):
     return (("trace", H.trace, p.trace), ("frobenius", H.frobenius_norm, p.frobenius))
 
 
-def trace_convergence(p: Problem, budgets, seeds) -> pd.DataFrame:
-    """Mean |relative error| and mean reported relative standard error of Hutchinson and
-    Hutch++ at each fixed budget of HVPs, for the trace and the Frobenius norm."""
+def _row(r, truth: float) -> dict:
+    return {
+        "hvps": r.hvps,
+        "rel error": r.estimate / truth - 1,
+        "rel stderr": r.stderr / abs(truth),
+        "covered": abs(r.estimate - truth) <= Z * r.stderr,
+    }
+
+
+def trace_runs(p: Problem, budgets, seeds) -> pd.DataFrame:
+    """Hutchinson and Hutch++ on each fixed budget of HVPs (Hutch++ from 3), once per seed,
+    for the trace and the Frobenius norm: one row per run with ``measure``, ``method``,
+    ``budget``, ``seed``, ``hvps``, ``rel error`` (signed), ``rel stderr`` (reported) and
+    ``covered`` (truth within ``Z`` reported standard errors)."""
     rows = []
     for method in FIXED_METHODS:
         for budget in budgets:
             if method == "hutch++" and budget < 3:
                 continue
             for measure, fn, truth in _measures(p):
-                runs = [
-                    fn(p.model, ce, p.data, probes=budget, method=method, seed=s) for s in seeds
-                ]
-                rows.append(
-                    {
-                        "measure": measure,
-                        "method": method,
-                        "hvps": budget,
-                        "abs rel error": np.mean([abs(r.estimate / truth - 1) for r in runs]),
-                        "rel stderr": np.mean([r.stderr / abs(truth) for r in runs]),
-                        "within 3 s.e.": np.mean(
-                            [abs(r.estimate - truth) <= 3 * r.stderr for r in runs]
-                        ),
-                    }
-                )
+                for s in seeds:
+                    r = fn(p.model, ce, p.data, probes=budget, method=method, seed=s)
+                    base = {"measure": measure, "method": method, "budget": budget, "seed": s}
+                    rows.append(base | _row(r, truth))
+    return pd.DataFrame(rows)
+
+
+def coverage_table(runs: pd.DataFrame, by) -> pd.DataFrame:
+    """Per group of ``by``: runs, runs covered and the coverage's Clopper-Pearson interval."""
+    rows = []
+    for key, group in runs.groupby(list(by), sort=False):
+        c = coverage(group.covered)
+        rows.append(
+            dict(zip(by, key))
+            | {"covered": c.covered, "runs": c.runs, "low": c.interval.low, "high": c.interval.high}
+        )
     return pd.DataFrame(rows)
 
 
@@ -218,14 +395,13 @@ def adaptive_runs(
 ) -> pd.DataFrame:
     """Every adaptive method asked for each relative standard error ``rtol``, once per seed.
 
-    One row per (measure, method, rtol), with means over the seeds of the random probes behind
-    the standard error, of the HVPs spent (sketches included; for
-    ``ggn+hutchinson`` not counting the per-example products of its exact Gauss-Newton
-    part), the passes over the data, the seconds (that part included), the |relative error|
-    against the exact value and the reported relative standard error; the fractions of runs
-    that ``converged`` (reached ``rtol`` within ``max_probes``) and whose truth lies within
-    three reported standard errors; and which estimator ran (``ran as``, "name (runs)").
-    Every method runs once on a tiny budget first, so that no timing includes a warm-up.
+    One row per run: ``measure``, ``method``, ``rtol``, ``seed``, ``ran as`` (the estimator
+    that ran), ``probes`` (random probes behind the standard error), ``hvps`` (sketches
+    included; for ``ggn+hutchinson`` not counting the per-example products of its exact
+    Gauss-Newton part), ``passes`` over the data, ``seconds`` (that part included),
+    ``converged`` (reached ``rtol`` within ``max_probes``) and the columns of a fixed run
+    (``rel error``, ``rel stderr``, ``covered``). Every method runs once on a tiny budget
+    first, so that no timing includes a warm-up.
     """
     for measure, fn, _ in _measures(p):
         for method in ADAPTIVE_METHODS[measure]:
@@ -234,8 +410,8 @@ def adaptive_runs(
     for measure, fn, truth in _measures(p):
         for method in ADAPTIVE_METHODS[measure]:
             for rtol in rtols:
-                runs = [
-                    fn(
+                for s in seeds:
+                    r = fn(
                         p.model,
                         ce,
                         p.data,
@@ -245,29 +421,46 @@ def adaptive_runs(
                         method=method,
                         seed=s,
                     )
-                    for s in seeds
-                ]
-                ran = Counter(r.method for r in runs)
-                rows.append(
-                    {
+                    base = {
                         "measure": measure,
                         "method": method,
                         "rtol": rtol,
-                        "ran as": ", ".join(
-                            m if n == len(runs) else f"{m} ({n})" for m, n in ran.most_common()
-                        ),
-                        "probes": np.mean([r.probes for r in runs]),
-                        "hvps": np.mean([r.hvps for r in runs]),
-                        "passes": np.mean([r.passes for r in runs]),
-                        "seconds": np.mean([r.seconds for r in runs]),
-                        "abs rel error": np.mean([abs(r.estimate / truth - 1) for r in runs]),
-                        "rel stderr": np.mean([r.stderr / abs(truth) for r in runs]),
-                        "converged": np.mean([r.converged for r in runs]),
-                        "within 3 s.e.": np.mean(
-                            [abs(r.estimate - truth) <= 3 * r.stderr for r in runs]
-                        ),
+                        "seed": s,
+                        "ran as": r.method,
+                        "probes": r.probes,
+                        "passes": r.passes,
+                        "seconds": r.seconds,
+                        "converged": r.converged,
                     }
-                )
+                    rows.append(base | _row(r, truth))
+    return pd.DataFrame(rows)
+
+
+def adaptive_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`adaptive_runs` per (measure, method, rtol): means over the seeds, the share that
+    converged, the runs covered and which estimator ran (``ran as``, "name (runs)")."""
+    rows = []
+    for (measure, method, rtol), g in runs.groupby(["measure", "method", "rtol"], sort=False):
+        ran = Counter(g["ran as"])
+        rows.append(
+            {
+                "measure": measure,
+                "method": method,
+                "rtol": rtol,
+                "ran as": ", ".join(
+                    m if n == len(g) else f"{m} ({n})" for m, n in ran.most_common()
+                ),
+                "probes": g.probes.mean(),
+                "hvps": g.hvps.mean(),
+                "passes": g.passes.mean(),
+                "seconds": g.seconds.mean(),
+                "abs rel error": g["rel error"].abs().mean(),
+                "rel stderr": g["rel stderr"].mean(),
+                "converged": g.converged.mean(),
+                "covered": int(g.covered.sum()),
+                "runs": len(g),
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -6,7 +6,6 @@ Everything the chapter computes lives here, so the chapter itself only calls and
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,7 +14,8 @@ import torch
 from torch import nn
 
 from flatness import data as datasets
-from flatness import hessian
+from flatness import hessian, stats
+from flatness.chapters import common
 from flatness.config import RunConfig, as_float, as_int, as_tuple, check_choice, get_profile
 from flatness.recipes import LOGREG_TRAINING, LOGREG_WEIGHT_DECAYS
 from flatness.stats import check_seeds
@@ -231,94 +231,84 @@ def pyhessian_comparison(
     return pd.DataFrame(rows)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The verdict on claim C3 for logistic regression, from the measured summary."""
+def claim(runs: list[Run], data: datasets.Dataset, *, device=None, resamples: int = 2000):
+    """Claim C3 for softmax regression, as a :class:`~flatness.chapters.common.Claim`.
 
-    #: "reproduced", "partly reproduced" or "not reproduced"
-    outcome: str
-    sharper: bool
-    better: bool
-    text: str
-
-
-def _difference(summary: pd.DataFrame, column: str, hi: float, lo: float) -> tuple[float, float]:
-    """Mean difference hi - lo and its standard error (NaN with a single seed)."""
-    a, b = summary.loc[hi], summary.loc[lo]
-    diff = a[f"{column}_mean"] - b[f"{column}_mean"]
-    se = math.sqrt(a[f"{column}_sd"] ** 2 / a["seeds"] + b[f"{column}_sd"] ** 2 / b["seeds"])
-    return diff, se
-
-
-def _accuracy_difference(
-    summary: pd.DataFrame, hi: float, lo: float, test_examples: int
-) -> tuple[float, float]:
-    """Test-accuracy difference hi - lo and its standard error, test-set sampling included.
-
-    Seeds alone understate the noise of an accuracy measured on one finite test set, so each
-    arm's variance also gets the binomial term p (1 - p) / test_examples (treating the two arms
-    as independent, which is conservative for models scored on the same examples).
+    *Sharper*: the largest weight decay against the smallest (the baseline, normally 0), each
+    measure's ratio with Welch's t interval over seeds. *Generalises better*: the weight decay
+    with the best mean **validation** accuracy (the test set never chooses it) against the
+    baseline, in test accuracy, with a bootstrap over seeds and, paired, over test examples.
     """
-    diff, seed_se = _difference(summary, "test_acc", hi, lo)
-    binomial = sum(p * (1 - p) / test_examples for p in summary.loc[[hi, lo], "test_acc_mean"])
-    return diff, math.sqrt((seed_se if math.isfinite(seed_se) else 0.0) ** 2 + binomial)
+    table = final_table(runs)
+    lo, hi = table.weight_decay.min(), table.weight_decay.max()
+    best = table[table.weight_decay != lo].groupby("weight_decay").val_acc.mean().idxmax()
+
+    def arm(wd):
+        return f"weight decay {wd:g}"
+
+    ratios = {
+        m: stats.ratio(table[table.weight_decay == hi][m], table[table.weight_decay == lo][m])
+        for m in MEASURES
+    }
+
+    def correct(wd):
+        return np.stack(
+            [common.correct(r, data, device) for r in runs if r.config.weight_decay == wd]
+        )
+
+    acc = stats.paired_bootstrap(correct(best), correct(lo), resamples=resamples)
+    sharper = common.sharper_half(ratios, arm(hi), arm(lo))
+    better = common.better_half(acc, f"{arm(best)} (best on validation data)", arm(lo))
+    return common.Claim(
+        "C3",
+        f"softmax regression on {runs[0].config.dataset}",
+        arm(hi),
+        arm(lo),
+        sharper,
+        better,
+        common.combine(sharper, better),
+    )
 
 
-def _clearly_positive(diff: float, se: float) -> bool:
-    # two standard errors when seeds give a spread; the sign alone otherwise
-    return diff > 2 * se if math.isfinite(se) and se > 0 else diff > 0
+def effects(runs: list[Run], data: datasets.Dataset, *, device=None, resamples: int = 2000):
+    """Every weight decay against the smallest: measure ratios and test-accuracy differences.
 
-
-def verdict(summary: pd.DataFrame, *, test_examples: int) -> Verdict:
-    """Claim C3 against the smallest weight decay (the baseline, normally 0).
-
-    *Sharper*: the largest weight decay is clearly sharper than the baseline on all three
-    measures. *Better*: the weight decay with the best mean validation accuracy beats the
-    baseline in test accuracy by more than two standard errors (seeds and test-set sampling),
-    and is itself clearly sharper on all three measures. It is chosen on validation data, so
-    the test accuracy that judges it is not favoured by the choice.
+    Returns:
+        ``(ratios, accuracy)``: frames for :func:`flatness.plotting.forest`, with the same
+        intervals the verdict uses (Welch t on logs; paired bootstrap over seeds and examples).
     """
-    lo, hi = summary.index.min(), summary.index.max()
-
-    def not_clearly_sharper(wd: float) -> list[str]:
-        return [m for m in MEASURES if not _clearly_positive(*_difference(summary, m, wd, lo))]
-
-    flatter_hi = not_clearly_sharper(hi)
-    sharper = not flatter_hi
-    # the candidate is chosen on validation accuracy; the test set only judges it
-    best = summary.loc[summary.index != lo, "val_acc_mean"].idxmax()
-    acc_diff, acc_se = _accuracy_difference(summary, best, lo, test_examples)
-    better = _clearly_positive(acc_diff, acc_se) and not not_clearly_sharper(best)
-
-    def ratio(wd: float) -> float:
-        return summary.loc[wd, "lambda_max_mean"] / summary.loc[lo, "lambda_max_mean"]
-
-    def accuracy_change(wd: float) -> str:
-        diff, se = _accuracy_difference(summary, wd, lo, test_examples)
-        return f"{100 * diff:+.2f} points (standard error {100 * se:.2f})"
-
-    largest = (
-        f"With weight decay {hi:g} the solution is {ratio(hi):.2f}x as sharp in lambda_max as with "
-        f"{lo:g}"
-        + (", and sharper in trace and Frobenius norm too" if sharper else "")
-        + f"; test accuracy changes by {accuracy_change(hi)}."
+    table = final_table(runs)
+    lo = table.weight_decay.min()
+    base = table[table.weight_decay == lo]
+    base_correct = np.stack(
+        [common.correct(r, data, device) for r in runs if r.config.weight_decay == lo]
     )
-    best_text = (
-        f" The best weight decay on validation data, {best:g}, is {ratio(best):.2f}x as sharp in lambda_max "
-        f"and changes test accuracy by {accuracy_change(best)}."
-    )
-    if sharper and better:
-        outcome = "reproduced"
-        tail = (
-            " Weight decay makes the solution sharper, and the sharper solution generalises better."
+    ratio_rows, acc_rows = [], []
+    for wd in sorted(table.weight_decay.unique()):
+        if wd == lo:
+            continue
+        arm = table[table.weight_decay == wd]
+        for m in MEASURES:
+            ratio_rows.append(
+                {"row": f"wd {wd:g}: {m}", "interval": stats.ratio(arm[m], base[m]), "group": m}
+            )
+        correct = np.stack(
+            [common.correct(r, data, device) for r in runs if r.config.weight_decay == wd]
         )
-    elif sharper:
-        outcome = "partly reproduced"
-        tail = (
-            " Weight decay makes the solution sharper, as predicted, but no weight decay clearly "
-            "improves test accuracy here: sharper is not worse, yet not better either."
-        )
-    else:
-        outcome = "not reproduced"
-        tail = f" The largest weight decay is not clearly sharper in {', '.join(flatter_hi)}."
-    return Verdict(outcome, sharper, better, largest + best_text + tail)
+        iv = stats.paired_bootstrap(correct, base_correct, resamples=resamples)
+        acc_rows.append({"row": f"wd {wd:g}", "interval": iv})
+    return pd.DataFrame(ratio_rows), pd.DataFrame(acc_rows)
+
+
+def class_blocks(run: Run, data: datasets.Dataset) -> np.ndarray:
+    """The exact Hessian of a run's final model with parameters grouped by class.
+
+    Returns:
+        ``(K (d + 1), K (d + 1))`` float64: for each class its d weights then its bias, so the
+        ``(d + 1) x (d + 1)`` block ``(k, l)`` couples classes k and l.
+    """
+    model = trained_model(run, data)
+    h = hessian.softmax_regression_hessian(model, data.x_train.flatten(1)).cpu().numpy()
+    k, d = model.weight.shape
+    order = np.concatenate([np.r_[c * d : (c + 1) * d, k * d + c] for c in range(k)])
+    return h[np.ix_(order, order)]

@@ -1,0 +1,48 @@
+"""The chapter "A simple CNN": claim C3 for a convolutional network.
+
+The paper's "simple CNN" is most likely All-CNN-C (1,387,108 parameters with a CIFAR-100 head;
+``../shared/paper-notes.md`` section 4), trained on CIFAR-100 with SGD at weight decay 0 and
+5e-4: that is the ``paper`` profile. CIFAR is not available offline and All-CNN-C needs a GPU,
+so ``cpu`` trains LeNet-5 on scikit-learn's digits instead, comparing weight decay 0 with 1e-2
+(its lr x wd x steps is of the order of the paper's; see the MLP chapter).
+"""
+
+from __future__ import annotations
+
+from flatness.chapters.common import TrainingSettings, decay_arms, decay_comparisons
+from flatness.config import get_profile
+
+PAPER_DECAYS = (0.0, 5e-4)
+CPU_DECAYS = (0.0, 1e-2)
+
+
+def _settings(profile, model, decays, seeds, dataset, **overrides) -> TrainingSettings:
+    return TrainingSettings(
+        profile=profile,
+        dataset=dataset,
+        seeds=seeds,
+        arms=decay_arms((model,), decays),
+        comparisons=decay_comparisons((model,), decays),
+        overrides=overrides,
+    )
+
+
+SETTINGS = {
+    "smoke": _settings("smoke", "lenet5", CPU_DECAYS, (0, 1), "digits", epochs=3, hessian_every=3),
+    "cpu": _settings(
+        "cpu",
+        "lenet5",
+        CPU_DECAYS,
+        (0, 1, 2),
+        "digits",
+        epochs=100,
+        hessian_every=25,
+        hessian_rtol=0.1,
+    ),
+    "paper": _settings("paper", "allcnn", PAPER_DECAYS, (0, 1, 2), None),
+}
+
+
+def settings(profile: str, **overrides) -> TrainingSettings:
+    """The profile's settings with the chapter parameters that are not ``None`` replaced."""
+    return SETTINGS[get_profile(profile).name].with_overrides(**overrides)

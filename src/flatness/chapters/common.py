@@ -1,0 +1,494 @@
+"""What the training chapters share: arms of runs, their tables, and claims judged from intervals.
+
+A training chapter compares *arms*: groups of runs that differ only in their seed (for example
+"SGD, weight decay 0" against "SGD, weight decay 5e-4"). :class:`TrainingSettings` declares the
+arms and how a profile scales them, :func:`train` trains (or loads) every run, and
+:func:`judge_claim` turns two arms into a verdict on the two halves of a claim:
+
+- *sharper*: the ratio of each Hessian measure between the arms, with Welch's t interval on the
+  logs over seeds (:func:`flatness.stats.ratio`);
+- *generalises better*: the difference in test accuracy, with a bootstrap over seeds and,
+  paired, over test examples (:func:`flatness.stats.paired_bootstrap`).
+
+Every word of the verdict is chosen here from those intervals.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flatness import data as datasets
+from flatness import recipes, stats
+from flatness.config import RunConfig, as_int, check_choice
+from flatness.plotting import name as plain_name
+from flatness.store import Run, Store, load_or_run
+from flatness.train import default_device, load_model
+
+MEASURES = ("lambda_max", "trace", "frobenius")
+BN_MEASURES = tuple(f"{m}_bn_train" for m in MEASURES)
+FINAL_COLUMNS = ("test_acc", "val_acc", "train_loss", "weight_norm")
+
+#: Outcomes of one half of a claim, and of a whole claim.
+OUTCOMES = ("reproduced", "partly reproduced", "not reproduced", "opposite", "cannot be judged")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """Runs of one model and recipe (:func:`flatness.recipes.run_config`) that differ by seed."""
+
+    label: str
+    model: str
+    optimiser: str = "sgd"
+    #: None: the recipe's weight decay
+    weight_decay: float | None = None
+
+    def config(self, profile: str, seed: int, overrides: dict) -> RunConfig:
+        return recipes.run_config(
+            self.model,
+            self.optimiser,
+            profile,
+            weight_decay=self.weight_decay,
+            seed=seed,
+            **overrides,
+        )
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Arms, seeds and the profile's changes to the recipes, for one training chapter.
+
+    ``overrides`` are :class:`~flatness.config.RunConfig` fields applied to every run (e.g. a
+    cpu profile's epochs and width); ``model_overrides`` apply to one model only.
+    ``comparisons`` are (arm, baseline) label pairs judged as claims; ``claim`` names it.
+    """
+
+    profile: str
+    dataset: str | None
+    seeds: tuple[int, ...]
+    arms: tuple[Arm, ...]
+    comparisons: tuple[tuple[str, str], ...]
+    claim: str = "C3"
+    overrides: dict = field(default_factory=dict)
+    model_overrides: dict = field(default_factory=dict)
+    #: the measures a verdict judges: the authors measured BatchNorm nets in train mode
+    measures: tuple[str, ...] = MEASURES
+    note: str = ""
+
+    def run_configs(self) -> dict[str, list[RunConfig]]:
+        """Every run, by arm label, seeds in order."""
+        out = {}
+        for arm in self.arms:
+            extra = dict(self.overrides) | dict(self.model_overrides.get(arm.model, {}))
+            if self.dataset is not None:
+                extra["dataset"] = self.dataset
+            out[arm.label] = [arm.config(self.profile, s, extra) for s in self.seeds]
+        return out
+
+    def runs(self) -> list[RunConfig]:
+        """The runs the chapter's figures read (its grid)."""
+        return [c for configs in self.run_configs().values() for c in configs]
+
+    def with_overrides(self, *, seeds=None, dataset=None, epochs=None) -> TrainingSettings:
+        """Replace the chapter parameters that are not ``None``.
+
+        Raises:
+            FlatnessError: duplicate or negative seeds, an unknown data set, epochs below 1.
+        """
+        changes: dict = {}
+        if seeds is not None:
+            changes["seeds"] = stats.check_seeds(seeds)
+        if dataset is not None:
+            changes["dataset"] = check_choice("dataset", dataset, datasets.DATASETS)
+        if epochs is not None:
+            changes["overrides"] = dict(self.overrides) | {
+                "epochs": as_int("epochs", epochs, minimum=1)
+            }
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Results:
+    """Every run of a chapter, by arm, and the data they were trained on."""
+
+    settings: TrainingSettings
+    runs: dict[str, list[Run]]
+    data: datasets.Dataset
+    device: torch.device
+
+    @property
+    def all_runs(self) -> list[Run]:
+        return [r for runs in self.runs.values() for r in runs]
+
+
+def train(
+    s: TrainingSettings,
+    *,
+    store: Store | None = None,
+    data_root=None,
+    device=None,
+    progress: bool = False,
+) -> Results:
+    """Train every run of ``s`` that is not stored yet; load the others."""
+    device = torch.device(device) if device is not None else default_device()
+    configs = s.run_configs()
+    first = next(iter(configs.values()))[0]
+    data = datasets.load(first.dataset, data_root=data_root, train_size=first.train_size)
+    runs = {
+        label: [
+            load_or_run(c, store=store, data_root=data_root, device=device, progress=progress)
+            for c in cs
+        ]
+        for label, cs in configs.items()
+    }
+    return Results(s, runs, data, device)
+
+
+def final_table(results: Results) -> pd.DataFrame:
+    """One row per run: arm, seed, model, optimiser, weight decay and the final metrics."""
+    rows = []
+    for label, runs in results.runs.items():
+        for r in runs:
+            m = r.metrics
+            row = {
+                "arm": label,
+                "seed": r.config.seed,
+                "model": r.config.model,
+                "optimiser": r.config.optimiser + ("+avg" if r.config.averaging else ""),
+                "weight_decay": r.config.weight_decay,
+                "parameters": m.get("parameters"),
+                "key": r.config.key(),
+            }
+            for column in (*FINAL_COLUMNS, *MEASURES, *BN_MEASURES):
+                if column in m:
+                    row[column] = float(m[column])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def history(results: Results) -> pd.DataFrame:
+    """Per-epoch series of every run in long form (one row per run and epoch)."""
+    frames = []
+    for label, runs in results.runs.items():
+        for r in runs:
+            epochs = len(r.arrays["epoch"])
+            series = {
+                k: v
+                for k, v in r.arrays.items()
+                if not k.startswith(("state.", "eigenvalues", "slq_"))
+                and v.ndim == 1
+                and len(v) == epochs
+            }
+            frame = pd.DataFrame(series)
+            frame["arm"] = label
+            frame["seed"] = r.config.seed
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def correct(run: Run, data: datasets.Dataset, device=None) -> np.ndarray:
+    """``(test examples,)`` booleans: where the run's final model is right (eval mode)."""
+    device = torch.device(device) if device is not None else default_device()
+    model = load_model(run.config, run.arrays, data.input_shape, data.num_classes).to(device)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(data.y_test), 1000):
+            x = data.x_test[start : start + 1000].to(device)
+            out.append(model(x).argmax(1).cpu() == data.y_test[start : start + 1000])
+    return torch.cat(out).numpy()
+
+
+@dataclass(frozen=True)
+class Half:
+    """One half of a claim ("sharper" or "generalises better"): its outcome and evidence."""
+
+    name: str
+    outcome: str
+    effects: dict[str, stats.Interval]
+    text: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim judged on two arms: ``arm`` against ``baseline``."""
+
+    claim: str
+    setting: str
+    arm: str
+    baseline: str
+    sharper: Half
+    better: Half
+    outcome: str
+
+    @property
+    def text(self) -> str:
+        return f"{self.sharper.text} {self.better.text}"
+
+
+def _ratio_phrase(measure: str, iv: stats.Interval) -> str:
+    what = {
+        "higher": "sharper",
+        "lower": "flatter",
+        "no clear difference": "no clear difference",
+        "cannot be judged": "cannot be judged",
+    }[stats.judge(iv)]
+    return f"{plain_name(measure)} ratio {iv.describe('.3g')}: {what}"
+
+
+def sharper_half(ratios: dict[str, stats.Interval], arm: str, baseline: str) -> Half:
+    """*Sharper*: reproduced when every measure's ratio interval lies above 1."""
+    verdicts = [stats.judge(iv) for iv in ratios.values()]
+    judgeable = [v for v in verdicts if v != "cannot be judged"]
+    if not judgeable:
+        outcome = "cannot be judged"
+    elif all(v == "higher" for v in verdicts):
+        outcome = "reproduced"
+    elif all(v == "lower" for v in judgeable):
+        outcome = "opposite"
+    elif "higher" in verdicts and "lower" not in verdicts:
+        outcome = "partly reproduced"
+    else:
+        outcome = "not reproduced"
+    phrases = "; ".join(_ratio_phrase(m, iv) for m, iv in ratios.items())
+    lead = {
+        "reproduced": f"{arm} is sharper than {baseline} on every measure",
+        "partly reproduced": f"{arm} is sharper than {baseline} on some measures only",
+        "not reproduced": f"{arm} is not clearly sharper than {baseline}",
+        "opposite": f"{arm} is flatter than {baseline}, the opposite of the claim",
+        "cannot be judged": f"whether {arm} is sharper than {baseline} cannot be judged",
+    }[outcome]
+    return Half("sharper", outcome, dict(ratios), f"{lead} ({phrases}).")
+
+
+def better_half(accuracy: stats.Interval, arm: str, baseline: str) -> Half:
+    """*Generalises better*: reproduced when the test-accuracy gain's interval lies above 0."""
+    verdict = stats.judge(accuracy)
+    outcome = {
+        "higher": "reproduced",
+        "lower": "opposite",
+        "no clear difference": "not reproduced",
+        "cannot be judged": "cannot be judged",
+    }[verdict]
+    pct = dataclasses.replace(
+        accuracy,
+        estimate=100 * accuracy.estimate,
+        low=100 * accuracy.low,
+        high=100 * accuracy.high,
+    )
+    lead = {
+        "reproduced": f"{arm} generalises better than {baseline}",
+        "opposite": f"{arm} generalises worse than {baseline}",
+        "not reproduced": f"{arm} does not clearly generalise better than {baseline}",
+        "cannot be judged": f"whether {arm} generalises better than {baseline} cannot be judged",
+    }[outcome]
+    detail = f"test-accuracy gain {pct.describe('+.2f', ' points')}"
+    return Half("generalises better", outcome, {"test_acc": accuracy}, f"{lead} ({detail}).")
+
+
+def combine(sharper: Half, better: Half) -> str:
+    """The claim's outcome from its two halves."""
+    outcomes = (sharper.outcome, better.outcome)
+    if all(o == "cannot be judged" for o in outcomes):
+        return "cannot be judged"
+    if all(o == "reproduced" for o in outcomes):
+        return "reproduced"
+    if any(o in ("reproduced", "partly reproduced") for o in outcomes):
+        return "partly reproduced"
+    return "not reproduced"
+
+
+def judge_claim(
+    results: Results, arm: str, baseline: str, *, setting: str = "", resamples: int = 2000
+) -> Claim:
+    """The claim of ``results.settings`` for ``arm`` against ``baseline``.
+
+    Raises:
+        KeyError: an arm label the settings do not have.
+    """
+    s = results.settings
+    table = final_table(results)
+    a, b = table[table.arm == arm], table[table.arm == baseline]
+    ratios = {
+        m: stats.ratio(a[m], b[m]) for m in s.measures if m in table and table[m].notna().all()
+    }
+    acc = stats.paired_bootstrap(
+        np.stack([correct(r, results.data, results.device) for r in results.runs[arm]]),
+        np.stack([correct(r, results.data, results.device) for r in results.runs[baseline]]),
+        resamples=resamples,
+    )
+    sharper = sharper_half(ratios, arm, baseline)
+    better = better_half(acc, arm, baseline)
+    return Claim(s.claim, setting, arm, baseline, sharper, better, combine(sharper, better))
+
+
+def claims(results: Results, *, setting: str = "") -> list[Claim]:
+    """Every comparison of the settings, judged."""
+    return [judge_claim(results, a, b, setting=setting) for a, b in results.settings.comparisons]
+
+
+def claim_table(found: list[Claim]) -> pd.DataFrame:
+    """One row per claim half, with plain-word headers, for a page."""
+    rows = []
+    for c in found:
+        for half in (c.sharper, c.better):
+            effects = "; ".join(
+                f"{plain_name(k)}: {iv.describe('.3g') if k != 'test_acc' else _points(iv)}"
+                for k, iv in half.effects.items()
+            )
+            rows.append(
+                {
+                    "claim": c.claim,
+                    "setting": c.setting,
+                    "comparison": f"{c.arm} vs {c.baseline}",
+                    "half": half.name,
+                    "effect (95 % CI)": effects,
+                    "outcome": half.outcome,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _points(iv: stats.Interval) -> str:
+    scaled = dataclasses.replace(
+        iv, estimate=100 * iv.estimate, low=100 * iv.low, high=100 * iv.high
+    )
+    return scaled.describe("+.2f", " pts")
+
+
+def provenance(s: TrainingSettings, results: Results, description: str) -> str:
+    """The Markdown of a chapter's "How this page was built" admonition."""
+    keys = ", ".join(f"`{r.config.key()}`" for r in results.all_runs)
+    d = results.data
+    return (
+        f"profile **{s.profile}** ({description}); data set **{results.all_runs[0].config.dataset}** "
+        f"({len(d.y_train):,} training, {len(d.y_val):,} validation and {len(d.y_test):,} test "
+        f"examples); seeds {', '.join(map(str, s.seeds))}; device **{results.device}**; "
+        f"executed {dt.date.today().isoformat()}; stored runs: {keys}"
+    )
+
+
+def decay_arms(models, decays) -> tuple[Arm, ...]:
+    """One SGD arm per (model, weight decay), labelled ``"<model>, wd <decay>"``."""
+    return tuple(Arm(f"{m}, wd {wd:g}", m, "sgd", wd) for m in models for wd in decays)
+
+
+def decay_comparisons(models, decays) -> tuple[tuple[str, str], ...]:
+    """Each model's largest weight decay against its smallest (C3)."""
+    lo, hi = min(decays), max(decays)
+    return tuple((f"{m}, wd {hi:g}", f"{m}, wd {lo:g}") for m in models)
+
+
+def shrinkage(config: RunConfig, train_examples: int) -> float:
+    """How far coupled L2 pulls the weights in a whole run: lr x weight decay x steps.
+
+    With SGD, each step multiplies the weights by ``1 - lr * wd`` besides the gradient step, so
+    this product (at the initial lr) compares weight decays across runs of different lengths.
+    """
+    steps = config.epochs * -(-train_examples // config.batch_size)
+    return config.lr * config.weight_decay * steps
+
+
+def effect_rows(found: list[Claim], half: str = "sharper") -> pd.DataFrame:
+    """Rows for :func:`flatness.plotting.forest`: one per claim and measure of ``half``."""
+    rows = []
+    for c in found:
+        h = c.sharper if half == "sharper" else c.better
+        for measure, iv in h.effects.items():
+            rows.append(
+                {
+                    "row": f"{c.arm.split(',')[0]}: {plain_name(measure)}",
+                    "interval": iv,
+                    "group": plain_name(measure),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def summary_table(results: Results, columns=("test_acc", "weight_norm", *MEASURES)) -> pd.DataFrame:
+    """Per arm: seeds, and mean ± sample standard deviation over seeds of the final metrics,
+    with plain-word headers (accuracy in %)."""
+    table = final_table(results)
+    columns = [c for c in (*columns, *BN_MEASURES) if c in table and table[c].notna().any()]
+    rows = []
+    for label, group in table.groupby("arm", sort=False):
+        row = {"runs": label, "seeds": len(group)}
+        for c in columns:
+            scale = 100 if c.endswith("acc") else 1
+            mean, sd = scale * group[c].mean(), scale * group[c].std(ddof=1)
+            spread = f" ± {sd:.2g}" if len(group) > 1 else ""
+            header = plain_name(c) + (" (%)" if scale == 100 else "")
+            row[header] = f"{mean:.4g}{spread}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def claims_markdown(found: list[Claim]) -> str:
+    """A Markdown list: one item per claim with its outcome and both halves' evidence."""
+    return "\n".join(f"- **{c.arm.split(',')[0]}**: *{c.outcome}*. {c.text}" for c in found)
+
+
+def _describe_runs(configs: list[RunConfig]) -> str:
+    seen = {}
+    for c in configs:
+        width = "" if c.width == 1 else f" at width {c.width:g}"
+        seen.setdefault(f"{c.model}{width}", c)
+    first = configs[0]
+    return (
+        f"{', '.join(seen)} on {first.dataset}"
+        f"{'' if first.train_size is None else f' ({first.train_size:,} training examples)'}, "
+        f"{first.epochs} epochs"
+    )
+
+
+def stand_in(s: TrainingSettings, paper: TrainingSettings) -> str:
+    """A sentence saying whether this page runs the paper's setting or a reduced stand-in."""
+    here, theirs = s.runs(), paper.runs()
+    if [c.key() for c in here] == [c.key() for c in theirs]:
+        return f"This page runs the paper's setting: {_describe_runs(here)}."
+    return (
+        f"**A reduced stand-in.** The paper's setting is {_describe_runs(theirs)} (the `paper` "
+        f"profile); this page, built with the `{s.profile}` profile, trains "
+        f"{_describe_runs(here)} instead, on real data, so that it runs without a GPU. "
+        "Its verdicts are about the stand-in."
+    )
+
+
+def bn_mode_sentence(table: pd.DataFrame) -> str:
+    """How the train-mode measures compare with the eval-mode ones, over every run."""
+    parts = []
+    for m in MEASURES:
+        bn = f"{m}_bn_train"
+        if bn not in table or m not in table:
+            continue
+        r = (table[bn] / table[m]).to_numpy()
+        above = int((r > 1).sum())
+        parts.append(
+            f"{plain_name(m)} in train mode over eval mode ranges from {r.min():.3g} to "
+            f"{r.max():.3g} (above 1 in {above} of {len(r)} runs)"
+        )
+    if not parts:
+        return "These networks have no BatchNorm layers: there is one Hessian."
+    return "Over the runs of this page, " + "; ".join(parts) + "."
+
+
+def compare_with_authors(found: list[Claim], authors: pd.DataFrame) -> str:
+    """Our lambda_max ratios against SGD beside the authors' PreResNet-110 ones."""
+    ours = {c.arm: c.sharper.effects for c in found}
+    lines = []
+    for _, row in authors.iterrows():
+        name = row["optimiser"]
+        if name in ours and ours[name]:
+            measure, iv = next(iter(ours[name].items()))
+            lines.append(
+                f"{name}: {plain_name(measure)} over SGD's is {iv.estimate:.3g} here against "
+                f"{row['λ_max']:.3g} in the authors' PreResNet-110"
+            )
+    if not lines:
+        return "No optimiser of this page has a counterpart in the authors' table."
+    return "; ".join(lines) + "."

@@ -1,0 +1,57 @@
+"""The chapter "Multi-layer perceptrons": claim C3 for the paper's three MLPs.
+
+The paper trains 784-10-100-10, 784-512-256-10 and 784-5-200-50-10 ReLU networks on MNIST with
+SGD, with and without weight decay (``../shared/paper-notes.md`` section 4). ``paper`` does the
+same (weight decay 0 and 5e-4, 300 epochs); ``cpu`` trains them on scikit-learn's digits (64
+inputs), where 100 epochs of about 9 steps give weight decay 5e-4 almost no time to act, so it
+compares 0 with 1e-2, whose lr x wd x steps is of the order of the paper's (the page shows both).
+Networks of at most 2,000 parameters get exact Hessians, larger ones Lanczos and Hutch++.
+"""
+
+from __future__ import annotations
+
+from flatness.chapters.common import (
+    Results,
+    TrainingSettings,
+    decay_arms,
+    decay_comparisons,
+    shrinkage,
+)
+from flatness.config import get_profile
+
+MODELS = ("mlp-10-100", "mlp-512-256", "mlp-5-200-50")
+PAPER_DECAYS = (0.0, 5e-4)
+CPU_DECAYS = (0.0, 1e-2)
+
+
+def _settings(profile, decays, seeds, dataset, **overrides) -> TrainingSettings:
+    return TrainingSettings(
+        profile=profile,
+        dataset=dataset,
+        seeds=seeds,
+        arms=decay_arms(MODELS, decays),
+        comparisons=decay_comparisons(MODELS, decays),
+        overrides=overrides,
+    )
+
+
+SETTINGS = {
+    "smoke": _settings("smoke", CPU_DECAYS, (0, 1), "digits", epochs=3, hessian_every=3),
+    "cpu": _settings(
+        "cpu", CPU_DECAYS, (0, 1, 2), "digits", epochs=100, hessian_every=25, hessian_rtol=0.1
+    ),
+    "paper": _settings("paper", PAPER_DECAYS, (0, 1, 2), None),
+}
+
+
+def settings(profile: str, **overrides) -> TrainingSettings:
+    """The profile's settings with the chapter parameters that are not ``None`` replaced."""
+    return SETTINGS[get_profile(profile).name].with_overrides(**overrides)
+
+
+def shrinkages(results: Results) -> tuple[float, float]:
+    """lr x wd x steps of this page's largest weight decay, and of the paper's (5e-4, 300
+    epochs of MNIST's 55,000 training images); see :func:`~flatness.chapters.common.shrinkage`."""
+    here = max((r.config for r in results.all_runs), key=lambda c: (c.weight_decay, -c.seed))
+    paper = SETTINGS["paper"].runs()[-1]
+    return shrinkage(here, len(results.data.y_train)), shrinkage(paper, 55_000)

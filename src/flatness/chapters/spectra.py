@@ -1,0 +1,160 @@
+"""The chapter "Spectral densities": every model's Hessian spectrum, raw and times ||w||^2.
+
+It trains nothing of its own: it reads the runs of the training chapters (their first seed),
+which the store already holds once those chapters have run. A spectrum is the exact set of
+eigenvalues where the run stored one (softmax regression, networks of at most 2,000 parameters)
+and otherwise the stochastic Lanczos quadrature density of the run's last epoch
+(:class:`flatness.hessian.SpectralDensity`; Ubaru et al. 2017), in BatchNorm train mode for
+BatchNorm networks (the authors' convention). Rescaling a network's weights by alpha moves its
+eigenvalues by about 1/alpha^2 (the theory chapter), so each spectrum is also shown against
+lambda x ||w||^2, the weight-scale-aware measure of the paper's later version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from flatness.chapters import adaptive, cnn, logreg, mlp, resnets
+from flatness.config import get_profile
+from flatness.store import Run, load_or_run
+
+CHAPTERS = {"mlp": mlp, "cnn": cnn, "resnets": resnets, "adaptive": adaptive}
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """One run's spectrum: ``nodes`` (eigenvalues or Ritz values) with ``weights`` summing to 1."""
+
+    chapter: str
+    model: str
+    arm: str
+    weight_norm: float
+    nodes: np.ndarray
+    weights: np.ndarray
+    source: str  # "exact" or "SLQ"
+    key: str
+
+    def density(self, grid: np.ndarray, sigma: float) -> np.ndarray:
+        """Gaussian-smoothed density on ``grid`` (integrates to 1 over the real line)."""
+        z = (grid[:, None] - self.nodes[None, :]) / sigma
+        return (np.exp(-0.5 * z**2) @ self.weights) / (sigma * np.sqrt(2 * np.pi))
+
+
+def _spectrum(chapter: str, arm: str, run: Run) -> Spectrum:
+    a = run.arrays
+    for suffix in ("_bn_train", ""):
+        if f"eigenvalues{suffix}" in a:
+            nodes = a[f"eigenvalues{suffix}"]
+            weights = np.full(len(nodes), 1 / len(nodes))
+            source = "exact"
+            break
+        if f"slq_nodes{suffix}" in a:
+            nodes = a[f"slq_nodes{suffix}"].ravel()
+            weights = a[f"slq_weights{suffix}"].ravel()
+            weights = weights / weights.sum()
+            source = "SLQ" + (" (BN train)" if suffix else "")
+            break
+    else:
+        raise KeyError(f"run {run.config.key()} stored no spectrum")
+    norm = float(run.metrics["weight_norm"])
+    return Spectrum(chapter, run.config.model, arm, norm, nodes, weights, source, run.config.key())
+
+
+def spectra(profile: str, *, data_root=None, device=None, progress=False) -> list[Spectrum]:
+    """The first-seed spectrum of every arm of every training chapter at ``profile``."""
+    out = []
+    ls = logreg.settings(profile)
+    for wd in (min(ls.weight_decays), max(ls.weight_decays)):
+        cfg = next(c for c in ls.run_configs() if c.weight_decay == wd)
+        run = load_or_run(cfg, data_root=data_root, device=device, progress=progress)
+        out.append(_spectrum("logreg", f"wd {wd:g}", run))
+    for name, module in CHAPTERS.items():
+        s = module.settings(profile)
+        for arm, configs in s.run_configs().items():
+            run = load_or_run(configs[0], data_root=data_root, device=device, progress=progress)
+            out.append(_spectrum(name, arm.split(", ")[-1], run))
+    return out
+
+
+def table(found: list[Spectrum]) -> pd.DataFrame:
+    """Per spectrum: weight norm, lambda_max and the trace, raw and times ||w||^2."""
+    rows = []
+    for s in found:
+        lmax = float(s.nodes.max())
+        trace_per_param = float(s.nodes @ s.weights)
+        w2 = s.weight_norm**2
+        rows.append(
+            {
+                "model": s.model,
+                "run": s.arm,
+                "spectrum": s.source,
+                "‖w‖₂": s.weight_norm,
+                "λ_max": lmax,
+                "λ_max ‖w‖²": lmax * w2,
+                "mean eigenvalue": trace_per_param,
+                "mean eigenvalue ‖w‖²": trace_per_param * w2,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def order_flips(found: list[Spectrum]) -> pd.DataFrame:
+    """Per model with two runs: does multiplying lambda_max by ||w||^2 reverse their order?"""
+    rows = []
+    by_model: dict[str, list[Spectrum]] = {}
+    for s in found:
+        by_model.setdefault(s.model, []).append(s)
+    for model, group in by_model.items():
+        if len(group) != 2:
+            continue
+        a, b = group
+        raw = np.sign(a.nodes.max() - b.nodes.max())
+        scaled = np.sign(a.nodes.max() * a.weight_norm**2 - b.nodes.max() * b.weight_norm**2)
+        rows.append(
+            {"model": model, "runs": f"{a.arm} vs {b.arm}", "reversed": bool(raw != scaled)}
+        )
+    return pd.DataFrame(rows)
+
+
+def sentence(flips: pd.DataFrame) -> str:
+    """What the flips show, in words chosen from the data."""
+    if flips.empty:
+        return "No model has two runs to compare."
+    n, k = len(flips), int(flips.reversed.sum())
+    which = ", ".join(flips[flips.reversed].model) or "none"
+    return (
+        f"Multiplying lambda_max by the squared weight norm reverses the order of the two runs in "
+        f"{k} of {n} models ({which})."
+    )
+
+
+def settings(profile: str) -> str:
+    """The profile's name: this chapter has no settings of its own, it reads the others'."""
+    return get_profile(profile).name
+
+
+def authors_sentence() -> str:
+    """The same check on the authors' PreResNet-110 numbers (pairs with both weight norms)."""
+    t = adaptive.AUTHORS_PRERESNET110.dropna(subset=["‖w‖₂"])
+    parts = []
+    for name, group in t.groupby("optimiser", sort=False):
+        if len(group) != 2:
+            continue
+        a, b = group.iloc[0], group.iloc[1]
+        raw = np.sign(a["λ_max"] - b["λ_max"])
+        scaled = np.sign(a["λ_max"] * a["‖w‖₂"] ** 2 - b["λ_max"] * b["‖w‖₂"] ** 2)
+        verb = "reverses" if raw != scaled else "keeps"
+        parts.append(
+            f"for {name} (weight decay {a['weight decay']:g} against {b['weight decay']:g}) it "
+            f"{verb} their order"
+        )
+    if not parts:
+        return ""
+    return (
+        "In the authors' PreResNet-110 spectra (diegogranziol/GadamX, `spectral_results`), "
+        + "; ".join(parts)
+        + "."
+    )

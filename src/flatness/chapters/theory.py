@@ -1,0 +1,488 @@
+"""The theory chapter: six exact facts about cross-entropy Hessians, each measured in float64.
+
+1. the Gauss-Newton split H = G + R of a small MLP's Hessian (Sagun et al. 2017; Papyan 2019);
+2. softmax regression's Kronecker form and its rank bound (K-1)(d+1);
+3. scaling a separating solution by alpha: loss and every measure fall to 0, under the bound
+   Tr H <= 2 L max_i ||x~_i||^2 (Granziol 2020, paper notes section 2);
+4. the exact L2 optimum by Newton's method: the data Hessian against the L2 coefficient;
+5. BatchNorm scale invariance: L(alpha u) = L(u), H(alpha u) = H(u) / alpha^2;
+6. Dinh et al. (2017)'s rescaling (a W1, a b1, W2 / a) of a ReLU net: one function, any sharpness.
+
+No estimator is used: every Hessian is dense or closed-form, float64, on the whole sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import linalg
+from torch import nn
+
+from flatness import data as datasets
+from flatness import hessian
+from flatness.config import as_int, check_choice, get_profile
+from flatness.errors import FlatnessError
+from flatness.stats import check_seeds
+
+
+@dataclass(frozen=True)
+class TheorySettings:
+    """Sizes of the theory chapter; every Hessian is exact, so every size is small."""
+
+    dataset: str
+    #: training examples of the softmax-regression facts 2-4 (the data set's fixed subset)
+    train_size: int
+    #: the first this many of them for the MLP facts 1, 5 and 6 (dense Hessians cost N P^2)
+    mlp_size: int
+    #: hidden width of the one-hidden-layer ReLU MLP of facts 1, 5 and 6
+    hidden: int
+    #: full-batch Adam steps (lr 0.01) that train the MLP before its Hessian is taken
+    train_steps: int
+    seeds: tuple[int, ...]
+    #: log10 range and count of the scale factors alpha (fact 3) and a (fact 6)
+    alpha_log10_range: tuple[float, float] = (-1.0, 1.5)
+    alpha_count: int = 11
+    #: log10 range and count of the L2 coefficients gamma (fact 4)
+    gamma_log10_range: tuple[float, float] = (-5.0, 0.0)
+    gamma_count: int = 11
+    #: BatchNorm input scales checked in fact 5
+    bn_alphas: tuple[float, ...] = (0.1, 0.5, 2.0, 10.0)
+
+    def __post_init__(self):
+        if self.mlp_size > self.train_size:
+            raise FlatnessError(f"mlp_size {self.mlp_size} exceeds train_size {self.train_size}")
+
+    def with_overrides(self, *, dataset=None, seeds=None, train_size=None, mlp_size=None):
+        """Replace the fields a chapter's parameters may override; ``None`` keeps the profile's."""
+        changes = {}
+        if dataset is not None:
+            changes["dataset"] = check_choice(
+                "dataset", dataset, ("digits", "mnist", "fashion-mnist")
+            )
+        if seeds is not None:
+            changes["seeds"] = check_seeds(seeds)
+        if train_size is not None:
+            changes["train_size"] = as_int("train_size", train_size, minimum=2)
+        if mlp_size is not None:
+            changes["mlp_size"] = as_int("mlp_size", mlp_size, minimum=2)
+        return dataclasses.replace(self, **changes)
+
+
+#: The chapter's settings for each profile (cpu: all 1,077 training digits, under a minute).
+SETTINGS = {
+    "smoke": TheorySettings(
+        dataset="digits",
+        train_size=100,
+        mlp_size=60,
+        hidden=6,
+        train_steps=30,
+        seeds=(0,),
+        alpha_count=5,
+        gamma_log10_range=(-3.0, 0.0),
+        gamma_count=4,
+        bn_alphas=(0.1, 3.0),
+    ),
+    "cpu": TheorySettings(
+        dataset="digits", train_size=1077, mlp_size=400, hidden=8, train_steps=300, seeds=(0, 1, 2)
+    ),
+    # MNIST: softmax regression has 7,850 parameters and the MLP 3,190; wants a GPU
+    "paper": TheorySettings(
+        dataset="mnist",
+        train_size=10_000,
+        mlp_size=1000,
+        hidden=4,
+        train_steps=300,
+        seeds=(0, 1, 2),
+        gamma_count=9,
+    ),
+}
+
+
+def settings(profile: str, **overrides) -> TheorySettings:
+    """The profile's settings with the chapter parameters that are not ``None`` replaced.
+
+    Raises:
+        FlatnessError: an unknown profile or data set, duplicate seeds, or a size out of range.
+    """
+    return SETTINGS[get_profile(profile).name].with_overrides(**overrides)
+
+
+def load(
+    settings: TheorySettings, *, data_root=None, device="cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training sample as float64 (N, d) inputs and int64 (N,) labels on ``device``."""
+    d = datasets.load(settings.dataset, data_root=data_root, train_size=settings.train_size)
+    return d.x_train.flatten(1).double().to(device), d.y_train.to(device)
+
+
+#: BatchNorm's eps in fact 5: torch refuses 0 in training, and its default 1e-5 would break the
+#: invariance L(alpha u) = L(u) once alpha^2 var(u x) nears it; 1e-30 is below any variance here.
+BN_EPS = 1e-30
+
+
+def mlp(
+    d: int, hidden: int, k: int, *, seed: int, batchnorm: bool = False, device="cpu"
+) -> nn.Sequential:
+    """Float64 ``Linear(d, h) - ReLU - Linear(h, k)``, PyTorch's default initialisation.
+
+    With ``batchnorm`` the first layer has no bias and feeds ``BatchNorm1d(h, eps=BN_EPS)``,
+    so that the network is invariant to scaling the first layer's weights to rounding (fact 5).
+    """
+    torch.manual_seed(seed)
+    if batchnorm:
+        return nn.Sequential(
+            nn.Linear(d, hidden, bias=False),
+            nn.BatchNorm1d(hidden, eps=BN_EPS),
+            nn.ReLU(),
+            nn.Linear(hidden, k),
+        ).double()
+    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, k)).double()
+
+
+def train(model: nn.Module, x, y, steps: int, lr: float = 0.01) -> nn.Module:
+    """Full-batch Adam on the mean cross-entropy, in place; deterministic given the model."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model
+
+
+def _stats(m: torch.Tensor) -> dict[str, float]:
+    evals = torch.linalg.eigvalsh(m)
+    return {
+        "lambda_max": evals[-1].item(),
+        "lambda_min": evals[0].item(),
+        "trace": torch.trace(m).item(),
+        "frobenius": torch.linalg.matrix_norm(m).item(),
+    }
+
+
+def autograd_hessian(model: nn.Sequential, x, y) -> torch.Tensor:
+    """The dense (P, P) Hessian of a ``Linear - ReLU - Linear`` net's mean cross-entropy by
+    ``torch.autograd.functional.hessian`` of the loss written out by hand, float64.
+
+    Parameters flattened in ``model.parameters()`` order (W1 row-major, b1, W2, b2); shares no
+    code with :func:`flatness.hessian.exact_hessian`.
+    """
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss(theta):
+        w1, b1, w2, b2 = (
+            t.reshape(s) for t, s in zip(theta.split([s.numel() for s in shapes]), shapes)
+        )
+        logits = torch.relu(x @ w1.T + b1) @ w2.T + b2
+        return (torch.logsumexp(logits, dim=1) - logits.gather(1, y[:, None])[:, 0]).mean()
+
+    return torch.autograd.functional.hessian(loss, flat, vectorize=True)
+
+
+def gauss_newton_split(
+    model: nn.Sequential, x, y
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Measures of the Hessian H, its Gauss-Newton part G = J^T (diag p - p p^T) J / N and the
+    residual R = (1/N) sum_i sum_k (p_ik - y_ik) d2 z_ik (Sagun et al. 2017, Papyan 2019).
+
+    G and R come from :func:`flatness.hessian.exact_hessian` (each its own derivative), H from
+    :func:`autograd_hessian`, so ``split_error = max |H - (G + R)|`` is a real check.
+    Returns a row of numbers and the three (P, P) float64 matrices.
+    """
+    g, r = (
+        hessian.exact_hessian(model, nn.functional.cross_entropy, (x, y), curvature=c)
+        for c in ("ggn", "residual")
+    )
+    h = autograd_hessian(model, x, y)
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(x), y).item()
+    row = {"parameters": len(h), "loss": loss, "split_error": (h - g - r).abs().max().item()}
+    for name, m in (("H", h), ("G", g), ("R", r)):
+        row |= {f"{k}_{name}": v for k, v in _stats(m).items()}
+    return row, {"H": h, "G": g, "R": r}
+
+
+def softmax_model(d: int, k: int, *, seed: int, device="cpu") -> nn.Linear:
+    """Float64 ``nn.Linear(d, k)`` with PyTorch's default initialisation under ``seed``."""
+    torch.manual_seed(seed)
+    return nn.Linear(d, k).to(device, torch.float64)
+
+
+def kronecker_hessian(model: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``(1/N) sum_i (diag p_i - p_i p_i^T) kron x~_i x~_i^T`` term by term, (K(d+1), K(d+1)).
+
+    Ordered as the flat vector ``[W; b]`` with W (K, d) row-major: each K x K curvature block
+    is spread over the weight and bias entries. Deliberately naive (an einsum over examples),
+    as the plain reading of the formula beside the package's Gram-matrix closed form.
+    """
+    k, d = model.weight.shape
+    with torch.no_grad():
+        p = torch.softmax(model(x), dim=1)
+    s = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (N, K, K)
+    xt = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)  # (N, d+1)
+    full = torch.empty(k, d + 1, k, d + 1, dtype=torch.float64, device=x.device)
+    for a in range(k):  # one class row at a time: N K (d+1) numbers in flight, not N K^2 (d+1)
+        full[a] = torch.einsum("nb,ni,nj->ibj", s[:, a], xt, xt) / len(x)
+    order = [torch.arange(d) + (d + 1) * c for c in range(k)] + [d + (d + 1) * torch.arange(k)]
+    index = torch.cat(order)
+    return full.reshape(k * (d + 1), k * (d + 1))[index][:, index]
+
+
+def kronecker_rank(
+    model: nn.Linear, x: torch.Tensor, *, rtol: float = 1e-10
+) -> tuple[dict, np.ndarray]:
+    """The rank of softmax regression's Hessian against its bounds, and its eigenvalues (ascending).
+
+    Bounds: (K-1)(d+1) (each S_i has the all-ones null vector), and the sharper
+    (K-1) rank([X, 1]) (constant pixels add nothing). Rank counts eigenvalues above
+    ``rtol * lambda_max``, the rule of :func:`flatness.hessian.hessian_rank`.
+    """
+    k, d = model.weight.shape
+    h = kronecker_hessian(model, x)
+    closed = hessian.softmax_regression_hessian(model, x)
+    xt = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+    rank = hessian.hessian_rank(h, rtols=(rtol,))
+    row = {
+        "parameters": k * (d + 1),
+        "rank": rank.ranks[rtol],
+        "bound": (k - 1) * (d + 1),
+        "data_bound": (k - 1) * int(torch.linalg.matrix_rank(xt).item()),
+        "formula_error": (h - closed).abs().max().item(),
+    }
+    return row, rank.eigenvalues.cpu().numpy()
+
+
+def softmax_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy ``softplus(logsumexp_{k != y}(z_k - z_y))``, accurate when tiny.
+
+    ``-log_softmax`` computes ``log(1 + e)`` and returns 0 once ``e < 1e-16``; this form keeps
+    full relative precision down to ``1e-308``, which the trace bound at large alpha needs.
+    """
+    diff = logits - logits.gather(1, y[:, None])
+    diff = diff.scatter(1, y[:, None], -math.inf)
+    return nn.functional.softplus(torch.logsumexp(diff, dim=1), threshold=30.0)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    model = nn.Linear(weight.shape[1], weight.shape[0]).to(weight).double()
+    with torch.no_grad():
+        model.weight.copy_(weight)
+        model.bias.copy_(bias)
+    return model
+
+
+@dataclass(frozen=True)
+class NewtonResult:
+    """The minimiser of ``L(w) + gamma/2 ||w||^2`` for softmax regression."""
+
+    model: nn.Linear
+    gamma: float
+    grad_norm: float
+    iterations: int
+
+
+def newton(
+    x, y, gamma: float, *, start: nn.Linear | None = None, tol: float = 1e-12, max_iter: int = 200
+):
+    """The exact L2-regularised softmax-regression optimum by damped Newton, float64.
+
+    Objective ``(1/N) sum_i CE(W x_i + b, y_i) + gamma/2 (||W||^2 + ||b||^2)`` (bias penalised, as
+    the authors' weight decay does). Step ``-(H + gamma I)^{-1} g`` with Armijo backtracking;
+    stops when ``||g|| <= tol``. Strictly convex for gamma > 0, so the optimum is unique.
+
+    Raises:
+        FlatnessError: gamma not positive, or no convergence within ``max_iter`` steps.
+    """
+    if not gamma > 0:
+        raise FlatnessError(f"gamma must be positive for a finite optimum, got {gamma!r}")
+    k = int(y.max().item()) + 1
+    w = torch.zeros(k, x.shape[1] + 1, dtype=torch.float64, device=x.device)  # [W | b]
+    if start is not None:
+        w = torch.cat([start.weight.detach(), start.bias.detach()[:, None]], dim=1).clone()
+    xt = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+    onehot = nn.functional.one_hot(y, k).double()
+
+    def objective(w):
+        return softmax_loss(xt @ w.T, y).mean().item() + 0.5 * gamma * (w**2).sum().item()
+
+    def flat(m):  # [W | b] (K, d+1) -> the model's parameter order: W row-major, then b
+        return torch.cat([m[:, :-1].reshape(-1), m[:, -1]])
+
+    for iteration in range(max_iter):
+        grad = (torch.softmax(xt @ w.T, dim=1) - onehot).T @ xt / len(x) + gamma * w
+        norm = grad.norm().item()
+        if norm <= tol:
+            return NewtonResult(_linear(w[:, :-1], w[:, -1]), gamma, norm, iteration)
+        h = hessian.softmax_regression_hessian(_linear(w[:, :-1], w[:, -1]), x)
+        h.diagonal().add_(gamma)
+        step = torch.linalg.solve(h, flat(grad))
+        step = torch.cat([step[:-k].reshape(k, -1), step[-k:, None]], dim=1)
+        f0, slope, t = objective(w), -(flat(grad) @ flat(step)).item(), 1.0
+        while objective(w - t * step) > f0 + 1e-4 * t * slope and t > 1e-10:
+            t /= 2
+        if t <= 1e-10:  # rounding dominates the decrease: the step is as small as it gets
+            w = w - step
+        else:
+            w = w - t * step
+    raise FlatnessError(
+        f"Newton's method did not reach ||g|| <= {tol:g} in {max_iter} steps (gamma {gamma:g})"
+    )
+
+
+def l2_path(x, y, gammas) -> tuple[pd.DataFrame, dict[float, NewtonResult]]:
+    """The optimum for each gamma (largest first, each warm-started from the previous), with its
+    weight norm, training loss, gradient norm and the data-loss Hessian's measures."""
+    rows, results, start = [], {}, None
+    for gamma in sorted(gammas, reverse=True):
+        res = newton(x, y, float(gamma), start=start)
+        start, results[res.gamma] = res.model, res
+        with torch.no_grad():
+            logits = res.model(x)
+        m = hessian.softmax_regression_spectrum(res.model, x)
+        rows.append(
+            {
+                "gamma": res.gamma,
+                "weight_norm": hessian.weight_norm(res.model),
+                "train_loss": softmax_loss(logits, y).mean().item(),
+                "train_acc": (logits.argmax(1) == y).double().mean().item(),
+                "grad_norm": res.grad_norm,
+                "newton_steps": res.iterations,
+                "lambda_max": m.lambda_max,
+                "trace": m.trace,
+                "frobenius": m.frobenius,
+            }
+        )
+    return pd.DataFrame(rows).sort_values("gamma", ignore_index=True), results
+
+
+def scaling(model: nn.Linear, x, y, alphas) -> pd.DataFrame:
+    """Loss, measures and the bound ``2 L max_i ||x~_i||^2`` with W and b scaled by alpha."""
+    max_norm2 = ((x**2).sum(dim=1) + 1).max().item()
+    rows = []
+    for alpha in alphas:
+        scaled = _linear(alpha * model.weight.detach(), alpha * model.bias.detach())
+        with torch.no_grad():
+            loss = softmax_loss(scaled(x), y).mean().item()
+        m = hessian.softmax_regression_spectrum(scaled, x)
+        bound = 2 * loss * max_norm2
+        rows.append(
+            {
+                "alpha": float(alpha),
+                "train_loss": loss,
+                "lambda_max": m.lambda_max,
+                "trace": m.trace,
+            }
+            | {"frobenius": m.frobenius, "bound": bound, "ratio": m.trace / bound}
+        )
+    return pd.DataFrame(rows)
+
+
+def log_range(bounds: tuple[float, float], count: int) -> np.ndarray:
+    return np.logspace(bounds[0], bounds[1], count)
+
+
+def batchnorm_invariance(model: nn.Sequential, x, y, alphas) -> pd.DataFrame:
+    """Loss and the Hessian block of the weights u feeding BatchNorm (batch statistics), at u
+    and at alpha u: relative deviations of ``L(alpha u)`` from ``L(u)`` and of
+    ``alpha^2 H(alpha u)`` from ``H(u)`` (max entry over max entry), and ``lambda_max``."""
+    u = model[0].weight
+    for p in model.parameters():
+        p.requires_grad_(p is u)
+    original = u.detach().clone()
+
+    def measure():
+        with torch.no_grad():
+            loss = nn.functional.cross_entropy(model.train()(x), y).item()
+        h = hessian.exact_hessian(model, nn.functional.cross_entropy, (x, y), bn_mode="train")
+        return loss, h
+
+    try:
+        loss0, h0 = measure()
+        rows = []
+        for alpha in alphas:
+            with torch.no_grad():
+                u.copy_(alpha * original)
+            loss, h = measure()
+            rows.append(
+                {
+                    "alpha": float(alpha),
+                    "loss_deviation": abs(loss / loss0 - 1),
+                    "hessian_deviation": ((alpha**2 * h - h0).abs().max() / h0.abs().max()).item(),
+                    "lambda_max": torch.linalg.eigvalsh(h)[-1].item(),
+                    "lambda_max_at_1": torch.linalg.eigvalsh(h0)[-1].item(),
+                }
+            )
+    finally:
+        with torch.no_grad():
+            u.copy_(original)
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return pd.DataFrame(rows)
+
+
+def rescaled(model: nn.Sequential, a: float) -> nn.Sequential:
+    """Dinh et al. (2017)'s copy ``(a W1, a b1, W2 / a, b2)``: the same function for a > 0."""
+    copy = dataclasses.replace if False else None  # noqa: F841 - placeholder removed below
+    out = nn.Sequential(
+        nn.Linear(*model[0].weight.shape[::-1]), nn.ReLU(), nn.Linear(*model[2].weight.shape[::-1])
+    )
+    out = out.double().to(model[0].weight.device)
+    with torch.no_grad():
+        out[0].weight.copy_(a * model[0].weight)
+        out[0].bias.copy_(a * model[0].bias)
+        out[2].weight.copy_(model[2].weight / a)
+        out[2].bias.copy_(model[2].bias)
+    return out
+
+
+def dinh_rescaling(model: nn.Sequential, h: torch.Tensor, x, y, a_values) -> pd.DataFrame:
+    """Measures of the Hessian of the rescaled net for each a, from ``D^-1 H D^-1`` (D scales the
+    first layer's entries by a and the second layer's weights by 1/a: the chain rule of the
+    reparametrisation), and the largest change of any output over the sample. At the smallest
+    and largest a the Hessian is also recomputed from scratch: ``recomputed_deviation`` is
+    ``max |H_a - D^-1 H D^-1| / max |H_a|`` there (NaN elsewhere)."""
+    first = model[0].weight.numel() + model[0].bias.numel()
+    second = model[2].weight.numel()
+    rows = []
+    for a in a_values:
+        scale = torch.ones(len(h), dtype=torch.float64, device=h.device)
+        scale[:first], scale[first : first + second] = 1 / a, a
+        ha = scale[:, None] * h * scale[None, :]
+        copy = rescaled(model, a)
+        with torch.no_grad():
+            change = (copy(x) - model(x)).abs().max().item()
+        deviation = math.nan
+        if a in (min(a_values), max(a_values)):
+            direct = hessian.exact_hessian(copy, nn.functional.cross_entropy, (x, y))
+            deviation = ((direct - ha).abs().max() / direct.abs().max()).item()
+        top = linalg.eigh(ha.cpu().numpy(), eigvals_only=True, subset_by_index=[len(h) - 1] * 2)[0]
+        rows.append(
+            {"a": float(a), "lambda_max": float(top), "trace": torch.trace(ha).item()}
+            | {"frobenius": torch.linalg.matrix_norm(ha).item(), "output_change": change}
+            | {"recomputed_deviation": deviation}
+        )
+    return pd.DataFrame(rows)
+
+
+def trace_minimiser(model: nn.Sequential, h: torch.Tensor) -> dict[str, float]:
+    """Where Dinh et al.'s rescaling makes the trace smallest, in closed form.
+
+    ``Tr H(a) = T1 / a^2 + a^2 T2 + T3`` (T1 the first layer's block trace, T2 the second
+    layer's weights', T3 the output bias's), smallest at ``a* = (T1 / T2)^(1/4)`` with value
+    ``2 sqrt(T1 T2) + T3``.
+    """
+    first = model[0].weight.numel() + model[0].bias.numel()
+    second = model[2].weight.numel()
+    diag = h.diagonal()
+    t1, t2 = diag[:first].sum().item(), diag[first : first + second].sum().item()
+    t3 = diag[first + second :].sum().item()
+    return {
+        "a_star": (t1 / t2) ** 0.25,
+        "trace_min": 2 * math.sqrt(t1 * t2) + t3,
+        "trace_at_1": t1 + t2 + t3,
+    }

@@ -1,0 +1,165 @@
+"""The chapter "Verdicts": one row per claim (C3 split into its two halves), all from the data.
+
+Every row is recomputed from the runs the training chapters stored (nothing is retrained when
+they have run), with the same functions those chapters use for their own verdicts, so the
+verdict page and the chapters cannot disagree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from flatness import data as datasets
+from flatness.chapters import adaptive, cnn, common, logreg, mlp, resnets
+from flatness.config import get_profile
+from flatness.plotting import name as plain_name
+
+TRAINING = {"mlp": mlp, "cnn": cnn, "resnets": resnets}
+
+
+def _row(claim, chapter, profile, dataset, setting, half, effect, outcome, seeds) -> dict:
+    return {
+        "claim": claim,
+        "setting": setting,
+        "half": half,
+        "effect (95 % CI)": effect,
+        "seeds": seeds,
+        "outcome": outcome,
+        "profile / data": f"{profile} / {dataset}",
+        "chapter": chapter,
+    }
+
+
+def _effects(half: common.Half) -> str:
+    out = []
+    for k, iv in half.effects.items():
+        if k == "test_acc":
+            out.append(f"accuracy gain {common._points(iv)}")
+        else:
+            out.append(f"{plain_name(k)} ratio {iv.describe('.3g')}")
+    return "; ".join(out)
+
+
+def _claim_rows(
+    c: common.Claim, chapter: str, profile: str, dataset: str, seeds: int
+) -> list[dict]:
+    setting = f"{c.setting}: {c.arm} vs {c.baseline}" if c.setting else f"{c.arm} vs {c.baseline}"
+    return [
+        _row(c.claim, chapter, profile, dataset, setting, h.name, _effects(h), h.outcome, seeds)
+        for h in (c.sharper, c.better)
+    ]
+
+
+def c2_row(profile: str, runs, data) -> dict:
+    """C2 on softmax regression: scaling a trained solution up lowers the loss and all measures."""
+    lo = min(r.config.weight_decay for r in runs)
+    model = logreg.trained_model(next(r for r in runs if r.config.weight_decay == lo), data)
+    scaling = logreg.scaled_measures(model, data, np.logspace(0, 1.5, 7))
+    falling = {
+        c: bool((np.diff(scaling[c]) < 0).all())
+        for c in ("train_loss", "lambda_max", "trace", "frobenius")
+    }
+    outcome = "reproduced" if all(falling.values()) else "not reproduced"
+    drop = scaling.iloc[0] / scaling.iloc[-1]
+    effect = (
+        f"alpha 1 to {scaling.alpha.iloc[-1]:.3g}: loss / {drop.train_loss:.3g}, λ_max / "
+        f"{drop.lambda_max:.3g}, Tr H / {drop.trace:.3g}, ‖H‖_F / {drop.frobenius:.3g}"
+    )
+    return _row(
+        "C2",
+        "logreg",
+        profile,
+        runs[0].config.dataset,
+        "softmax regression scaled by alpha",
+        "low loss with large weights is flat",
+        effect,
+        outcome,
+        1,
+    )
+
+
+def c4_row(claims: list[common.Claim], profile: str, datasets_used: str) -> dict:
+    """C4: C3 across architectures, from the C3 outcomes of every setting."""
+    outcomes = [c.outcome for c in claims]
+    full = sum(o == "reproduced" for o in outcomes)
+    some = sum(o in ("reproduced", "partly reproduced") for o in outcomes)
+    if full == len(outcomes):
+        outcome = "reproduced"
+    elif some:
+        outcome = "partly reproduced"
+    elif all(o == "cannot be judged" for o in outcomes):
+        outcome = "cannot be judged"
+    else:
+        outcome = "not reproduced"
+    effect = f"C3 reproduced in {full} of {len(outcomes)} settings, at least partly in {some}"
+    return _row(
+        "C4",
+        "logreg, mlp, cnn, resnets",
+        profile,
+        datasets_used,
+        "C3 across architectures",
+        "both halves",
+        effect,
+        outcome,
+        "",
+    )
+
+
+def rows(profile: str, *, data_root=None, device=None, progress=False) -> pd.DataFrame:
+    """Every verdict row at ``profile``: C1 (context), C2, C3 (both halves per setting), C4, C5."""
+    get_profile(profile)
+    out = [
+        _row(
+            "C1",
+            "introduction",
+            profile,
+            "",
+            "the literature",
+            "flatness is argued to track generalisation",
+            "a statement about other papers, not a measurement",
+            "not tested",
+            "",
+        )
+    ]
+    ls = logreg.settings(profile)
+    runs = logreg.sweep(ls, data_root=data_root, device=device, progress=progress)
+    data = datasets.load(ls.dataset, data_root=data_root, train_size=ls.train_size)
+    out.append(c2_row(profile, runs, data))
+    c3 = [logreg.claim(runs, data, device=device)]
+    out += _claim_rows(c3[0], "logreg", profile, ls.dataset, len(ls.seeds))
+    used = {ls.dataset}
+    for chapter, module in TRAINING.items():
+        s = module.settings(profile)
+        results = common.train(s, data_root=data_root, device=device, progress=progress)
+        dataset = results.all_runs[0].config.dataset
+        used.add(dataset)
+        for c in common.claims(results):
+            c = _with_setting(c, results.runs[c.arm][0].config)
+            c3.append(c)
+            out += _claim_rows(c, chapter, profile, dataset, len(s.seeds))
+    out.append(c4_row(c3, profile, ", ".join(sorted(used))))
+    s = adaptive.settings(profile)
+    results = common.train(s, data_root=data_root, device=device, progress=progress)
+    for c in common.claims(results):
+        if c.arm == "Gadam":
+            c = _with_setting(c, results.runs[c.arm][0].config)
+            out += _claim_rows(
+                c, "adaptive", profile, results.all_runs[0].config.dataset, len(s.seeds)
+            )
+    return pd.DataFrame(out)
+
+
+def _with_setting(c: common.Claim, config) -> common.Claim:
+    import dataclasses
+
+    width = "" if config.width == 1 else f" (width {config.width:g})"
+    return dataclasses.replace(c, setting=f"{config.model}{width}")
+
+
+def summary(table: pd.DataFrame) -> str:
+    """One sentence counting the outcomes of the judged rows."""
+    judged = table[table.outcome != "not tested"]
+    counts = judged.outcome.value_counts()
+    parts = [f"{n} {o}" for o, n in counts.items()]
+    return f"Of the {len(judged)} rows judged on this build: " + ", ".join(parts) + "."
