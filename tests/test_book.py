@@ -168,7 +168,8 @@ def test_a_real_browser_opens_every_page(smoke_book):
     try:
         browser.get(smoke_book.as_uri())  # the root page redirects to the book's first page
         WebDriverWait(browser, 20).until(lambda b: b.current_url.endswith("book/index.html"))
-        pages = [html / "book" / f"{n}.html" for n in ("index", *book.chapters(ROOT), "status")]
+        names = ("index", *book.chapters(ROOT), "status", "troubleshooting", "bibliography")
+        pages = [html / "book" / f"{n}.html" for n in names]
         for page in pages:
             browser.get(page.as_uri())
             WebDriverWait(browser, 20).until(
@@ -181,6 +182,10 @@ def test_a_real_browser_opens_every_page(smoke_book):
             )
             broken = [src for src, ok in images if not ok]
             assert not broken, (page, broken)
+            alts = browser.execute_script(
+                "return Array.from(document.querySelectorAll('figure img')).map(i => i.alt)"
+            )
+            assert all(a and not a.endswith(".png") for a in alts), (page, alts)
         browser.get((html / "book" / "logreg.html").as_uri())
         figures = browser.execute_script("return document.querySelectorAll('figure img').length")
         assert figures >= 3

@@ -398,3 +398,10 @@ def test_damaged_cifar_files_are_named(tmp_path, damage, message):
     with pytest.raises(FlatnessError, match=message) as err:
         data.load("cifar10", data_root=tmp_path, download=False, verify=False)
     assert str(path) in str(err.value) and "download=True" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [5, 1.5, ["a"]])
+def test_a_data_root_that_is_not_a_path_is_one_clear_message(bad):
+    # plain papermill injects `-p data_root 5` as the integer 5
+    with pytest.raises(FlatnessError, match="data_root must be a folder path"):
+        data.load("mnist", data_root=bad)

@@ -418,6 +418,18 @@ def build_book(
     if status.is_file():
         text = status.read_text().replace(STATUS_MARKER, _status_table(executions))
         status.write_text(text.replace(ENVIRONMENT_MARKER, environment_table(root)))
+    index = render(stage, build)
+    print(f"book written to {index}", file=sys.stderr)
+    return index
+
+
+def render(stage: Path, build: Path) -> Path:
+    """Render the book in ``stage`` with Jupyter Book 1 into ``build/html``; any Sphinx warning
+    fails (``-W``). Returns the path of ``index.html``.
+
+    Raises:
+        ChapterError: when Jupyter Book fails; the message holds the end of its output.
+    """
     command = [
         sys.executable,
         "-c",
@@ -435,7 +447,7 @@ def build_book(
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     index = build / "html" / "index.html"
     if done.returncode != 0 or not index.is_file():
+        # FORCE_COLOR and the like make Sphinx colour its output even into a pipe
         output = _ANSI.sub("", f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
         raise ChapterError(f"jupyter-book failed:\n{output}")
-    print(f"book written to {index}", file=sys.stderr)
     return index

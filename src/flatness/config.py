@@ -125,6 +125,9 @@ class RunConfig:
             for models too large for an exact Hessian.
         hessian_max_probes: the trace and Frobenius estimators stop here if ``hessian_rtol``
             is not reached first (the stored standard errors say how precise they got).
+        hessian_examples: measure the Hessian on the first this many training examples (a
+            fixed subset, the same at every epoch); None: the whole training split, as the
+            authors did.
         slq_steps: Lanczos steps of the spectral density estimated after the last epoch for
             models too large for an exact spectrum; 0 skips it.
 
@@ -152,6 +155,7 @@ class RunConfig:
     augment: bool | None = None
     hessian_rtol: float = 0.05
     hessian_max_probes: int = 1000
+    hessian_examples: int | None = None
     slq_steps: int = 0
 
     def __post_init__(self):
@@ -183,6 +187,8 @@ class RunConfig:
         fix(
             "hessian_max_probes", _as_int("hessian_max_probes", self.hessian_max_probes, minimum=32)
         )
+        if self.hessian_examples is not None:
+            fix("hessian_examples", _as_int("hessian_examples", self.hessian_examples, minimum=1))
         fix("slq_steps", _as_int("slq_steps", self.slq_steps, minimum=0))
         self._check_averaging(fix)
         _check_model_fits(self.model, self.dataset, self.width)

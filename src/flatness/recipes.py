@@ -81,7 +81,7 @@ class Scale:
 
 
 SCALES = {
-    "smoke": Scale("digits", 3, 1 / 16, 200, 3, 0.2, 64, 8),
+    "smoke": Scale("digits", 3, 1 / 16, 200, 3, 0.2, 32, 8),
     "cpu": Scale("digits", 40, 1 / 8, None, 10, 0.05, 256, 40),
     # CIFAR networks: one measurement of the whole training split costs about as much as
     # 100 HVPs x 352 batches, far more than an epoch; like the authors (spectra of stored

@@ -365,10 +365,11 @@ def _measure(run: _Run, epoch: int, *, final: bool):
     model, d, cfg = run.result_model, run.data, run.config
     # the global RNG is forked so that measuring cannot change the training that follows
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        n = cfg.hessian_examples  # None: every training example
         return measure.measure(
             model,
-            d.x_train,
-            d.y_train,
+            d.x_train[:n],
+            d.y_train[:n],
             batch_size=cfg.batch_size,
             rtol=cfg.hessian_rtol,
             seed=cfg.seed * 100_003 + epoch,

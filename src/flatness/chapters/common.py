@@ -238,7 +238,8 @@ def _ratio_phrase(measure: str, iv: stats.Interval) -> str:
         "no clear difference": "no clear difference",
         "cannot be judged": "cannot be judged",
     }[stats.judge(iv)]
-    return f"{plain_name(measure)} ratio {iv.describe('.3g')}: {what}"
+    kind = "ratio" if iv.null == 1.0 else "difference"
+    return f"{plain_name(measure)} {kind} {iv.describe('.3g')}: {what}"
 
 
 def sharper_half(ratios: dict[str, stats.Interval], arm: str, baseline: str) -> Half:
@@ -303,6 +304,15 @@ def combine(sharper: Half, better: Half) -> str:
     return "not reproduced"
 
 
+def effect(a, b) -> stats.Interval:
+    """How much larger a measure is in arm ``a`` than in ``b``: a ratio (Welch t on the logs)
+    when every value is positive, else the difference of means (Welch t), since a trace or an
+    eigenvalue of an indefinite Hessian can be zero or negative."""
+    if (np.asarray(a) > 0).all() and (np.asarray(b) > 0).all():
+        return stats.ratio(a, b)
+    return stats.welch(a, b)
+
+
 def judge_claim(
     results: Results, arm: str, baseline: str, *, setting: str = "", resamples: int = 2000
 ) -> Claim:
@@ -315,7 +325,7 @@ def judge_claim(
     table = final_table(results)
     a, b = table[table.arm == arm], table[table.arm == baseline]
     ratios = {
-        m: stats.ratio(a[m], b[m]) for m in s.measures if m in table and table[m].notna().all()
+        m: effect(a[m], b[m]) for m in s.measures if m in table and table[m].notna().all()
     }
     acc = stats.paired_bootstrap(
         np.stack([correct(r, results.data, results.device) for r in results.runs[arm]]),
@@ -400,6 +410,8 @@ def effect_rows(found: list[Claim], half: str = "sharper") -> pd.DataFrame:
     for c in found:
         h = c.sharper if half == "sharper" else c.better
         for measure, iv in h.effects.items():
+            if half == "sharper" and iv.null != 1.0:
+                continue  # a difference (values not all positive) has no place on a ratio axis
             rows.append(
                 {
                     "row": f"{c.arm.split(',')[0]}: {plain_name(measure)}",

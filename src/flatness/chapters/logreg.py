@@ -247,7 +247,7 @@ def claim(runs: list[Run], data: datasets.Dataset, *, device=None, resamples: in
         return f"weight decay {wd:g}"
 
     ratios = {
-        m: stats.ratio(table[table.weight_decay == hi][m], table[table.weight_decay == lo][m])
+        m: common.effect(table[table.weight_decay == hi][m], table[table.weight_decay == lo][m])
         for m in MEASURES
     }
 

@@ -36,7 +36,9 @@ def _settings(profile, decays, seeds, dataset, **overrides) -> TrainingSettings:
 
 
 SETTINGS = {
-    "smoke": _settings("smoke", CPU_DECAYS, (0, 1), "digits", epochs=3, hessian_every=3),
+    "smoke": _settings(
+        "smoke", CPU_DECAYS, (0, 1), "digits", epochs=3, hessian_every=3, hessian_examples=64
+    ),
     "cpu": _settings(
         "cpu", CPU_DECAYS, (0, 1, 2), "digits", epochs=100, hessian_every=25, hessian_rtol=0.1
     ),

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from flatness import data as datasets
-from flatness.chapters import adaptive, cnn, common, logreg, mlp, resnets
+from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, resnets
 from flatness.config import get_profile
 from flatness.plotting import name as plain_name
 
@@ -37,7 +37,8 @@ def _effects(half: common.Half) -> str:
         if k == "test_acc":
             out.append(f"accuracy gain {common._points(iv)}")
         else:
-            out.append(f"{plain_name(k)} ratio {iv.describe('.3g')}")
+            kind = "ratio" if iv.null == 1.0 else "difference"
+            out.append(f"{plain_name(k)} {kind} {iv.describe('.3g')}")
     return "; ".join(out)
 
 
@@ -104,6 +105,49 @@ def c4_row(claims: list[common.Claim], profile: str, datasets_used: str) -> dict
         outcome,
         "",
     )
+
+
+def c6_rows(profile: str, *, data_root=None) -> list[dict]:
+    """C6: one row per candidate rank bound, from the rank chapter's exact spectra: in how
+    many cases (net, state, weight decay, seed) it holds at the authors' absolute tolerance
+    and at the strictest relative one."""
+    s = rank.settings(profile)
+    d = datasets.load(s.dataset, data_root=data_root, train_size=s.train_size)
+    table = rank.rank_table(rank.spectra(s, d, data_root=data_root), s, d)
+    fails = rank.failures(table)
+    out = []
+    for b in rank.BOUNDS:
+        group = fails[fails.bound == b]
+        held = int((group.cases - group.failed).sum())
+        total = int(group.cases.sum())
+        if held == total:
+            outcome = "reproduced"
+        elif held == 0:
+            outcome = "not reproduced"
+        else:
+            outcome = "partly reproduced"
+        where = "; ".join(
+            f"{r.tolerance}: fails in {r.failed} of {r.cases}"
+            for r in group.itertuples()
+            if r.failed
+        )
+        effect = f"holds in {held} of {total} cases over all tolerances" + (
+            f" ({where})" if where else ""
+        )
+        out.append(
+            _row(
+                "C6",
+                "rank",
+                profile,
+                s.dataset,
+                "linear, tanh and ReLU MLPs",
+                f"rank <= {rank.BOUND_NAMES[b]}",
+                effect,
+                outcome,
+                len(s.seeds),
+            )
+        )
+    return out
 
 
 def rows(profile: str, *, data_root=None, device=None, progress=False) -> pd.DataFrame:

@@ -208,6 +208,10 @@ def _data_root(data_root: str | Path | None) -> Path:
     """The data root to read; one named by the caller or ``$FLATNESS_DATA`` must exist."""
     if data_root is None and not os.environ.get(DATA_ENV):
         return default_data_root()
+    if data_root is not None and not isinstance(data_root, (str, os.PathLike)):
+        raise FlatnessError(
+            f"data_root must be a folder path (a string) or None, got {data_root!r}"
+        )
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     if not root.is_dir():
         source = "data_root" if data_root is not None else f"${DATA_ENV}"

@@ -1,0 +1,338 @@
+"""The book machinery on a tiny fake book: parameters read as papermill reads them, alt text,
+missing pages, clean error output, the interpreter chapters run on, the status page, citations."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import pytest
+from conftest import ROOT
+
+from flatness import book
+from flatness.errors import FlatnessError
+
+FAKE_CHAPTER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# Fake
+
+As argued by {cite:t}`granziol2020flatness`, see {numref}`fig-fake-line`.
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+profile = "cpu"
+seeds = None
+dataset = None
+data_root = None
+```
+
+```{code-cell} ipython3
+import os
+import sys
+
+print("PARAMETERS", repr((profile, seeds, dataset, data_root)))
+print("INTERPRETER", sys.executable)
+print("RESULTS", os.environ.get("FLATNESS_RESULTS"))
+```
+
+```{code-cell} ipython3
+---
+mystnb:
+  figure:
+    caption: |
+      The largest eigenvalue $\\lambda_{\\max}$ against the **weight norm**.
+    name: fig-fake-line
+---
+import matplotlib.pyplot as plt
+
+plt.plot([0, 1], [1, 0]);
+```
+"""
+
+TOC = """format: jb-book
+root: book/index
+parts:
+  - caption: Chapters
+    chapters:
+      - file: book/fake
+  - caption: Appendix
+    chapters:
+      - file: book/status
+      - file: book/bibliography
+"""
+
+
+def make_checkout(root, index="# Index\n\nA fake book.\n"):
+    """A checkout with the real configuration, status and bibliography pages and one fake chapter."""
+    (root / "book").mkdir(parents=True)
+    shutil.copy2(ROOT / "_config.yml", root / "_config.yml")
+    for name in ("status.md", "bibliography.md", "references.bib"):
+        shutil.copy2(ROOT / "book" / name, root / "book" / name)
+    (root / "_toc.yml").write_text(TOC)
+    (root / "book" / "index.md").write_text(index)
+    (root / "book" / "fake.md").write_text(FAKE_CHAPTER)
+    return root
+
+
+def flatness(*args, cwd, env=None):
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "flatness", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=environment,
+    )
+
+
+def printed(notebook, tag: str) -> str:
+    text = notebook.read_text()
+    found = re.search(rf"{tag} (.*?)\\n", text)
+    assert found, f"{tag} not printed in {notebook}"
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def fake_book(tmp_path_factory):
+    """The fake book built once on the smoke profile: (checkout, html folder)."""
+    root = make_checkout(tmp_path_factory.mktemp("fake") / "checkout")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLATNESS_RESULTS", str(root / "results"))
+        mp.chdir(root)
+        index = book.build_book(profile="smoke", progress=False)
+    return root, index.parent
+
+
+class Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs))
+
+
+def test_parameters_are_read_as_papermill_reads_them():
+    read = book.read_parameter
+    assert read("dataset", "None") is None
+    assert read("augment", "True") is True and read("augment", "false") == "false"
+    assert read("seeds", "5") == 5 and isinstance(read("seeds", "5"), int)
+    assert read("lr", "1e-2") == 0.01 and read("lr", ".5") == 0.5
+    assert read("dataset", "mnist") == "mnist" and read("dataset", "null") == "null"
+    with pytest.raises(FlatnessError, match=r"-y 'seeds: \[0, 1\]'"):
+        read("seeds", "[0, 1]")
+    both = book.read_parameters([["seeds", "7"]], ["seeds: [0, 1]\ndataset: digits"])
+    assert both == {"seeds": 7, "dataset": "digits"}  # -p after -y, as papermill orders them
+    with pytest.raises(FlatnessError, match=r"write it with a dot \(0.01 or 1.0e-2\)"):
+        book.read_parameters(None, ["weight_decays: [0, 1e-2]"])
+
+
+def test_the_command_line_and_plain_papermill_hand_a_chapter_the_same_values(tmp_path):
+    root = make_checkout(tmp_path / "checkout")
+    data = str(tmp_path / "data")
+    pairs = ["-p", "dataset", "None", "-p", "seeds", "7", "-p", "data_root", data]
+    env = {"FLATNESS_RESULTS": str(tmp_path / "results")}
+    done = flatness("chapter", "fake", "--profile", "smoke", *pairs, cwd=root, env=env)
+    assert done.returncode == 0, done.stderr
+    ours = printed(root / "_build" / "executed" / "fake.ipynb", "PARAMETERS")
+    bin_dir = os.path.dirname(sys.executable)
+    plain = subprocess.run(
+        f"{bin_dir}/jupytext --to ipynb book/fake.md -o - | "
+        f"{bin_dir}/papermill - theirs.ipynb -p profile smoke {' '.join(pairs)}",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert ours == printed(root / "theirs.ipynb", "PARAMETERS") == f"('smoke', 7, None, {data!r})"
+
+
+def test_data_root_and_results_given_relative_mean_the_callers_folder(tmp_path):
+    # chapters run in the checkout; plain papermill runs them where it is called
+    caller = make_checkout(tmp_path / "checkout") / "notes"  # a folder under the checkout
+    caller.mkdir()
+    command = ["chapter", "fake", "--profile", "smoke", "--out", str(tmp_path / "out")]
+    done = flatness(*command, "--data-root", "data", "--results", "store", cwd=caller)
+    assert done.returncode == 0, done.stderr
+    notebook = tmp_path / "out" / "_build" / "executed" / "fake.ipynb"
+    assert printed(notebook, "PARAMETERS") == f"('smoke', None, None, {str(caller / 'data')!r})"
+    assert printed(notebook, "RESULTS") == str(caller / "store")
+    twice = flatness(*command, "--data-root", "data", "-p", "data_root", "data", cwd=caller)
+    assert twice.returncode == 2
+    assert "-p data_root and --data-root both given" in twice.stderr
+
+
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        (["-p", "data_root", "5"], "data_root must be a folder (a path) or None, got 5"),
+        (["-p", "seeds", "[0, 1]"], "give lists with -y 'seeds: [0, 1]'"),
+    ],
+)
+def test_bad_parameter_values_are_one_line_and_exit_2(tmp_path, pair, message):
+    root = make_checkout(tmp_path / "checkout")
+    done = flatness("chapter", "fake", "--profile", "smoke", *pair, cwd=root)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (root / "_build" / "executed" / "fake.ipynb").exists()
+
+
+def test_a_chapter_listed_but_missing_is_one_line_naming_the_file(tmp_path):
+    root = make_checkout(tmp_path / "checkout")
+    toc = TOC.replace(
+        "      - file: book/fake\n", "      - file: book/fake\n      - file: book/ghost\n"
+    )
+    (root / "_toc.yml").write_text(toc)
+    for command in (["book", "--profile", "smoke"], ["chapter", "ghost", "--profile", "smoke"]):
+        done = flatness(*command, cwd=root)
+        assert done.returncode == 2, command
+        assert "book/ghost.md does not exist" in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert not (root / "_build" / "executed").exists()  # refused before executing anything
+
+
+def test_a_failing_jupyter_book_step_reports_without_colour_codes(tmp_path, monkeypatch):
+    # FORCE_COLOR makes Sphinx colour its output even into a pipe
+    root = make_checkout(tmp_path / "checkout", index="# Index\n\nSee {ref}`nowhere-at-all`.\n")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("FLATNESS_RESULTS", str(tmp_path / "results"))
+    monkeypatch.chdir(root)
+    with pytest.raises(book.ChapterError) as err:
+        book.build_book(profile="smoke", progress=False)
+    message = str(err.value)
+    assert message.startswith("jupyter-book failed")
+    assert "undefined label: 'nowhere-at-all'" in message
+    assert "\x1b" not in message
+
+
+def test_chapters_run_on_this_interpreter_whatever_python3_kernelspec_a_user_has(tmp_path):
+    root = make_checkout(tmp_path / "checkout")
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(
+        '{"argv": ["/bin/false", "{connection_file}"], "display_name": "elsewhere", '
+        '"language": "python"}'
+    )
+    env = {
+        "JUPYTER_DATA_DIR": str(tmp_path / "jupyter"),
+        "JUPYTER_PATH": str(tmp_path / "jupyter"),
+        "FLATNESS_RESULTS": str(tmp_path / "results"),
+    }
+    # the bogus spec is the one Jupyter finds for python3 here
+    found = subprocess.run(
+        [sys.executable, "-c", "from jupyter_client.kernelspec import KernelSpecManager as M; "
+         "print(M().get_kernel_spec('python3').argv[0])"],
+        capture_output=True, text=True, env={**os.environ, **env},
+    )  # fmt: skip
+    assert found.stdout.strip() == "/bin/false", found.stderr
+    done = flatness("chapter", "fake", "--profile", "smoke", cwd=root, env=env)
+    assert done.returncode == 0, done.stderr
+    assert printed(root / "_build" / "executed" / "fake.ipynb", "INTERPRETER") == sys.executable
+
+
+def test_plain_text_of_a_caption():
+    caption = r"The **trace** $\mathrm{Tr}\,H$ and $\lambda_{\max}$, see {numref}`fig-a` and [here](x.html)."
+    assert book.plain_text(caption) == "The trace Tr H and lambda_max, see fig-a and here."
+
+
+def test_every_figure_has_its_caption_as_alt_text(fake_book):
+    _, html = fake_book
+    parser = Images()
+    parser.feed((html / "book" / "fake.html").read_text())
+    figures = [i for i in parser.images if "_images/" in i.get("src", "")]
+    assert len(figures) == 1
+    assert figures[0]["alt"] == "The largest eigenvalue lambda_max against the weight norm."
+
+
+def test_the_status_page_lists_executions_and_the_build_environment(fake_book):
+    from importlib import metadata
+
+    _, html = fake_book
+    page = (html / "book" / "status.html").read_text()
+    assert book.STATUS_MARKER not in page and book.ENVIRONMENT_MARKER not in page
+    assert "fake" in page and "smoke" in page and "passed" in page
+    for package in ("torch", "seaborn", "papermill", "jupyter-book"):
+        assert f"<p>{package}</p></td>\n<td><p>{metadata.version(package)}</p>" in page
+    assert sys.version.split()[0] in page
+    assert "not a git checkout" in page  # the fake checkout has no git history
+    assert "cpu (" in page or "cuda (" in page
+
+
+def test_citations_resolve_and_the_bibliography_lists_every_entry(fake_book):
+    _, html = fake_book
+    chapter = (html / "book" / "fake.html").read_text()
+    assert "Granziol" in chapter and "2020" in chapter
+    bibliography = (html / "book" / "bibliography.html").read_text()
+    for title in ("Flatness is a false friend", "Wide residual networks", "Hutch++"):
+        assert title in bibliography
+
+
+def test_the_real_bibliography_has_every_key_the_book_cites():
+    from pybtex.database import parse_file
+
+    entries = parse_file(ROOT / "book" / "references.bib").entries
+    required = {
+        "granziol2020flatness", "yao2020pyhessian", "keskar2017large", "dinh2017sharp",
+        "jiang2020fantastic", "sagun2017empirical", "papyan2019measurements",
+        "ghorbani2019investigation", "izmailov2018averaging", "granziol2020gadam",
+        "meyer2021hutchpp", "ubaru2017slq", "loshchilov2019adamw", "he2016identity",
+        "zagoruyko2016wide", "springenberg2015striving", "lecun1998gradient", "simonyan2015very",
+        "pennington2018spectrum",
+    }  # fmt: skip
+    assert required <= set(entries)
+    assert "2006.09091" in entries["granziol2020flatness"].fields["eprint"]
+    assert "2003.01247" in entries["granziol2020gadam"].fields["eprint"]
+    cited = set()
+    for page in (ROOT / "book").glob("*.md"):
+        for keys in re.findall(r"\{cite(?::\w+)?\}`([^`]*)`", page.read_text()):
+            cited |= {k.strip() for k in keys.split(",")}
+    assert cited <= set(entries), sorted(cited - set(entries))
+
+
+def test_the_real_plain_pages_render_without_warnings(tmp_path):
+    from pybtex.database import parse_file
+
+    # the chapters are stand-ins (one heading each): the pages under test are the plain ones
+    stage = tmp_path / "stage"
+    (stage / "book").mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy2(ROOT / name, stage / name)
+    shutil.copy2(ROOT / "book" / "references.bib", stage / "book" / "references.bib")
+    for page in book.toc_files(ROOT):
+        target = stage / f"{page}.md"
+        if page in book.PLAIN_PAGES:
+            shutil.copy2(ROOT / f"{page}.md", target)
+        else:
+            target.write_text(f"# {page.split('/')[-1]}\n\nA stand-in chapter.\n")
+    status = stage / "book" / "status.md"
+    assert (
+        book.STATUS_MARKER in status.read_text() and book.ENVIRONMENT_MARKER in status.read_text()
+    )
+    status.write_text(
+        status.read_text().replace(book.ENVIRONMENT_MARKER, book.environment_table(ROOT))
+    )
+    index = book.render(stage, tmp_path / "_build")
+    intro = (index.parent / "book" / "index.html").read_text()
+    assert "Granziol, 2020" in intro  # citations resolve (author-year style)
+    words = " ".join(re.sub(r"<[^>]+>", " ", intro).split())
+    assert "python -m flatness chapter NAME --profile paper --data-root" in words
+    assert "papermill - out.ipynb -p profile paper" in words
+    bibliography = (index.parent / "book" / "bibliography.html").read_text()
+    entries = parse_file(ROOT / "book" / "references.bib").entries
+    assert bibliography.count('role="doc-biblioentry"') == len(entries)  # all, cited or not
