@@ -137,3 +137,20 @@ def test_better_half_and_the_claim_say_what_the_interval_says():
         common.combine(common.sharper_half({"trace": _iv(0.5, 0.9)}, "a", "b"), worse)
         == "not reproduced"
     )
+
+
+def test_a_measure_that_is_not_always_positive_is_judged_by_its_difference():
+    # the trace of an indefinite Hessian can be negative: no ratio, a Welch difference instead
+    iv = common.effect([1.0, 2.0, 1.5], [-0.5, 0.2, 0.1])
+    ref = sps.ttest_ind([1.0, 2.0, 1.5], [-0.5, 0.2, 0.1], equal_var=False).confidence_interval()
+    assert iv.null == 0.0 and (iv.low, iv.high) == pytest.approx((ref.low, ref.high))
+    half = common.sharper_half({"trace": iv}, "a", "b")
+    assert "Tr H difference" in half.text
+    assert common.effect([2.0, 3.0], [1.0, 1.5]).null == 1.0
+
+
+def test_short_form_of_an_interval():
+    iv = stats.Interval(0.5, 0.25, 0.75, 0.0, "t", (3, 3))
+    assert iv.short(".2f", 100) == "50.00 [25.00, 75.00]"
+    one = stats.welch([1.0], [2.0, 3.0])
+    assert one.short() == "-1.5 (one seed)"

@@ -410,7 +410,8 @@ def build_book(
         )
         executions.append(run)
         (stage / "book" / f"{name}.md").unlink()
-        shutil.copy2(run.notebook, stage / "book" / f"{name}.ipynb")
+        if not run.error:
+            _stage_notebook(run.notebook, stage / "book" / f"{name}.ipynb")
     failures = [r.error for r in executions if r.error]
     if failures:
         raise ChapterError("\n\n".join(failures))
@@ -421,6 +422,19 @@ def build_book(
     index = render(stage, build)
     print(f"book written to {index}", file=sys.stderr)
     return index
+
+
+def _stage_notebook(executed: Path, staged: Path) -> None:
+    """Copy an executed notebook for rendering, without papermill's injected-parameters cell
+    (each chapter's provenance admonition already names its profile and settings)."""
+    import nbformat
+
+    notebook = nbformat.read(executed, as_version=4)
+    for cell in notebook.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    nbformat.write(notebook, staged)
 
 
 def render(stage: Path, build: Path) -> Path:

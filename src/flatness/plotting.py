@@ -108,13 +108,19 @@ def curves(history: pd.DataFrame, columns, *, hue: str, hue_order=None, logy=Tru
     return fig
 
 
-def forest(effects: pd.DataFrame, *, xlabel: str, log: bool = True, null: float | None = None):
+def forest(
+    effects: pd.DataFrame, *, xlabel: str, log: bool = True, null: float | None = None, ax=None
+):
     """Effects with their intervals, one row each: columns ``row`` (label), ``interval``
-    (an :class:`~flatness.stats.Interval`) and optionally ``group`` (colour)."""
+    (an :class:`~flatness.stats.Interval`) and optionally ``group`` (colour). Draws on ``ax``
+    when given (for a figure of several panels), else on a new figure."""
     rows = effects.reset_index(drop=True)
     groups = list(dict.fromkeys(rows["group"])) if "group" in rows else [None]
     cols = dict(zip(groups, colours(len(groups))))
-    fig, ax = plt.subplots(figsize=(WIDTH, 0.32 * len(rows) + 1.0))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(WIDTH, 0.32 * len(rows) + 1.0))
+    else:
+        fig = ax.figure
     for i, r in rows.iterrows():
         iv: Interval = r["interval"]
         colour = cols[r["group"] if "group" in rows else None]
@@ -134,6 +140,19 @@ def forest(effects: pd.DataFrame, *, xlabel: str, log: bool = True, null: float 
         handles = [plt.Line2D([], [], color=c, marker="o", lw=2) for c in cols.values()]
         ax.legend(handles, [str(g) for g in cols], fontsize=8, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def forest_pair(top: pd.DataFrame, bottom: pd.DataFrame, *, top_label: str, bottom_label: str):
+    """Two forest plots in one figure: ratios (log axis) above, differences (linear) below."""
+    fig, (a, b) = plt.subplots(
+        2,
+        1,
+        figsize=(WIDTH, 0.3 * (len(top) + len(bottom)) + 2.0),
+        gridspec_kw={"height_ratios": [max(len(top), 1), max(len(bottom), 1)]},
+    )
+    forest(top, xlabel=top_label, ax=a)
+    forest(bottom, xlabel=bottom_label, log=False, ax=b)
     return fig
 
 

@@ -100,6 +100,13 @@ class Interval:
             f"{self.high:{fmt}}{unit})"
         )
 
+    def short(self, fmt: str = ".3g", scale: float = 1.0) -> str:
+        """``"2.1 [1.4, 3.0]"`` (the interval in brackets), or ``"2.1 (one seed)"``."""
+        est = f"{scale * self.estimate:{fmt}}"
+        if not self.judgeable:
+            return f"{est} ({self.reason.split(':')[0] or 'no interval'})"
+        return f"{est} [{scale * self.low:{fmt}}, {scale * self.high:{fmt}}]"
+
 
 def _unjudgeable(estimate, null, method, n, reason) -> Interval:
     return Interval(float(estimate), math.nan, math.nan, null, method, n, reason=reason)

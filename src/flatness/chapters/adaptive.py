@@ -4,8 +4,8 @@
 section 4; :mod:`flatness.recipes`): SGD (lr 0.1, wd 5e-4), SWA (SGD + averaging from epoch
 161 at lr 0.02), Adam (lr 5e-4, coupled L2 0), AdamW (lr 5e-4, decoupled 0.25) and Gadam
 (AdamW + averaging at lr 5e-4). ``cpu`` keeps the recipes and trains VGG-16-BN at an eighth of
-its width on scikit-learn's digits for 40 epochs, averaging from the same fraction of training,
-and measures the Hessian after the last epoch on a fixed subset of 256 training images.
+its width on scikit-learn's digits for 30 epochs, averaging from the same fraction of training,
+and measures the Hessian after the last epoch on a fixed subset of 128 training images.
 Every optimiser is compared with SGD; the authors' own PreResNet-110 spectra are shown beside.
 """
 
@@ -50,13 +50,13 @@ SETTINGS = {
         "vgg16-bn",
         (0, 1, 2),
         "digits",
-        epochs=40,
+        epochs=30,
         width=1 / 8,
         hessian_every=40,
         hessian_rtol=0.2,
         hessian_max_probes=32,
-        hessian_examples=256,
-        slq_steps=30,
+        hessian_examples=128,
+        slq_steps=20,
     ),
     "paper": _settings("paper", "vgg16-bn", (0, 1, 2), None),
 }

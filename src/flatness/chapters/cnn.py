@@ -5,7 +5,7 @@ The paper's "simple CNN" is most likely All-CNN-C (1,387,108 parameters with a C
 5e-4: that is the ``paper`` profile. CIFAR is not available offline and All-CNN-C needs a GPU,
 so ``cpu`` trains LeNet-5 on scikit-learn's digits instead for 30 epochs, comparing weight decay
 0 with 1e-2 (its lr x wd x steps is of the order of the paper's; see the MLP chapter), and
-measures the Hessian on a fixed subset of 256 training images (a convolution's Hessian-vector
+measures the Hessian on a fixed subset of 128 training images (a convolution's Hessian-vector
 product costs about 0.3 s on all 1,077 here).
 """
 
@@ -51,8 +51,8 @@ SETTINGS = {
         hessian_every=15,
         hessian_rtol=0.2,
         hessian_max_probes=32,
-        hessian_examples=256,
-        slq_steps=30,
+        hessian_examples=128,
+        slq_steps=20,
     ),
     "paper": _settings("paper", "allcnn", PAPER_DECAYS, (0, 1, 2), None),
 }

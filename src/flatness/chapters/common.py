@@ -212,6 +212,8 @@ class Half:
     outcome: str
     effects: dict[str, stats.Interval]
     text: str
+    #: what was compared, ``"<arm> vs <baseline>"``
+    comparison: str = ""
 
 
 @dataclass(frozen=True)
@@ -264,7 +266,7 @@ def sharper_half(ratios: dict[str, stats.Interval], arm: str, baseline: str) -> 
         "opposite": f"{arm} is flatter than {baseline}, the opposite of the claim",
         "cannot be judged": f"whether {arm} is sharper than {baseline} cannot be judged",
     }[outcome]
-    return Half("sharper", outcome, dict(ratios), f"{lead} ({phrases}).")
+    return Half("sharper", outcome, dict(ratios), f"{lead} ({phrases}).", f"{arm} vs {baseline}")
 
 
 def better_half(accuracy: stats.Interval, arm: str, baseline: str) -> Half:
@@ -289,7 +291,13 @@ def better_half(accuracy: stats.Interval, arm: str, baseline: str) -> Half:
         "cannot be judged": f"whether {arm} generalises better than {baseline} cannot be judged",
     }[outcome]
     detail = f"test-accuracy gain {pct.describe('+.2f', ' points')}"
-    return Half("generalises better", outcome, {"test_acc": accuracy}, f"{lead} ({detail}).")
+    return Half(
+        "generalises better",
+        outcome,
+        {"test_acc": accuracy},
+        f"{lead} ({detail}).",
+        f"{arm} vs {baseline}",
+    )
 
 
 def combine(sharper: Half, better: Half) -> str:
@@ -324,9 +332,7 @@ def judge_claim(
     s = results.settings
     table = final_table(results)
     a, b = table[table.arm == arm], table[table.arm == baseline]
-    ratios = {
-        m: effect(a[m], b[m]) for m in s.measures if m in table and table[m].notna().all()
-    }
+    ratios = {m: effect(a[m], b[m]) for m in s.measures if m in table and table[m].notna().all()}
     acc = stats.paired_bootstrap(
         np.stack([correct(r, results.data, results.device) for r in results.runs[arm]]),
         np.stack([correct(r, results.data, results.device) for r in results.runs[baseline]]),
@@ -451,10 +457,12 @@ def _describe_runs(configs: list[RunConfig]) -> str:
         width = "" if c.width == 1 else f" at width {c.width:g}"
         seen.setdefault(f"{c.model}{width}", c)
     first = configs[0]
+    subset = first.hessian_examples
     return (
         f"{', '.join(seen)} on {first.dataset}"
         f"{'' if first.train_size is None else f' ({first.train_size:,} training examples)'}, "
         f"{first.epochs} epochs"
+        + ("" if subset is None else f", Hessians on the first {subset:,} training examples")
     )
 
 

@@ -40,7 +40,7 @@ SETTINGS = {
         "smoke", CPU_DECAYS, (0, 1), "digits", epochs=3, hessian_every=3, hessian_examples=64
     ),
     "cpu": _settings(
-        "cpu", CPU_DECAYS, (0, 1, 2), "digits", epochs=100, hessian_every=25, hessian_rtol=0.1
+        "cpu", CPU_DECAYS, (0, 1, 2), "digits", epochs=100, hessian_every=50, hessian_rtol=0.1
     ),
     "paper": _settings("paper", PAPER_DECAYS, (0, 1, 2), None),
 }

@@ -4,7 +4,7 @@
 (``../shared/paper-notes.md`` section 4). Both are far beyond a CPU, so ``cpu`` trains the
 shallowest members of the same families, PreResNet-20 at a quarter of its width and WRN-16-4 at
 an eighth, on scikit-learn's digits, with weight decay 0 against 1e-2, measuring the Hessian
-after the last epoch on a fixed subset of 256 training images. BatchNorm makes the
+after the last epoch on a fixed subset of 128 training images. BatchNorm makes the
 Hessian depend on how the normalisation is evaluated: every measure is taken in eval mode
 (running statistics, PyHessian's convention) and in train mode (batch statistics, the authors'
 convention, the one the verdict uses), after the statistics are re-estimated.
@@ -62,8 +62,8 @@ SETTINGS = {
         hessian_every=40,
         hessian_rtol=0.2,
         hessian_max_probes=32,
-        hessian_examples=256,
-        slq_steps=30,
+        hessian_examples=128,
+        slq_steps=20,
     ),
     "paper": _settings("paper", ("preresnet-110", "wrn-28-10"), PAPER_DECAYS, (0, 1, 2), None),
 }

@@ -21,12 +21,11 @@ TRAINING = {"mlp": mlp, "cnn": cnn, "resnets": resnets}
 def _row(claim, chapter, profile, dataset, setting, half, effect, outcome, seeds) -> dict:
     return {
         "claim": claim,
-        "setting": setting,
+        "setting": f"{setting} ({dataset})" if dataset else setting,
         "half": half,
-        "effect (95 % CI)": effect,
+        "effect [95 % CI]": effect,
         "seeds": seeds,
         "outcome": outcome,
-        "profile / data": f"{profile} / {dataset}",
         "chapter": chapter,
     }
 
@@ -35,19 +34,23 @@ def _effects(half: common.Half) -> str:
     out = []
     for k, iv in half.effects.items():
         if k == "test_acc":
-            out.append(f"accuracy gain {common._points(iv)}")
+            out.append(f"accuracy {iv.short('+.2f', 100)} points")
         else:
-            kind = "ratio" if iv.null == 1.0 else "difference"
-            out.append(f"{plain_name(k)} {kind} {iv.describe('.3g')}")
+            sign = "×" if iv.null == 1.0 else "+"  # a ratio, or a difference
+            out.append(f"{plain_name(k).replace(' (BN train)', '')} {sign}{iv.short('.3g')}")
     return "; ".join(out)
 
 
 def _claim_rows(
     c: common.Claim, chapter: str, profile: str, dataset: str, seeds: int
 ) -> list[dict]:
-    setting = f"{c.setting}: {c.arm} vs {c.baseline}" if c.setting else f"{c.arm} vs {c.baseline}"
+    def setting(h: common.Half) -> str:
+        # decay arms are "<model>, wd <decay>": the model is already in the setting
+        what = " vs ".join(side.split(", ")[-1] for side in h.comparison.split(" vs "))
+        return f"{c.setting}: {what}"
+
     return [
-        _row(c.claim, chapter, profile, dataset, setting, h.name, _effects(h), h.outcome, seeds)
+        _row(c.claim, chapter, profile, dataset, setting(h), h.name, _effects(h), h.outcome, seeds)
         for h in (c.sharper, c.better)
     ]
 
