@@ -1,7 +1,6 @@
 """The logistic-regression chapter: summaries over seeds, scaling, PyHessian, and its verdict."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from flatness import data
