@@ -12,7 +12,7 @@ from torch import nn
 
 from flatness import data as datasets
 from flatness import hessian, models
-from flatness.chapters import rank
+from flatness.chapters import rank, rank_slq
 from flatness.errors import FlatnessError
 
 MNIST_ROOT = Path("/work/shared/data")
@@ -137,11 +137,11 @@ def test_slq_bracket_by_hand():
         hvps=0,
         seconds=0.0,
     )
-    got = rank.slq_fraction(dens, 1e-3)
+    got = rank_slq.slq_fraction(dens, 1e-3)
     assert got["slq"] == pytest.approx(0.5)
     assert (got["low"], got["high"]) == (pytest.approx(0.0), pytest.approx(1.0))
     # at t = 1.5 the nodes -1 and 1e-6 are inside: CDF(1.5) in [0.2, 1], CDF(-1.5) in [0, 0.2]
-    wide = rank.slq_fraction(dens, 1.5)
+    wide = rank_slq.slq_fraction(dens, 1.5)
     assert wide["slq"] == pytest.approx(0.7)
     assert (wide["low"], wide["high"]) == (pytest.approx(0.0), pytest.approx(1.0))
 

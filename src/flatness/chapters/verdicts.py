@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from flatness import data as datasets
-from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, resnets
+from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, rank_tables, resnets
 from flatness.config import get_profile
 from flatness.plotting import name as plain_name
 
@@ -116,8 +116,8 @@ def c6_rows(profile: str, *, data_root=None) -> list[dict]:
     and at the strictest relative one."""
     s = rank.settings(profile)
     d = datasets.load(s.dataset, data_root=data_root, train_size=s.train_size)
-    table = rank.rank_table(rank.spectra(s, d, data_root=data_root), s, d)
-    fails = rank.failures(table)
+    table = rank_tables.rank_table(rank.spectra(s, d, data_root=data_root), s, d)
+    fails = rank_tables.failures(table)
     out = []
     for b in rank.BOUNDS:
         group = fails[fails.bound == b]

@@ -1,0 +1,134 @@
+"""The exact-rank tables and verdicts of the chapter "Is the Hessian low-rank?" (claim C6).
+
+From the exact spectra of :func:`flatness.chapters.rank.spectra`: ranks at each tolerance beside
+the four candidate bounds (:func:`rank_table`), their summary over seeds, the cases where each
+bound fails, and the code-chosen sentences the chapter prints (:func:`findings`,
+:func:`ggn_findings`). Every name here is also served by :mod:`flatness.chapters.rank`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from flatness.chapters.rank import (
+    BOUND_NAMES,
+    BOUNDS,
+    Architecture,
+    RankSettings,
+    Spectrum,
+    bounds,
+    data_rank,
+    initial_model,
+    ranks,
+)
+
+
+def rank_table(results: list[Spectrum], s: RankSettings, data) -> pd.DataFrame:
+    """One row per spectrum and tolerance: ranks of H and GGN, P, each bound and whether the
+    Hessian's rank obeys it (``holds_<bound>``, ``ggn_holds_<bound>``)."""
+    arch = Architecture.of(initial_model(s, "linear", 0, data))
+    bound = bounds(arch, len(data.y_train), data_rank(data.x_train))
+    rows = []
+    for r in results:
+        h, g = ranks(r.hessian, s.rtols, s.atol), ranks(r.ggn, s.rtols, s.atol)
+        for tol in h:
+            row = {
+                "activation": r.activation,
+                "state": r.state,
+                "weight_decay": r.weight_decay,
+                "seed": r.seed,
+                "tolerance": tol,
+                "rank": h[tol],
+                "ggn_rank": g[tol],
+                "parameters": arch.parameters,
+                "train_loss": r.train_loss,
+            }
+            for b, v in bound.items():
+                row[b] = v
+                row[f"holds_{b}"] = h[tol] <= v
+                row[f"ggn_holds_{b}"] = g[tol] <= v
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+CASE = ["activation", "state", "weight_decay", "tolerance"]
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per net, state, weight decay and tolerance: rank mean, sd, min and max over seeds, and
+    per bound "holds" (every seed) or "fails" (some seed)."""
+    t = table.fillna({"weight_decay": -1.0})  # initial models have no weight decay
+    grouped = t.groupby(CASE, sort=False)
+    out = grouped["rank"].agg(["mean", "std", "min", "max"]).add_prefix("rank_")
+    out["ggn_rank_mean"] = grouped["ggn_rank"].mean()
+    out["seeds"] = grouped.size()
+    for b in BOUNDS:
+        out[b] = grouped[b].first()
+        out[f"{b}_verdict"] = np.where(grouped[f"holds_{b}"].all(), "holds", "fails")
+    out = out.reset_index()
+    out["weight_decay"] = out["weight_decay"].where(out["weight_decay"] >= 0)
+    return out
+
+
+def failures(table: pd.DataFrame, *, ggn: bool = False) -> pd.DataFrame:
+    """Per bound and tolerance: cases (net, state, weight decay, seed) where it fails, out of all."""
+    prefix = "ggn_holds_" if ggn else "holds_"
+    rows = []
+    for (tol, b), group in [
+        ((t, b), table[table.tolerance == t]) for t in table.tolerance.unique() for b in BOUNDS
+    ]:
+        failed = group[~group[prefix + b]]
+        nets = sorted({f"{a} ({st})" for a, st in zip(failed.activation, failed.state)})
+        rows.append(
+            {
+                "tolerance": tol,
+                "bound": b,
+                "failed": len(failed),
+                "cases": len(group),
+                "where": ", ".join(nets),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def findings(table: pd.DataFrame) -> str:
+    """Code-chosen sentences: which bound holds for the Hessian at which tolerance, and where
+    each one fails (naming the nets, so a failing random ReLU net is said as such)."""
+    fails = failures(table)
+    lines = []
+    for b in BOUNDS:
+        rows = fails[fails.bound == b]
+        held = rows[rows.failed == 0].tolerance.tolist()
+        broke = rows[rows.failed > 0]
+        name = BOUND_NAMES[b]
+        if broke.empty:
+            lines.append(f"- **{name}** holds in every case at every tolerance.")
+            continue
+        parts = [
+            f"at {r.tolerance} in {r.failed} of {r.cases} cases ({r.where})"
+            for r in broke.itertuples()
+        ]
+        held_text = f"; it holds at {', '.join(held)}" if held else "; it holds at no tolerance"
+        lines.append(f"- **{name}** fails {'; '.join(parts)}{held_text}.")
+    return "\n".join(lines)
+
+
+def ggn_findings(table: pd.DataFrame, tolerance: str) -> str:
+    """Whether the theorems hold for the GGN (as they must) and whether the deep-linear formula
+    is the linear net's exact GGN rank, per state, at ``tolerance``."""
+    t = table[table.tolerance == tolerance]
+    ggn_ok = bool(t.ggn_holds_examples.all())
+    lin = t[t.activation == "linear"]
+    fan_ok = bool(lin.ggn_holds_fan_in.all())
+    equal = [
+        f"{int((g.ggn_rank == g.deep_linear).sum())} of {len(g)} {state} cases"
+        for state, g in lin.groupby("state")
+    ]
+    return (
+        f"At tolerance {tolerance} the GGN's rank is at most N(K-1) in "
+        + ("every case, as it must be" if ggn_ok else "not every case: a numerical problem")
+        + "; for the linear net it is at most (K-1) x fan-ins in "
+        + ("every case" if fan_ok else "not every case, which the theorem forbids")
+        + f", and it equals the deep-linear formula in {' and '.join(equal)}."
+    )
