@@ -2,9 +2,10 @@
 
 ``paper``: PreResNet-110 and WRN-28-10 on CIFAR-100 with SGD at weight decay 0 and 5e-4
 (``../shared/paper-notes.md`` section 4). Both are far beyond a CPU, so ``cpu`` trains the
-shallowest members of the same families, PreResNet-20 at a quarter of its width and WRN-16-4 at
-an eighth, on scikit-learn's digits, with weight decay 0 against 1e-2, measuring the Hessian
-after the last epoch on a fixed subset of 128 training images. BatchNorm makes the
+shallowest members of the same families (one residual block per stage), PreResNet-8 at a
+quarter of its width and WRN-10-4 at an eighth, on scikit-learn's digits, with weight decay 0
+against 1e-2, measuring the Hessian after the last epoch on a fixed subset of 128 training
+images. BatchNorm makes the
 Hessian depend on how the normalisation is evaluated: every measure is taken in eval mode
 (running statistics, PyHessian's convention) and in train mode (batch statistics, the authors'
 convention, the one the verdict uses), after the statistics are re-estimated.
@@ -37,12 +38,12 @@ def _settings(profile, models, decays, seeds, dataset, model_overrides=None, **o
     )
 
 
-_CPU_WIDTHS = {"preresnet-20": {"width": 0.25}, "wrn-16-4": {"width": 0.125}}
+_CPU_WIDTHS = {"preresnet-8": {"width": 0.25}, "wrn-10-4": {"width": 0.125}}
 
 SETTINGS = {
     "smoke": _settings(
         "smoke",
-        ("preresnet-20", "wrn-16-4"),
+        ("preresnet-8", "wrn-10-4"),
         CPU_DECAYS,
         (0, 1),
         "digits",
@@ -53,7 +54,7 @@ SETTINGS = {
     ),
     "cpu": _settings(
         "cpu",
-        ("preresnet-20", "wrn-16-4"),
+        ("preresnet-8", "wrn-10-4"),
         CPU_DECAYS,
         (0, 1, 2),
         "digits",
