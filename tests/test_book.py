@@ -1,6 +1,7 @@
 """The book: chapter structure, smoke execution, failures that say where, and a real browser."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,8 @@ def test_smoke_book_executes_every_chapter_and_builds(smoke_book):
 def test_the_logreg_page_shows_figures_glued_numbers_and_a_verdict(smoke_book):
     page = (smoke_book.parent / "book" / "logreg.html").read_text()
     assert page.count("<figure") >= 3
-    assert "Fig. 1" in page and "Fig. 3" in page
+    # figures are numbered through the whole book: three numbered figures on this page
+    assert len(re.findall(r"Fig\. \d+", page)) >= 3
     assert "profile <strong>smoke</strong>" in page
     assert any(v in page for v in ("not reproduced", "partly reproduced", "reproduced"))
     assert "mathjax/tex-chtml.js" in page  # formulas render offline

@@ -1,6 +1,7 @@
 """The book machinery on a tiny fake book: parameters read as papermill reads them, alt text,
 missing pages, clean error output, the interpreter chapters run on, the status page, citations."""
 
+import json
 import os
 import re
 import shutil
@@ -336,3 +337,26 @@ def test_the_real_plain_pages_render_without_warnings(tmp_path):
     bibliography = (index.parent / "book" / "bibliography.html").read_text()
     entries = parse_file(ROOT / "book" / "references.bib").entries
     assert bibliography.count('role="doc-biblioentry"') == len(entries)  # all, cited or not
+
+
+def test_an_unchanged_chapter_is_reused_and_a_changed_one_executed_again(tmp_path):
+    root = make_checkout(tmp_path / "checkout")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLATNESS_RESULTS", str(root / "results"))
+        mp.chdir(root)
+        first = book.execute_chapter("fake", profile="smoke", progress=False, reuse=True)
+        again = book.execute_chapter("fake", profile="smoke", progress=False, reuse=True)
+        other = book.execute_chapter("fake", profile="cpu", progress=False, reuse=True)
+        source = root / "book" / "fake.md"
+        source.write_text(source.read_text() + "\nOne more sentence.\n")
+        edited = book.execute_chapter("fake", profile="cpu", progress=False, reuse=True)
+        forced = book.execute_chapter("fake", profile="cpu", progress=False, reuse=False)
+        expected = book.fingerprint("fake", "cpu", {}, root)
+    assert not first.reused and first.seconds > 0
+    assert again.reused and again.seconds == 0.0
+    assert not other.reused  # another profile is another page
+    assert not edited.reused  # the source changed
+    assert not forced.reused
+    # the notebook (one path per chapter) now holds the last, forced, execution's fingerprint
+    stamp = json.loads(forced.notebook.read_text())["metadata"]["flatness"]["fingerprint"]
+    assert stamp == expected

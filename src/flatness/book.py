@@ -15,6 +15,8 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import functools
+import hashlib
+import json
 import os
 import platform
 import re
@@ -56,6 +58,8 @@ class Execution:
     notebook: Path
     seconds: float
     error: str | None = None
+    #: the notebook of an earlier execution with the same fingerprint was reused
+    reused: bool = False
 
 
 def checkout() -> Path:
@@ -186,6 +190,38 @@ def _this_python():
     return ThisPython
 
 
+def fingerprint(name: str, profile: str, parameters: dict, root: Path) -> str:
+    """What a chapter's output depends on: its source, profile and parameters, the package's
+    code, the pinned requirements and the results store it reads. Training is deterministic
+    given a run's config, so an executed notebook with the same fingerprint is the same page."""
+    import flatness
+    from flatness.paths import results_root
+
+    h = hashlib.sha256()
+    h.update(chapter_source(name, root).read_bytes())
+    h.update(json.dumps([profile, parameters], sort_keys=True, default=str).encode())
+    package = Path(flatness.__file__).parent
+    for f in sorted(package.rglob("*.py")):
+        h.update(f.relative_to(package).as_posix().encode() + f.read_bytes())
+    for f in (root / "requirements.txt", root / "_config.yml"):
+        if f.is_file():
+            h.update(f.read_bytes())
+    h.update(str(results_root()).encode())
+    return h.hexdigest()
+
+
+def _reusable(target: Path, stamp: str) -> bool:
+    import nbformat
+
+    if not target.is_file():
+        return False
+    try:
+        meta = nbformat.read(target, as_version=4).metadata.get("flatness", {})
+    except Exception:  # a damaged notebook is simply executed again
+        return False
+    return meta.get("fingerprint") == stamp and not meta.get("error")
+
+
 def execute_chapter(
     name: str,
     *,
@@ -193,6 +229,7 @@ def execute_chapter(
     parameters: dict | None = None,
     out: Path | None = None,
     progress: bool = True,
+    reuse: bool = False,
 ) -> Execution:
     """Execute one chapter with papermill; the notebook lands in ``<out>/_build/executed``.
 
@@ -222,6 +259,9 @@ def execute_chapter(
     describe_figures(notebook)
     target = Path(out or root) / "_build" / "executed" / f"{name}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
+    stamp = fingerprint(name, profile, parameters, root)
+    if reuse and _reusable(target, stamp):
+        return Execution(name, profile, target, 0.0, reused=True)
     start = time.perf_counter()
     error = None
     try:
@@ -239,7 +279,17 @@ def execute_chapter(
             raise FlatnessError(f"chapter {name}: {err.evalue}") from None
         trace = _ANSI.sub("", "\n".join(err.traceback))
         error = f"chapter {name} failed (profile {profile}) in cell {err.exec_count}:\n{trace}"
+    if error is None:
+        _stamp(target, stamp)
     return Execution(name, profile, target, time.perf_counter() - start, error)
+
+
+def _stamp(target: Path, stamp: str) -> None:
+    import nbformat
+
+    notebook = nbformat.read(target, as_version=4)
+    notebook.metadata["flatness"] = {"fingerprint": stamp}
+    nbformat.write(notebook, target)
 
 
 def _status_table(runs: list[Execution]) -> str:
@@ -250,8 +300,14 @@ def _status_table(runs: list[Execution]) -> str:
     ]
     for r in runs:
         status = "failed" if r.error else "passed"
+        if r.reused:  # its notebook's fingerprint matched: code, source and store unchanged
+            executed = dt.datetime.fromtimestamp(r.notebook.stat().st_mtime, dt.UTC)
+            status, seconds = "passed (reused)", "0"
+            stamp = executed.strftime("%Y-%m-%d %H:%M UTC")
+        else:
+            seconds, stamp = f"{r.seconds:.1f}", when
         lines.append(
-            f"| [{r.chapter}]({r.chapter}.ipynb) | {r.profile} | {status} | {r.seconds:.1f} | {when} |"
+            f"| [{r.chapter}]({r.chapter}.ipynb) | {r.profile} | {status} | {seconds} | {stamp} |"
         )
     return "\n".join(lines)
 
@@ -315,8 +371,12 @@ def build_book(
     parameters: dict | None = None,
     out: Path | None = None,
     progress: bool = True,
+    rerun: bool = False,
 ) -> Path:
     """Execute every chapter and render the book; returns the path of ``index.html``.
+
+    A chapter whose executed notebook carries the same :func:`fingerprint` (source, profile,
+    parameters, package code, requirements, results store) is reused unless ``rerun``.
 
     Raises:
         ChapterError: after executing every chapter, if any failed (all failures are listed).
@@ -337,7 +397,12 @@ def build_book(
     for name in chapters(root):
         print(f"executing {name} (profile {profile})", file=sys.stderr, flush=True)
         run = execute_chapter(
-            name, profile=profile, parameters=parameters, out=out, progress=progress
+            name,
+            profile=profile,
+            parameters=parameters,
+            out=out,
+            progress=progress,
+            reuse=not rerun,
         )
         executions.append(run)
         (stage / "book" / f"{name}.md").unlink()

@@ -132,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     _execution_options(chapter, "folder to hold _build/executed (default: the checkout)")
     book = sub.add_parser("book", help="execute every chapter and render the HTML book")
     _execution_options(book, "folder to hold _build (default: the checkout)")
+    book.add_argument(
+        "--rerun",
+        action="store_true",
+        help="execute every chapter even where an executed notebook with the same source, "
+        "code, parameters and results store can be reused",
+    )
     return parser
 
 
@@ -302,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile=args.profile,
                 parameters=_chapter_parameters(args),
                 out=args.out,
+                rerun=args.rerun,
             )
             print(index)
         sys.stdout.flush()  # a closed pipe is then reported here, not at exit

@@ -31,7 +31,8 @@ from flatness.schedules import SCHEDULES
 
 #: Bumped when the training code changes what a stored run means; old runs then stop matching.
 #: 2: images keep their (C, H, W) shape, validation splits, optimisers, averaging, estimators.
-RUN_FORMAT = 2
+#: 3: ``hessian_max_probes`` and ``hessian_examples`` (Hessians on a fixed training subset).
+RUN_FORMAT = 3
 
 #: Seeds are below 2**32: training seeds torch generators with ``seed + 1`` and
 #: ``seed * 100_003 + epoch``, which must stay within their 64-bit range.
