@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from flatness import data as datasets
-from flatness import hessian, stats
+from flatness import hessian, plotting, stats
 from flatness.chapters import common
 from flatness.config import RunConfig, as_float, as_int, as_tuple, check_choice, get_profile
 from flatness.recipes import LOGREG_TRAINING, LOGREG_WEIGHT_DECAYS
@@ -290,7 +290,11 @@ def effects(runs: list[Run], data: datasets.Dataset, *, device=None, resamples: 
         arm = table[table.weight_decay == wd]
         for m in MEASURES:
             ratio_rows.append(
-                {"row": f"wd {wd:g}: {m}", "interval": stats.ratio(arm[m], base[m]), "group": m}
+                {
+                    "row": f"wd {wd:g}: {plotting.name(m)}",
+                    "interval": stats.ratio(arm[m], base[m]),
+                    "group": m,
+                }
             )
         correct = np.stack(
             [common.correct(r, data, device) for r in runs if r.config.weight_decay == wd]
