@@ -203,6 +203,7 @@ def rows(profile: str, *, data_root=None, device=None, progress=False) -> pd.Dat
             out += _claim_rows(
                 c, "adaptive", profile, results.all_runs[0].config.dataset, len(s.seeds)
             )
+    out += c6_rows(profile, data_root=data_root)
     return pd.DataFrame(out)
 
 
