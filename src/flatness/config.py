@@ -293,6 +293,29 @@ as_int, as_float, as_tuple, as_rtol, check_choice = (
 )
 
 
+def parameter_changes(*, dataset=None, seeds=None, weight_decays=None, epochs=None) -> dict:
+    """The chapter parameters that are not ``None``, validated, as settings fields.
+
+    Raises:
+        FlatnessError: an unknown data set, duplicate or negative seeds, a negative weight
+            decay, or epochs below 1.
+    """
+    from flatness.stats import check_seeds
+
+    changes: dict = {}
+    if dataset is not None:
+        changes["dataset"] = _check_choice("dataset", dataset, DATASETS)
+    if seeds is not None:
+        changes["seeds"] = check_seeds(seeds)
+    if weight_decays is not None:
+        changes["weight_decays"] = _as_tuple(
+            "weight_decays", weight_decays, lambda n, v: _as_float(n, v, minimum=0.0)
+        )
+    if epochs is not None:
+        changes["epochs"] = _as_int("epochs", epochs, minimum=1)
+    return changes
+
+
 def get_profile(name: str) -> Profile:
     """The profile called ``name``, or an error listing the valid ones."""
     if name not in PROFILES:

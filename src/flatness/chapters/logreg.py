@@ -16,9 +16,12 @@ from torch import nn
 from flatness import data as datasets
 from flatness import hessian, plotting, stats
 from flatness.chapters import common
-from flatness.config import RunConfig, as_float, as_int, as_tuple, check_choice, get_profile
+from flatness.config import (
+    RunConfig,
+    get_profile,
+    parameter_changes,
+)
 from flatness.recipes import LOGREG_TRAINING, LOGREG_WEIGHT_DECAYS
-from flatness.stats import check_seeds
 from flatness.store import Run, Store, load_or_run
 from flatness.train import default_device, load_model
 
@@ -64,17 +67,9 @@ class LogregSettings:
 
     def with_overrides(self, *, dataset=None, seeds=None, weight_decays=None, epochs=None):
         """Replace the fields a chapter's parameters may override; ``None`` keeps the profile's."""
-        changes = {}
-        if dataset is not None:
-            changes["dataset"] = check_choice("dataset", dataset, datasets.DATASETS)
-        if seeds is not None:
-            changes["seeds"] = check_seeds(seeds)
-        if weight_decays is not None:
-            changes["weight_decays"] = as_tuple(
-                "weight_decays", weight_decays, lambda n, v: as_float(n, v, minimum=0.0)
-            )
-        if epochs is not None:
-            changes["epochs"] = as_int("epochs", epochs, minimum=1)
+        changes = parameter_changes(
+            dataset=dataset, seeds=seeds, weight_decays=weight_decays, epochs=epochs
+        )
         return dataclasses.replace(self, **changes)
 
 

@@ -25,12 +25,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flatness import data as datasets
 from flatness import hessian, models
-from flatness.config import RunConfig, as_float, as_int, as_tuple, check_choice, get_profile
+from flatness.config import (
+    RunConfig,
+    get_profile,
+    parameter_changes,
+)
 from flatness.errors import FlatnessError
 from flatness.models.dense import MLP
-from flatness.stats import check_seeds
 from flatness.store import load_or_run
 from flatness.train import learning_rate, load_model, make_optimiser
 
@@ -87,17 +89,9 @@ class RankSettings:
 
     def with_overrides(self, *, dataset=None, seeds=None, weight_decays=None, epochs=None):
         """Replace the fields a chapter's parameters may override; ``None`` keeps the profile's."""
-        changes = {}
-        if dataset is not None:
-            changes["dataset"] = check_choice("dataset", dataset, datasets.DATASETS)
-        if seeds is not None:
-            changes["seeds"] = check_seeds(seeds)
-        if weight_decays is not None:
-            changes["weight_decays"] = as_tuple(
-                "weight_decays", weight_decays, lambda n, v: as_float(n, v, minimum=0.0)
-            )
-        if epochs is not None:
-            changes["epochs"] = as_int("epochs", epochs, minimum=1)
+        changes = parameter_changes(
+            dataset=dataset, seeds=seeds, weight_decays=weight_decays, epochs=epochs
+        )
         return dataclasses.replace(self, **changes)
 
 
