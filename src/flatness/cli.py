@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from flatness import cli_grids
 from flatness.chapters import logreg as logreg_chapter
 from flatness.config import PROFILES, RunConfig, get_profile
 from flatness.errors import FlatnessError, RunDiverged
@@ -133,11 +134,18 @@ def _parser() -> argparse.ArgumentParser:
     book = sub.add_parser("book", help="execute every chapter and render the HTML book")
     _execution_options(book, "folder to hold _build (default: the checkout)")
     book.add_argument(
+        "--train-missing",
+        action="store_true",
+        help="train the runs that are neither published nor stored (default only for the "
+        "smoke and cpu profiles)",
+    )
+    book.add_argument(
         "--rerun",
         action="store_true",
         help="execute every chapter even where an executed notebook with the same source, "
         "code, parameters and results store can be reused",
     )
+    cli_grids.add_parsers(sub)
     return parser
 
 
@@ -285,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     from flatness import book
 
     try:
-        if args.command == "run":
+        if cli_grids.run(args):
+            pass
+        elif args.command == "run":
             _run(args)
         elif args.command == "plan":
             _plan(args)
@@ -309,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                 parameters=_chapter_parameters(args),
                 out=args.out,
                 rerun=args.rerun,
+                train_missing=args.train_missing or None,
             )
             print(index)
         sys.stdout.flush()  # a closed pipe is then reported here, not at exit

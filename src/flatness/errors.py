@@ -19,3 +19,18 @@ class RunDiverged(FlatnessError):
 
     Other errors (missing data, bad settings) are not the run's result and are not recorded.
     """
+
+
+class RunMissing(FlatnessError):
+    """A run that is neither published nor stored, asked for without leave to train it.
+
+    ``config`` is the missing run's :class:`~flatness.config.RunConfig`.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        super().__init__(
+            f"the run {config.label()} ({config.key()}) is neither published nor in the results "
+            "store, and training was not asked for (--train-missing, or "
+            "`python -m flatness sweep` for the chapter's grid)"
+        )

@@ -178,3 +178,68 @@ def read_step_times(path: str | Path) -> dict:
     if not isinstance(found, dict) or not all(isinstance(v, (int, float)) for v in found.values()):
         raise FlatnessError(f"{path} must hold a JSON object of step times in seconds")
     return found
+
+
+#: GPU-hours are estimated, when no step times measured on a GPU are at hand, from counted work
+#: at assumed rates (assumptions, not measurements): FLOPs at a sustained 100 TFLOP/s (about a
+#: fifth of a current data-centre GPU's dense bf16 peak) plus 10 microseconds per operator
+#: launched, which dominates for small and deep networks.
+ASSUMED_GPU_FLOPS = 100e12
+ASSUMED_SECONDS_PER_OP = 10e-6
+#: An HVP (a double backward pass) is taken to cost twice a training step.
+HVP_STEP_RATIO = 2.0
+
+
+def step_work(model_name: str, dataset: str, width: float, batch_size: int) -> tuple[float, int]:
+    """FLOPs and operator calls of one training step (forward and backward at ``batch_size``),
+    counted on the meta device (nothing is computed) with
+    :class:`torch.utils.flop_counter.FlopCounterMode`."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Ops(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Ops.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    shape = datasets.input_shape(dataset)
+    with torch.device("meta"):
+        model = models.build(model_name, shape, datasets.num_classes(dataset), width=width)
+        x = torch.randn(batch_size, *shape)
+        y = torch.randint(datasets.num_classes(dataset), (batch_size,))
+    with FlopCounterMode(display=False) as counter, Ops():
+        nn.functional.cross_entropy(model(x), y).backward()
+    return float(counter.get_total_flops()), Ops.calls
+
+
+def gpu_estimate(
+    configs: list[RunConfig],
+    flops_per_second: float = ASSUMED_GPU_FLOPS,
+    seconds_per_op: float = ASSUMED_SECONDS_PER_OP,
+) -> list[Estimate]:
+    """GPU-hours per run from counted work (:func:`step_work`) at assumed rates, with the same
+    run structure as :func:`estimate` (epochs, measurements, BatchNorm modes).
+
+    >>> from flatness.config import RunConfig
+    >>> cfg = RunConfig("logreg", "mnist", 0.0, 0, epochs=1, hessian_every=0)
+    >>> e = gpu_estimate([cfg], flops_per_second=1e12, seconds_per_op=0.0)[0]
+    >>> round(e.step_seconds * 1e12 / (6 * 128 * 7840))  # 3 matmuls of 2 FLOPs per weight
+    1
+    """
+    seconds = {}
+    out = []
+    for cfg in configs:
+        key = (cfg.model, cfg.dataset, cfg.width, cfg.batch_size)
+        if key not in seconds:
+            flops, ops = step_work(*key)
+            seconds[key] = flops / flops_per_second + ops * seconds_per_op
+        step = seconds[key]
+        known = {_key(cfg): step, f"{_key(cfg)}|hvp": step * HVP_STEP_RATIO}
+        out.append(estimate([cfg], torch.device("cpu"), known)[0][0])
+    return out
+
+
+def _key(cfg: RunConfig) -> str:
+    return f"{cfg.model}|{cfg.width:g}|{cfg.dataset}|{cfg.batch_size}"

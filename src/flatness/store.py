@@ -15,6 +15,7 @@ the run is saved), ``.tmp-*`` (folders being written), ``.trash-*`` (folders bei
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -31,9 +32,10 @@ from filelock import FileLock, Timeout
 
 from flatness.config import RunConfig
 from flatness.entries import FAILED, Damaged, Failed, Run, examine, one_line
-from flatness.errors import FlatnessError, RunDiverged
+from flatness.errors import FlatnessError, RunDiverged, RunMissing
 from flatness.paths import results_root
 from flatness.provenance import provenance
+from flatness.published import Published
 
 _KEY = re.compile(r"[0-9a-f]{16}")
 _WHERE = "point --results or $FLATNESS_RESULTS at a folder that can be written"
@@ -225,8 +227,12 @@ def load_or_run(
     progress: bool = False,
     retrain: bool = False,
     train_fn=None,
+    published=None,
+    train_missing: bool = True,
 ) -> Run:
-    """The stored run for ``config``; trained and stored first if absent.
+    """The published or stored run for ``config``; trained and stored first if absent.
+
+    The published layer (:mod:`flatness.published`) is read first, then the local store.
 
     Several processes asking for the same run at once train it once: the others wait for the
     run's lock and then reuse the stored run.
@@ -240,19 +246,34 @@ def load_or_run(
             of numpy arrays); default :func:`flatness.train.train`. ``checkpoint`` is a path in
             the store's ``.checkpoints`` folder where training keeps a resumable state; it is
             deleted once the run is saved.
+        published: a :class:`~flatness.published.Published` layer or its folder; default
+            :func:`~flatness.published.published_root`; ``False`` skips the layer.
+        train_missing: with ``False``, a run found in neither layer raises :class:`RunMissing`
+            instead of training.
 
     Raises:
+        RunMissing: the run is absent and ``train_missing`` is false.
         FlatnessError: without ``retrain``, when the run's folder is damaged (naming the folder,
             the reason and the fix) or its training failed before (with the recorded message);
             when training raises :class:`FlatnessError`, which is first recorded as a failed run.
             Any other exception leaves only the checkpoint behind, so a rerun resumes.
     """
+    _record(config)
+    if published is not False:
+        layer = published if isinstance(published, Published) else None
+        if layer is None:
+            layer = Published(Path(published)) if published is not None else Published.default()
+        run = layer.find(config)
+        if run is not None:
+            return run
     store = store if isinstance(store, Store) else Store(store)
     found = store.inspect(config)
     if isinstance(found, Run):
         return found
     if found is not None and not retrain:
         raise _refusal(found)
+    if not train_missing:
+        raise RunMissing(config)
     lock = store.lock(config)
     try:
         lock.acquire(timeout=0)
@@ -271,6 +292,32 @@ def load_or_run(
         return _train_and_save(config, store, data_root, device, progress, train_fn)
     finally:
         lock.release()
+
+
+#: Lists collecting every config asked of :func:`load_or_run` while :func:`recording` is active.
+_RECORDERS: list[list[RunConfig]] = []
+
+
+def _record(config: RunConfig) -> None:
+    for found in _RECORDERS:
+        found.append(config)
+
+
+@contextlib.contextmanager
+def recording():
+    """Collect every config :func:`load_or_run` is asked for inside the block (a list).
+
+    >>> with recording() as asked:
+    ...     pass
+    >>> asked
+    []
+    """
+    found: list[RunConfig] = []
+    _RECORDERS.append(found)
+    try:
+        yield found
+    finally:
+        _RECORDERS.remove(found)
 
 
 def _train_and_save(config, store, data_root, device, progress, train_fn) -> Run:

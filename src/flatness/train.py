@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +271,8 @@ def train(
     saved = load_checkpoint(checkpoint) if checkpoint is not None else None
     if saved is not None and saved.get("key") == config.key():
         run.restore(saved)
+        # said always: sweeps and their logs show which runs resumed
+        print(f"resuming {config.label()} at epoch {run.epoch}", file=sys.stderr, flush=True)
     step = _stepper(run, fast=fast, compile=compile)
     bar = tqdm(
         range(run.epoch, config.epochs),

@@ -67,6 +67,11 @@ def settings(profile: str, **overrides) -> TrainingSettings:
     return SETTINGS[get_profile(profile).name].with_overrides(**overrides)
 
 
+def grid(profile: str) -> list:
+    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.config.RunConfig`)."""
+    return settings(profile).runs()
+
+
 #: PreResNet-110 on CIFAR-100 at epoch 300, from the authors' stored Lanczos spectra (50 steps,
 #: one probe, BatchNorm in train mode) in the repository diegogranziol/GadamX, folder
 #: ``spectral_results``, as read in ``../shared/paper-notes.md`` section 5. The trace and

@@ -61,3 +61,8 @@ SETTINGS = {
 def settings(profile: str, **overrides) -> TrainingSettings:
     """The profile's settings with the chapter parameters that are not ``None`` replaced."""
     return SETTINGS[get_profile(profile).name].with_overrides(**overrides)
+
+
+def grid(profile: str) -> list:
+    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.config.RunConfig`)."""
+    return settings(profile).runs()

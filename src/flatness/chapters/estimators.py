@@ -167,10 +167,9 @@ class Problem:
         return self.eigenvalues.square().sum().sqrt().item()
 
 
-def problem(settings: Settings, *, data_root=None, device=None, progress=False) -> Problem:
-    """Train (or load) the MLP and compute its exact data-loss Hessian in float64."""
-    device = device if device is not None else default_device()
-    config = RunConfig(
+def run_config(settings: Settings) -> RunConfig:
+    """The chapter's one stored run: the MLP whose exact Hessian the estimators are tested on."""
+    return RunConfig(
         model="mlp",
         dataset=settings.dataset,
         weight_decay=settings.weight_decay,
@@ -181,7 +180,26 @@ def problem(settings: Settings, *, data_root=None, device=None, progress=False) 
         train_size=settings.train_size,
         hessian_every=0,  # the chapter computes the exact Hessian itself
     )
-    run = load_or_run(config, data_root=data_root, device=device, progress=progress)
+
+
+def grid(profile: str) -> list[RunConfig]:
+    """The runs this chapter reads at ``profile``."""
+    return [run_config(settings(profile))]
+
+
+def problem(
+    settings: Settings, *, data_root=None, device=None, progress=False, train_missing=True
+) -> Problem:
+    """Train (or load) the MLP and compute its exact data-loss Hessian in float64."""
+    device = device if device is not None else default_device()
+    config = run_config(settings)
+    run = load_or_run(
+        config,
+        data_root=data_root,
+        device=device,
+        progress=progress,
+        train_missing=train_missing,
+    )
     data = datasets.load(settings.dataset, data_root=data_root, train_size=settings.train_size)
     model = load_model(config, run.arrays, data.input_shape, data.num_classes).to(device)
     batch = (data.x_train.to(device), data.y_train.to(device))

@@ -97,6 +97,11 @@ def settings(profile: str, **overrides) -> LogregSettings:
     return SETTINGS[get_profile(profile).name].with_overrides(**overrides)
 
 
+def grid(profile: str) -> list[RunConfig]:
+    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.config.RunConfig`)."""
+    return settings(profile).run_configs()
+
+
 def sweep(
     settings: LogregSettings,
     *,

@@ -51,6 +51,11 @@ def settings(profile: str, **overrides) -> TrainingSettings:
     return SETTINGS[get_profile(profile).name].with_overrides(**overrides)
 
 
+def grid(profile: str) -> list:
+    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.config.RunConfig`)."""
+    return settings(profile).runs()
+
+
 def shrinkages(results: Results) -> tuple[float, float]:
     """lr x wd x steps of this page's largest weight decay, and of the paper's (5e-4, 300
     epochs of MNIST's 55,000 training images); see :func:`~flatness.chapters.common.shrinkage`."""

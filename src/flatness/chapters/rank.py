@@ -268,6 +268,23 @@ def train_linear(s: RankSettings, weight_decay: float, seed: int, data) -> nn.Mo
     return model
 
 
+def grid(profile: str) -> list[RunConfig]:
+    """The stored runs this chapter reads at ``profile``: the tanh and ReLU nets (the linear
+    twins train inside the chapter) and the large ReLU net of the SLQ check."""
+    s = settings(profile)
+    small = [
+        s.run_config(a, wd, seed)
+        for a in ACTIVATIONS
+        if a != "linear"
+        for seed in s.seeds
+        for wd in s.weight_decays
+    ]
+    large = [
+        s.run_config("relu", wd, seed, large=True) for seed in s.seeds for wd in s.weight_decays
+    ]
+    return small + large
+
+
 def trained_model(s, activation, weight_decay, seed, data, *, store=None, data_root=None):
     if activation == "linear":
         return train_linear(s, weight_decay, seed, data)

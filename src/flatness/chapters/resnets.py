@@ -73,3 +73,8 @@ SETTINGS = {
 def settings(profile: str, **overrides):
     """The profile's settings with the chapter parameters that are not ``None`` replaced."""
     return SETTINGS[get_profile(profile).name].with_overrides(**overrides)
+
+
+def grid(profile: str) -> list:
+    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.config.RunConfig`)."""
+    return settings(profile).runs()

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from flatness.chapters import adaptive, cnn, logreg, mlp, resnets
-from flatness.config import get_profile
+from flatness.config import RunConfig, get_profile
+from flatness.errors import RunMissing
 from flatness.store import Run, load_or_run
 
 CHAPTERS = {"mlp": mlp, "cnn": cnn, "resnets": resnets, "adaptive": adaptive}
@@ -63,20 +64,44 @@ def _spectrum(chapter: str, arm: str, run: Run) -> Spectrum:
     return Spectrum(chapter, run.config.model, arm, norm, nodes, weights, source, run.config.key())
 
 
-def spectra(profile: str, *, data_root=None, device=None, progress=False) -> list[Spectrum]:
-    """The first-seed spectrum of every arm of every training chapter at ``profile``."""
-    out = []
+def _wanted(profile: str) -> list[tuple[str, str, RunConfig]]:
+    """(chapter, arm, first-seed config) of every spectrum the chapter shows."""
     ls = logreg.settings(profile)
+    out = []
     for wd in (min(ls.weight_decays), max(ls.weight_decays)):
         cfg = next(c for c in ls.run_configs() if c.weight_decay == wd)
-        run = load_or_run(cfg, data_root=data_root, device=device, progress=progress)
-        out.append(_spectrum("logreg", f"wd {wd:g}", run))
+        out.append(("logreg", f"wd {wd:g}", cfg))
     for name, module in CHAPTERS.items():
-        s = module.settings(profile)
-        for arm, configs in s.run_configs().items():
-            run = load_or_run(configs[0], data_root=data_root, device=device, progress=progress)
-            out.append(_spectrum(name, arm.split(", ")[-1], run))
+        for arm, configs in module.settings(profile).run_configs().items():
+            out.append((name, arm.split(", ")[-1], configs[0]))
     return out
+
+
+def grid(profile: str) -> list[RunConfig]:
+    """The runs this chapter reads at ``profile``: each training chapter's first seeds."""
+    return [cfg for _, _, cfg in _wanted(profile)]
+
+
+def spectra(
+    profile: str, *, data_root=None, device=None, progress=False, train_missing=True
+) -> tuple[list[Spectrum], list[RunConfig]]:
+    """The first-seed spectrum of every arm of every training chapter at ``profile``, and the
+    configs of the runs missing (only with ``train_missing=False``; otherwise they train)."""
+    out, missing = [], []
+    for chapter, arm, cfg in _wanted(profile):
+        try:
+            run = load_or_run(
+                cfg,
+                data_root=data_root,
+                device=device,
+                progress=progress,
+                train_missing=train_missing,
+            )
+        except RunMissing:
+            missing.append(cfg)
+            continue
+        out.append(_spectrum(chapter, arm, run))
+    return out, missing
 
 
 def table(found: list[Spectrum]) -> pd.DataFrame:

@@ -162,6 +162,15 @@ def c6_rows(profile: str, *, data_root=None) -> list[dict]:
     return out
 
 
+def grid(profile: str) -> list:
+    """The runs this chapter reads at ``profile``: every training chapter's and the rank
+    chapter's (:class:`~flatness.config.RunConfig`)."""
+    out = logreg.grid(profile)
+    for module in (*TRAINING.values(), adaptive):
+        out += module.grid(profile)
+    return out + rank.grid(profile)
+
+
 def rows(profile: str, *, data_root=None, device=None, progress=False) -> pd.DataFrame:
     """Every verdict row at ``profile``: C1 (context), C2, C3 (both halves per setting), C4, C5."""
     get_profile(profile)

@@ -1,0 +1,208 @@
+"""The command line's grid commands: ``sweep``, ``sweep-status`` and ``publish``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flatness.config import PROFILES
+from flatness.errors import FlatnessError
+
+GRID_HELP = "a chapter (logreg, mlp, cnn, resnets, adaptive, rank, spectra, verdicts, "
+GRID_HELP += "estimators), all, or a YAML file of points"
+
+
+def add_parsers(sub) -> None:
+    sweep = sub.add_parser("sweep", help="train a grid's missing runs, here or on Slurm")
+    sweep.add_argument("grid", metavar="GRID", help=GRID_HELP)
+    sweep.add_argument("--profile", choices=list(PROFILES), default="paper")
+    sweep.add_argument("--executor", choices=("local", "slurm"), default="local")
+    sweep.add_argument(
+        "--max-parallel",
+        type=int,
+        help="local: worker processes (default one per GPU, else per core); "
+        "slurm: jobs running at once",
+    )
+    sweep.add_argument("--partition", help="Slurm partition")
+    sweep.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per Slurm job")
+    sweep.add_argument(
+        "--time-min", type=int, default=72 * 60, help="Slurm time limit per job, in minutes"
+    )
+    sweep.add_argument(
+        "--cluster",
+        choices=("slurm", "local", "debug"),
+        help="submitit's cluster for --executor slurm (local, debug: the same path on this "
+        "machine, for testing)",
+    )
+    sweep.add_argument("--wait", action="store_true", help="slurm: wait for every job")
+    sweep.add_argument("--retry-failed", action="store_true", help="train failed points again")
+    sweep.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    sweep.add_argument("--step-times", help="step times measured on a GPU (plan's JSON)")
+    _store_options(sweep)
+
+    status = sub.add_parser("sweep-status", help="done / running / failed / missing per point")
+    status.add_argument("grid", metavar="GRID", help=GRID_HELP)
+    status.add_argument("--profile", choices=list(PROFILES), default="paper")
+    status.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="clear the failed points' records, so that the next sweep trains them",
+    )
+    _store_options(status)
+
+    publish = sub.add_parser("publish", help="copy a grid's stored runs into published/")
+    publish.add_argument("grid", metavar="GRID", help=GRID_HELP)
+    publish.add_argument("--profile", choices=list(PROFILES), default="paper")
+    publish.add_argument("--to", help="the published folder (default: <checkout>/published)")
+    _store_options(publish)
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", help="the results store's folder ($FLATNESS_RESULTS)")
+    parser.add_argument("--data-root", help="where torchvision data sets live ($FLATNESS_DATA)")
+    parser.add_argument("--published", help="the published layer (default: <checkout>/published)")
+
+
+def _layers(args):
+    from flatness.published import Published
+    from flatness.store import Store
+
+    published = Published(Path(args.published)) if args.published else Published.default()
+    return Store(args.results), published
+
+
+def _hours(estimates) -> str:
+    return f"{sum(e.hours for e in estimates):.3g}"
+
+
+def run(args) -> bool:
+    """Handle a grid command; ``False`` if ``args`` is not one."""
+    handlers = {"sweep": _sweep, "sweep-status": _status, "publish": _publish}
+    if args.command not in handlers:
+        return False
+    handlers[args.command](args)
+    return True
+
+
+def _sweep(args) -> None:
+    from flatness import grids, plan, sweep
+
+    grid = grids.load(args.grid, args.profile)
+    store, published = _layers(args)
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise FlatnessError(f"--max-parallel must be at least 1, got {args.max_parallel}")
+    points = sweep.to_train(grid, store, published, retry_failed=args.retry_failed)
+    print(
+        f"grid {grid.name} at profile {args.profile}: {len(grid)} point(s), "
+        f"{len(points)} to train; store: {store.root}"
+    )
+    if args.dry_run:
+        configs = [p.config for p in points]
+        if args.step_times:
+            import torch
+
+            known = plan.read_step_times(args.step_times)
+            estimates, _ = plan.estimate(configs, torch.device("cpu"), known)
+            source = f"step times from {args.step_times}"
+        else:
+            estimates = plan.gpu_estimate(configs)
+            source = _assumption()
+        for e in estimates:
+            print(f"  {e.config.key()}  {e.config.label():55} {e.hours:8.3g} GPU-h")
+        print(f"{len(estimates)} run(s), {_hours(estimates)} GPU-hours ({source})")
+        return
+    if not points:
+        return
+    # a missing data set is bad input: say so before any worker starts
+    from flatness import data as datasets
+
+    first = points[0].config
+    datasets.load(first.dataset, data_root=args.data_root, train_size=first.train_size)
+    outcome = sweep.sweep(
+        grid,
+        executor=args.executor,
+        store=store,
+        published=published,
+        data_root=args.data_root,
+        max_parallel=args.max_parallel,
+        retry_failed=args.retry_failed,
+        partition=args.partition,
+        gpus_per_job=args.gpus_per_job,
+        time_min=args.time_min,
+        cluster=args.cluster,
+        wait=args.executor == "local" or args.wait or args.cluster in ("local", "debug"),
+        progress=True,
+    )
+    if outcome.jobs and not outcome.count("done") and not outcome.count("failed"):
+        ids = ", ".join(str(j.job_id) for j in outcome.jobs[:3])
+        print(
+            f"submitted {len(outcome.jobs)} job(s) ({ids} ...); follow them with "
+            f"`python -m flatness sweep-status {args.grid} --profile {args.profile}`"
+        )
+        return
+    print(
+        f"{outcome.count('done')} trained or found, {outcome.count('failed')} failed, "
+        f"{outcome.count('skipped')} skipped, in {outcome.seconds:.0f} s"
+    )
+    failed = {k: m for k, m in outcome.messages.items() if outcome.states[k] == "failed"}
+    if failed:
+        raise FlatnessError(
+            f"{len(failed)} point(s) failed (recorded; `sweep --retry-failed` trains them "
+            "again):\n" + "\n".join(f"  {k}: {m}" for k, m in failed.items())
+        )
+
+
+def _assumption() -> str:
+    from flatness import plan
+
+    return (
+        f"estimated from counted FLOPs at an assumed {plan.ASSUMED_GPU_FLOPS / 1e12:g} TFLOP/s "
+        f"and {plan.ASSUMED_SECONDS_PER_OP * 1e6:g} us per operator; measure with "
+        "`flatness plan --save-step-times` on a GPU and pass --step-times"
+    )
+
+
+def _status(args) -> None:
+    from flatness import grids, sweep
+
+    grid = grids.load(args.grid, args.profile)
+    store, published = _layers(args)
+    points = sweep.status(grid, store, published)
+    if args.retry_failed:
+        for p in points:
+            if p.state in ("failed", "damaged"):
+                store.discard(store.path(p.config))
+        points = sweep.status(grid, store, published)
+    counts = {s: sum(p.state == s for p in points) for s in sweep.STATES}
+    print(
+        f"grid {grid.name} at profile {args.profile}: {len(points)} point(s): "
+        + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    )
+    for p in points:
+        line = f"  {p.config.key()}  {p.state:9} {p.config.label()}"
+        print(line + (f"\n      {p.message}" if p.message else ""))
+    if args.retry_failed:
+        print(
+            f"failed points cleared; train them with `python -m flatness sweep {args.grid} "
+            f"--profile {args.profile}`"
+        )
+
+
+def _publish(args) -> None:
+    from flatness import grids, published, sweep
+
+    grid = grids.load(args.grid, args.profile)
+    store, layer = _layers(args)
+    if args.to:
+        layer = published.Published(Path(args.to))
+    points = sweep.status(grid, store, layer)
+    runs = [store.load(p.config) for p in points if p.state == "done"]
+    written = published.publish(runs, layer)
+    missing = [p for p in points if p.state not in ("done", "published")]
+    print(
+        f"published {len(written)} run(s) of grid {grid.name} into {layer.root}; "
+        f"{sum(p.state == 'published' for p in points)} were published already; "
+        f"{len(missing)} not stored yet"
+    )
+    for p in missing:
+        print(f"  {p.config.key()}  {p.state:9} {p.config.label()}")

@@ -1,0 +1,322 @@
+"""Sweeps: train a grid's missing runs in parallel, on this machine or as a Slurm job array.
+
+Each point of a :class:`~flatness.grids.Grid` is one :func:`~flatness.store.load_or_run`, so the
+store's guarantees carry over: a published or stored point is skipped; two processes given the
+same point train it once (a lock per run); a run is renamed into place whole, so a reader never
+sees half of it; a killed point resumes from its checkpoint when the sweep is run again; a point
+whose loss becomes NaN is recorded as failed with its message and the others carry on.
+
+- ``local``: a pool of ``max_parallel`` worker processes, one point each at a time, each given
+  an equal share of the CPU cores (``OMP_NUM_THREADS``) or one GPU (``CUDA_VISIBLE_DEVICES``,
+  round robin). Each point's output goes to ``<store>/.logs/<key>.log``.
+- ``slurm``: :class:`submitit.AutoExecutor` submits one job array with at most ``max_parallel``
+  jobs running; a preempted or timed-out job is requeued by submitit and resumes from the run's
+  checkpoint (:class:`TrainPoint` is :class:`submitit.helpers.Checkpointable`). The store must be
+  on a file system every node sees; locks are ``fcntl`` locks, which NFSv4 and Lustre honour.
+  ``cluster="local"`` or ``"debug"`` runs the same path on this machine (the tests do).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import submitit
+
+from flatness.config import RunConfig
+from flatness.entries import Damaged, Failed, Run
+from flatness.errors import FlatnessError
+from flatness.grids import Grid
+from flatness.published import Published
+from flatness.store import Store
+
+STATES = ("published", "done", "running", "failed", "damaged", "missing")
+EXECUTORS = ("local", "slurm")
+CLUSTERS = ("slurm", "local", "debug")
+
+
+@dataclass(frozen=True)
+class PointStatus:
+    """Where one point of a grid stands; ``message`` says why a point failed or is damaged,
+    or when a missing point's checkpoint was last written."""
+
+    config: RunConfig
+    state: str
+    message: str = ""
+
+
+def _running(store: Store, config: RunConfig) -> bool:
+    from filelock import Timeout
+
+    if not (store.root / ".locks" / f"{config.key()}.lock").exists():
+        return False
+    lock = store.lock(config)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def status(grid: Grid, store: Store, published: Published) -> list[PointStatus]:
+    """One :class:`PointStatus` per point of ``grid``, in the grid's order."""
+    out = []
+    for c in grid.configs:
+        try:
+            if published.find(c) is not None:
+                out.append(PointStatus(c, "published"))
+                continue
+        except FlatnessError as err:
+            out.append(PointStatus(c, "damaged", str(err)))
+            continue
+        found = store.inspect(c)
+        if isinstance(found, Run):
+            out.append(PointStatus(c, "done"))
+        elif isinstance(found, Failed):
+            out.append(PointStatus(c, "failed", found.message))
+        elif isinstance(found, Damaged):
+            out.append(PointStatus(c, "damaged", found.reason))
+        elif _running(store, c):
+            out.append(PointStatus(c, "running"))
+        else:
+            checkpoint = store.checkpoint_path(c)
+            note = ""
+            if checkpoint.is_file():
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(checkpoint.stat().st_mtime))
+                note = f"resumes from a checkpoint written {when}"
+            out.append(PointStatus(c, "missing", note))
+    return out
+
+
+def train_point(config: dict, store: str, data_root: str | None, retrain: bool = False) -> dict:
+    """Train (or load) one point; returns ``{"key", "state", "message", "seconds"}`` with
+    ``state`` ``done`` or ``failed``. Runs in a worker process or a Slurm job."""
+    from flatness.store import load_or_run
+
+    cfg = RunConfig(**config)
+    start = time.perf_counter()
+    try:
+        load_or_run(cfg, store=Store(store), data_root=data_root, retrain=retrain)
+        state, message = "done", ""
+    except FlatnessError as err:  # diverged (recorded by the store), or refused
+        state, message = "failed", str(err)
+    return {
+        "key": cfg.key(),
+        "state": state,
+        "message": message,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+class TrainPoint(submitit.helpers.Checkpointable):
+    """A Slurm job's callable: :func:`train_point`, requeued as is when preempted (the run's own
+    checkpoint in the store carries the progress)."""
+
+    def __call__(self, config: dict, store: str, data_root: str | None, retrain: bool) -> dict:
+        return train_point(config, store, data_root, retrain)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a sweep did: per point key, ``done``, ``failed`` (with message) or ``skipped``."""
+
+    states: dict[str, str]
+    messages: dict[str, str]
+    seconds: float
+    jobs: tuple = ()
+
+    def count(self, state: str) -> int:
+        return sum(1 for s in self.states.values() if s == state)
+
+
+def to_train(grid: Grid, store: Store, published: Published, *, retry_failed=False):
+    """The points a sweep trains: missing (or partly trained) ones, and failed or damaged ones
+    with ``retry_failed``; published, stored and running points are skipped."""
+    wanted = {"missing", "running"} | ({"failed", "damaged"} if retry_failed else set())
+    return [p for p in status(grid, store, published) if p.state in wanted]
+
+
+def _local_worker_env(slot: int, max_parallel: int, gpus: int) -> dict:
+    env = dict(os.environ)
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max_parallel))
+    else:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max_parallel))
+    env["MKL_NUM_THREADS"] = env["OMP_NUM_THREADS"]
+    return env
+
+
+def _run_local(points, store, data_root, retry_failed, max_parallel, gpus, progress):
+    """Each point in its own process, ``max_parallel`` at a time; a killed worker loses only
+    its own point (which resumes from its checkpoint next time)."""
+    from tqdm import tqdm
+
+    logs = store.root / ".logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    slots = list(range(max_parallel))
+    states, messages = {}, {}
+
+    def one(point: PointStatus) -> dict:
+        slot = slots.pop()
+        try:
+            key = point.config.key()
+            args = [json.dumps(point.config.to_dict()), str(store.root), data_root or ""]
+            args.append("retrain" if retry_failed else "")
+            with open(logs / f"{key}.log", "ab") as log:
+                done = subprocess.run(
+                    [sys.executable, "-m", "flatness.sweep", *args],
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    env=_local_worker_env(slot, max_parallel, gpus),
+                )
+            lines = done.stdout.decode().strip().splitlines()
+            if done.returncode == 0 and lines:
+                return json.loads(lines[-1])
+            return {
+                "key": key,
+                "state": "failed",
+                "message": f"worker exited with code {done.returncode} (see {logs / key}.log); "
+                "the run resumes from its checkpoint when the sweep is run again",
+            }
+        finally:
+            slots.append(slot)
+
+    with concurrent.futures.ThreadPoolExecutor(max_parallel) as pool:
+        futures = [pool.submit(one, p) for p in points]
+        bar = tqdm(
+            concurrent.futures.as_completed(futures),
+            total=len(futures),
+            desc="sweep",
+            disable=not progress,
+        )
+        for future in bar:
+            result = future.result()
+            states[result["key"]] = result["state"]
+            messages[result["key"]] = result["message"]
+    return states, messages
+
+
+def _run_slurm(points, store, data_root, retry_failed, options: dict, wait: bool):
+    cluster = options.pop("cluster", None)
+    executor = submitit.AutoExecutor(folder=store.root / ".submitit" / "%j", cluster=cluster)
+    executor.update_parameters(
+        name=options.pop("name"),
+        timeout_min=options.pop("time_min"),
+        slurm_array_parallelism=options.pop("max_parallel"),
+        gpus_per_node=options.pop("gpus_per_job"),
+        **({"slurm_partition": options["partition"]} if options.get("partition") else {}),
+    )
+    n = len(points)
+    try:
+        jobs = executor.map_array(
+            TrainPoint(),
+            [p.config.to_dict() for p in points],
+            [str(store.root)] * n,
+            [data_root] * n,
+            [retry_failed] * n,
+        )
+    except (FileNotFoundError, RuntimeError, submitit.core.utils.FailedJobError) as err:
+        raise FlatnessError(
+            f"cannot submit to Slurm ({err}); on a machine without Slurm use --executor local"
+        ) from None
+    states, messages = {}, {}
+    if wait:
+        for job in jobs:
+            result = job.result()
+            states[result["key"]] = result["state"]
+            messages[result["key"]] = result["message"]
+    return states, messages, tuple(jobs)
+
+
+def sweep(
+    grid: Grid,
+    *,
+    executor: str = "local",
+    store: Store | None = None,
+    published: Published | None = None,
+    data_root=None,
+    max_parallel: int | None = None,
+    retry_failed: bool = False,
+    partition: str | None = None,
+    gpus_per_job: int = 1,
+    time_min: int = 72 * 60,
+    cluster: str | None = None,
+    wait: bool = True,
+    progress: bool = False,
+) -> Outcome:
+    """Train every point of ``grid`` that is neither published nor stored.
+
+    Args:
+        executor: ``local`` (worker processes here) or ``slurm`` (a submitit job array).
+        max_parallel: workers (local; default one per GPU, else one per CPU core) or the
+            array's cap on running jobs (slurm; default all).
+        retry_failed: train failed and damaged points again (otherwise they are skipped).
+        partition, gpus_per_job, time_min: the Slurm job's partition, GPUs and time limit.
+        cluster: submitit's cluster for ``slurm``: ``slurm`` (default, as detected), or
+            ``local`` / ``debug`` to run the Slurm path on this machine.
+        wait: for ``slurm``, wait for the jobs and collect their outcomes.
+
+    Raises:
+        FlatnessError: an unknown executor or cluster, a ``max_parallel`` below 1, or Slurm
+            absent for ``slurm``.
+    """
+    from flatness.errors import unknown
+
+    if executor not in EXECUTORS:
+        raise unknown("executor", executor, EXECUTORS)
+    if cluster is not None and cluster not in CLUSTERS:
+        raise unknown("cluster", cluster, CLUSTERS)
+    if max_parallel is not None and (not isinstance(max_parallel, int) or max_parallel < 1):
+        raise FlatnessError(f"max_parallel must be a whole number >= 1, got {max_parallel!r}")
+    store = store or Store()
+    published = published or Published.default()
+    points = to_train(grid, store, published, retry_failed=retry_failed)
+    skipped = {c.key(): "skipped" for c in grid.configs}
+    start = time.perf_counter()
+    data_root = str(data_root) if data_root is not None else None
+    if not points:
+        return Outcome(skipped, {}, 0.0)
+    if executor == "local":
+        gpus = _gpu_count()
+        max_parallel = max_parallel or gpus or os.cpu_count() or 1
+        states, messages = _run_local(
+            points, store, data_root, retry_failed, max_parallel, gpus, progress
+        )
+        jobs = ()
+    else:
+        options = dict(
+            cluster=cluster,
+            name=f"flatness-{grid.name}",
+            time_min=time_min,
+            max_parallel=max_parallel or len(points),
+            gpus_per_job=gpus_per_job,
+            partition=partition,
+        )
+        states, messages, jobs = _run_slurm(points, store, data_root, retry_failed, options, wait)
+    return Outcome(skipped | states, messages, time.perf_counter() - start, jobs)
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _main(argv: list[str]) -> int:
+    """A local worker: ``python -m flatness.sweep CONFIG_JSON STORE DATA_ROOT [retrain]``;
+    prints the outcome as JSON on its last line."""
+    config, store, data_root, retrain = argv
+    result = train_point(json.loads(config), store, data_root or None, retrain == "retrain")
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
