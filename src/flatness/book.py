@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from flatness import availability
 from flatness.config import get_profile
 from flatness.errors import FlatnessError, unknown
 from flatness.parameters import _data_root, read_parameter, read_parameters  # noqa: F401  (re-exported)
@@ -60,6 +61,11 @@ class Execution:
     error: str | None = None
     #: the notebook of an earlier execution with the same fingerprint was reused
     reused: bool = False
+    #: runs of the chapter's grid neither published nor stored (not trained: not asked to)
+    missing: int = 0
+    grid: int = 0
+    #: nothing was executed: the page is the chapter's opening and a note on the missing runs
+    placeholder: bool = False
 
 
 def checkout() -> Path:
@@ -190,7 +196,9 @@ def _this_python():
     return ThisPython
 
 
-def fingerprint(name: str, profile: str, parameters: dict, root: Path) -> str:
+def fingerprint(
+    name: str, profile: str, parameters: dict, root: Path, present: list[str] | None = None
+) -> str:
     """What a chapter's output depends on: its source, profile and parameters, the package's
     code, the pinned requirements and the results store it reads. Training is deterministic
     given a run's config, so an executed notebook with the same fingerprint is the same page."""
@@ -207,6 +215,8 @@ def fingerprint(name: str, profile: str, parameters: dict, root: Path) -> str:
         if f.is_file():
             h.update(f.read_bytes())
     h.update(str(results_root()).encode())
+    # the runs at hand: a run published or stored since changes the page
+    h.update(json.dumps(present or []).encode())
     return h.hexdigest()
 
 
@@ -230,8 +240,15 @@ def execute_chapter(
     out: Path | None = None,
     progress: bool = True,
     reuse: bool = False,
+    train_missing: bool | None = None,
 ) -> Execution:
     """Execute one chapter with papermill; the notebook lands in ``<out>/_build/executed``.
+
+    Runs of the chapter's grid that are neither published nor stored are trained only with
+    ``train_missing`` (default: the profile's :attr:`~flatness.config.Profile.train_missing`).
+    Otherwise a chapter with a ``train_missing`` parameter runs on the runs at hand, and one
+    without, or with none at hand, becomes its opening and a note
+    (:mod:`flatness.availability`); both pages start with the list of missing runs.
 
     ``parameters`` are values, e.g. from :func:`flatness.parameters.read_parameters`. Captioned
     figures get their caption as alt text (:func:`describe_figures`). The kernel runs on this
@@ -255,13 +272,34 @@ def execute_chapter(
             )
     if "data_root" in parameters:
         parameters["data_root"] = _data_root(parameters["data_root"])
+    if train_missing is None:
+        train_missing = get_profile(profile).train_missing
+    if "train_missing" in valid:
+        parameters.setdefault("train_missing", train_missing)
+    train_missing = parameters.get("train_missing", train_missing)
+    at_hand = availability.availability(name, profile)
     notebook = read_chapter(chapter_source(name, root))
     describe_figures(notebook)
     target = Path(out or root) / "_build" / "executed" / f"{name}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
-    stamp = fingerprint(name, profile, parameters, root)
+    stamp = fingerprint(name, profile, parameters, root, at_hand.present_keys)
+    counts = dict(missing=len(at_hand.missing), grid=len(at_hand.grid))
+    partial = at_hand.missing and not train_missing
+    executable = "train_missing" in valid and len(at_hand.missing) < len(at_hand.grid)
     if reuse and _reusable(target, stamp):
-        return Execution(name, profile, target, 0.0, reused=True)
+        return Execution(
+            name,
+            profile,
+            target,
+            0.0,
+            reused=True,
+            **counts,
+            placeholder=bool(partial and not executable),
+        )
+    if partial and not executable:
+        text = availability.note(at_hand, executed=False)
+        _write(availability.placeholder(notebook, text), target, stamp)
+        return Execution(name, profile, target, 0.0, **counts, placeholder=True)
     start = time.perf_counter()
     error = None
     try:
@@ -280,15 +318,24 @@ def execute_chapter(
         trace = _ANSI.sub("", "\n".join(err.traceback))
         error = f"chapter {name} failed (profile {profile}) in cell {err.exec_count}:\n{trace}"
     if error is None:
-        _stamp(target, stamp)
-    return Execution(name, profile, target, time.perf_counter() - start, error)
+        note = availability.note(at_hand, executed=True) if partial else None
+        _stamp(target, stamp, note)
+    return Execution(name, profile, target, time.perf_counter() - start, error, **counts)
 
 
-def _stamp(target: Path, stamp: str) -> None:
+def _stamp(target: Path, stamp: str, note: str | None = None) -> None:
     import nbformat
 
-    notebook = nbformat.read(target, as_version=4)
+    _write(nbformat.read(target, as_version=4), target, stamp, note)
+
+
+def _write(notebook, target: Path, stamp: str, note: str | None = None) -> None:
+    """Write ``notebook`` with its fingerprint and the note on missing runs its page starts with."""
+    import nbformat
+
     notebook.metadata["flatness"] = {"fingerprint": stamp}
+    if note:
+        notebook.metadata["flatness"]["note"] = note
     nbformat.write(notebook, target)
 
 
@@ -300,9 +347,13 @@ def _status_table(runs: list[Execution]) -> str:
     ]
     for r in runs:
         status = "failed" if r.error else "passed"
+        if r.placeholder:
+            status = f"not executed: {r.missing} of {r.grid} runs missing"
+        elif r.missing:
+            status += f" ({r.missing} of {r.grid} runs missing)"
         if r.reused:  # its notebook's fingerprint matched: code, source and store unchanged
             executed = dt.datetime.fromtimestamp(r.notebook.stat().st_mtime, dt.UTC)
-            status, seconds = "passed (reused)", "0"
+            status, seconds = f"{status}, reused", "0"
             stamp = executed.strftime("%Y-%m-%d %H:%M UTC")
         else:
             seconds, stamp = f"{r.seconds:.1f}", when
@@ -372,6 +423,7 @@ def build_book(
     out: Path | None = None,
     progress: bool = True,
     rerun: bool = False,
+    train_missing: bool | None = None,
 ) -> Path:
     """Execute every chapter and render the book; returns the path of ``index.html``.
 
@@ -403,6 +455,7 @@ def build_book(
             out=out,
             progress=progress,
             reuse=not rerun,
+            train_missing=train_missing,
         )
         executions.append(run)
         (stage / "book" / f"{name}.md").unlink()
@@ -430,6 +483,9 @@ def _stage_notebook(executed: Path, staged: Path) -> None:
         tags = cell.metadata.setdefault("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
+    note = notebook.metadata.get("flatness", {}).get("note")
+    if note:  # under the title: the first cell holds it
+        notebook.cells.insert(1, nbformat.v4.new_markdown_cell(note))
     nbformat.write(notebook, staged)
 
 

@@ -76,6 +76,12 @@ def _execution_options(parser: argparse.ArgumentParser, out_help: str) -> None:
     )
     parser.add_argument("--results", help="the results store's folder ($FLATNESS_RESULTS)")
     parser.add_argument("--out", help=out_help)
+    parser.add_argument(
+        "--train-missing",
+        action="store_true",
+        help="train the runs that are neither published nor stored (without it only the smoke "
+        "and cpu profiles train)",
+    )
 
 
 def _chapter_parameters(args) -> dict:
@@ -133,12 +139,6 @@ def _parser() -> argparse.ArgumentParser:
     _execution_options(chapter, "folder to hold _build/executed (default: the checkout)")
     book = sub.add_parser("book", help="execute every chapter and render the HTML book")
     _execution_options(book, "folder to hold _build (default: the checkout)")
-    book.add_argument(
-        "--train-missing",
-        action="store_true",
-        help="train the runs that are neither published nor stored (default only for the "
-        "smoke and cpu profiles)",
-    )
     book.add_argument(
         "--rerun",
         action="store_true",
@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile=args.profile,
                 parameters=_chapter_parameters(args),
                 out=args.out,
+                train_missing=args.train_missing or None,
             )
             if done.error:
                 print(done.error, file=sys.stderr)

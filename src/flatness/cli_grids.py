@@ -140,9 +140,12 @@ def _sweep(args) -> None:
             f"`python -m flatness sweep-status {args.grid} --profile {args.profile}`"
         )
         return
+    elsewhere = outcome.count("elsewhere")
     print(
         f"{outcome.count('done')} trained or found, {outcome.count('failed')} failed, "
-        f"{outcome.count('skipped')} skipped, in {outcome.seconds:.0f} s"
+        f"{outcome.count('skipped')} skipped"
+        + (f", {elsewhere} being trained by another process" if elsewhere else "")
+        + f", in {outcome.seconds:.0f} s"
     )
     failed = {k: m for k, m in outcome.messages.items() if outcome.states[k] == "failed"}
     if failed:

@@ -262,6 +262,8 @@ class Profile:
     name: str
     description: str
     progress: bool
+    #: whether the book trains runs that are neither published nor stored, unasked
+    train_missing: bool = True
 
 
 PROFILES: dict[str, Profile] = {
@@ -279,6 +281,8 @@ PROFILES: dict[str, Profile] = {
         name="paper",
         description="the paper's data and settings (MNIST, CIFAR-100, 300 epochs); wants a GPU",
         progress=True,
+        # days of training: rendered from published runs unless --train-missing
+        train_missing=False,
     ),
 }
 

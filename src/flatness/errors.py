@@ -22,15 +22,18 @@ class RunDiverged(FlatnessError):
 
 
 class RunMissing(FlatnessError):
-    """A run that is neither published nor stored, asked for without leave to train it.
+    """Runs that are neither published nor stored, asked for without leave to train them.
 
-    ``config`` is the missing run's :class:`~flatness.config.RunConfig`.
+    ``configs`` lists every missing run's :class:`~flatness.config.RunConfig` (a lookup of
+    several runs says all of them at once); ``config`` is the first.
     """
 
-    def __init__(self, config):
-        self.config = config
+    def __init__(self, configs):
+        self.configs = list(configs) if isinstance(configs, (list, tuple)) else [configs]
+        self.config = self.configs[0]
+        more = f" and {len(self.configs) - 1} more" if len(self.configs) > 1 else ""
         super().__init__(
-            f"the run {config.label()} ({config.key()}) is neither published nor in the results "
-            "store, and training was not asked for (--train-missing, or "
+            f"the run {self.config.label()} ({self.config.key()}){more} is neither published "
+            "nor in the results store, and training was not asked for (--train-missing, or "
             "`python -m flatness sweep` for the chapter's grid)"
         )

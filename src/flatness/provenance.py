@@ -40,6 +40,7 @@ def provenance(device, wall_seconds: float) -> dict:
         "versions": _versions(),
         "device": f"{dev.type}: {name}",
         "platform": platform.platform(),
+        "threads": torch.get_num_threads(),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_seconds": wall_seconds,
     }

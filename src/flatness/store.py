@@ -229,6 +229,7 @@ def load_or_run(
     train_fn=None,
     published=None,
     train_missing: bool = True,
+    lock: bool = True,
 ) -> Run:
     """The published or stored run for ``config``; trained and stored first if absent.
 
@@ -250,6 +251,8 @@ def load_or_run(
             :func:`~flatness.published.published_root`; ``False`` skips the layer.
         train_missing: with ``False``, a run found in neither layer raises :class:`RunMissing`
             instead of training.
+        lock: ``False`` when the caller already holds the run's lock (:meth:`Store.lock`), as a
+            sweep does for the worker process it starts.
 
     Raises:
         RunMissing: the run is absent and ``train_missing`` is false.
@@ -274,13 +277,14 @@ def load_or_run(
         raise _refusal(found)
     if not train_missing:
         raise RunMissing(config)
-    lock = store.lock(config)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if progress:
-            print(f"waiting for another process to train {config.label()}", file=sys.stderr)
-        lock.acquire()
+    held = store.lock(config) if lock else contextlib.nullcontext()
+    if lock:
+        try:
+            held.acquire(timeout=0)
+        except Timeout:
+            if progress:
+                print(f"waiting for another process to train {config.label()}", file=sys.stderr)
+            held.acquire()
     try:
         found = store.inspect(config)  # whoever held the lock may have stored it
         if isinstance(found, Run):
@@ -291,21 +295,28 @@ def load_or_run(
             store.discard(found.path)
         return _train_and_save(config, store, data_root, device, progress, train_fn)
     finally:
-        lock.release()
+        if lock:
+            held.release()
 
 
-#: Lists collecting every config asked of :func:`load_or_run` while :func:`recording` is active.
-_RECORDERS: list[list[RunConfig]] = []
+#: (list, dry) pairs collecting every config asked of :func:`load_or_run` in :func:`recording`
+_RECORDERS: list[tuple[list[RunConfig], bool]] = []
 
 
 def _record(config: RunConfig) -> None:
-    for found in _RECORDERS:
+    for found, _ in _RECORDERS:
         found.append(config)
+    if any(dry for _, dry in _RECORDERS):
+        raise RunMissing(config)
 
 
 @contextlib.contextmanager
-def recording():
+def recording(*, dry: bool = False):
     """Collect every config :func:`load_or_run` is asked for inside the block (a list).
+
+    With ``dry``, every lookup is recorded and then answered with :class:`RunMissing`, as if
+    no run were published or stored and training were not asked for: the lookups of a chapter
+    at a profile, without training or reading anything.
 
     >>> with recording() as asked:
     ...     pass
@@ -313,11 +324,12 @@ def recording():
     []
     """
     found: list[RunConfig] = []
-    _RECORDERS.append(found)
+    entry = (found, dry)
+    _RECORDERS.append(entry)
     try:
         yield found
     finally:
-        _RECORDERS.remove(found)
+        _RECORDERS.remove(entry)
 
 
 def _train_and_save(config, store, data_root, device, progress, train_fn) -> Run:

@@ -94,15 +94,25 @@ def status(grid: Grid, store: Store, published: Published) -> list[PointStatus]:
     return out
 
 
-def train_point(config: dict, store: str, data_root: str | None, retrain: bool = False) -> dict:
+def train_point(
+    config: dict, store: str, data_root: str | None, retrain: bool = False, locked: bool = False
+) -> dict:
     """Train (or load) one point; returns ``{"key", "state", "message", "seconds"}`` with
-    ``state`` ``done`` or ``failed``. Runs in a worker process or a Slurm job."""
+    ``state`` ``done`` or ``failed``. Runs in a worker process (``locked``: its parent holds the
+    run's lock) or a Slurm job."""
     from flatness.store import load_or_run
 
     cfg = RunConfig(**config)
     start = time.perf_counter()
     try:
-        load_or_run(cfg, store=Store(store), data_root=data_root, retrain=retrain)
+        load_or_run(
+            cfg,
+            store=Store(store),
+            data_root=data_root,
+            retrain=retrain,
+            train_fn=_announced,
+            lock=not locked,
+        )
         state, message = "done", ""
     except FlatnessError as err:  # diverged (recorded by the store), or refused
         state, message = "failed", str(err)
@@ -112,6 +122,14 @@ def train_point(config: dict, store: str, data_root: str | None, retrain: bool =
         "message": message,
         "seconds": time.perf_counter() - start,
     }
+
+
+def _announced(config: RunConfig, **kwargs):
+    """:func:`flatness.train.train`, saying first (in the point's log) that it trains."""
+    from flatness.train import train
+
+    print(f"training {config.label()} ({config.key()})", file=sys.stderr, flush=True)
+    return train(config, **kwargs)
 
 
 class TrainPoint(submitit.helpers.Checkpointable):
@@ -124,7 +142,8 @@ class TrainPoint(submitit.helpers.Checkpointable):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a sweep did: per point key, ``done``, ``failed`` (with message) or ``skipped``."""
+    """What a sweep did: per point key, ``done``, ``failed`` (with message), ``skipped`` (stored
+    or published before the sweep) or ``elsewhere`` (being trained by another process)."""
 
     states: dict[str, str]
     messages: dict[str, str]
@@ -164,11 +183,28 @@ def _run_local(points, store, data_root, retry_failed, max_parallel, gpus, progr
     states, messages = {}, {}
 
     def one(point: PointStatus) -> dict:
+        from filelock import Timeout
+
+        key = point.config.key()
+        # the run's lock is taken here, before a worker starts: another sweep of the same grid
+        # then skips the point at once instead of starting a worker that would only wait
+        lock = store.lock(point.config)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return {"key": key, "state": "elsewhere", "message": "trained by another process"}
+        try:
+            if isinstance(store.inspect(point.config), Run):
+                return {"key": key, "state": "done", "message": ""}
+            return _start_worker(point, key)
+        finally:
+            lock.release()
+
+    def _start_worker(point: PointStatus, key: str) -> dict:
         slot = slots.pop()
         try:
-            key = point.config.key()
             args = [json.dumps(point.config.to_dict()), str(store.root), data_root or ""]
-            args.append("retrain" if retry_failed else "")
+            args += ["retrain" if retry_failed else "", "locked"]
             with open(logs / f"{key}.log", "ab") as log:
                 done = subprocess.run(
                     [sys.executable, "-m", "flatness.sweep", *args],
@@ -211,7 +247,8 @@ def _run_slurm(points, store, data_root, retry_failed, options: dict, wait: bool
         timeout_min=options.pop("time_min"),
         slurm_array_parallelism=options.pop("max_parallel"),
         gpus_per_node=options.pop("gpus_per_job"),
-        **({"slurm_partition": options["partition"]} if options.get("partition") else {}),
+        **({"slurm_partition": options.pop("partition")} if options.get("partition") else {}),
+        **(options.get("extra") or {}),
     )
     n = len(points)
     try:
@@ -248,6 +285,7 @@ def sweep(
     gpus_per_job: int = 1,
     time_min: int = 72 * 60,
     cluster: str | None = None,
+    submitit_parameters: dict | None = None,
     wait: bool = True,
     progress: bool = False,
 ) -> Outcome:
@@ -261,6 +299,8 @@ def sweep(
         partition, gpus_per_job, time_min: the Slurm job's partition, GPUs and time limit.
         cluster: submitit's cluster for ``slurm``: ``slurm`` (default, as detected), or
             ``local`` / ``debug`` to run the Slurm path on this machine.
+        submitit_parameters: more :meth:`submitit.AutoExecutor.update_parameters` arguments,
+            e.g. ``{"slurm_account": "abc", "slurm_constraint": "a100"}``.
         wait: for ``slurm``, wait for the jobs and collect their outcomes.
 
     Raises:
@@ -298,6 +338,7 @@ def sweep(
             max_parallel=max_parallel or len(points),
             gpus_per_job=gpus_per_job,
             partition=partition,
+            extra=submitit_parameters,
         )
         states, messages, jobs = _run_slurm(points, store, data_root, retry_failed, options, wait)
     return Outcome(skipped | states, messages, time.perf_counter() - start, jobs)
@@ -310,10 +351,13 @@ def _gpu_count() -> int:
 
 
 def _main(argv: list[str]) -> int:
-    """A local worker: ``python -m flatness.sweep CONFIG_JSON STORE DATA_ROOT [retrain]``;
-    prints the outcome as JSON on its last line."""
-    config, store, data_root, retrain = argv
-    result = train_point(json.loads(config), store, data_root or None, retrain == "retrain")
+    """A local worker: ``python -m flatness.sweep CONFIG_JSON STORE DATA_ROOT RETRAIN LOCKED``
+    (``retrain`` or empty; ``locked``: the parent holds the run's lock); prints the outcome as
+    JSON on its last line."""
+    config, store, data_root, retrain, locked = argv
+    result = train_point(
+        json.loads(config), store, data_root or None, retrain == "retrain", locked == "locked"
+    )
     print(json.dumps(result), flush=True)
     return 0
 

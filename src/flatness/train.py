@@ -382,9 +382,24 @@ def _measure(run: _Run, epoch: int, *, final: bool):
         )
 
 
+def test_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """``(len(y),)`` booleans: where ``model`` (in eval mode) classifies ``x`` right."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = [
+            (model(x[i : i + EVAL_BATCH]).argmax(dim=1) == y[i : i + EVAL_BATCH]).cpu()
+            for i in range(0, len(y), EVAL_BATCH)
+        ]
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
 def _result(run: _Run, final_arrays: dict[str, np.ndarray]) -> TrainResult:
     arrays = {k: np.asarray(v, dtype=np.float64) for k, v in run.series.items()}
     arrays |= final_arrays
+    # per test example, so that paired comparisons need no weights (published runs may lack them)
+    arrays["test_correct"] = test_correct(run.result_model, run.data.x_test, run.data.y_test)
     for name, t in run.result_model.state_dict().items():
         arrays[f"state.{name}"] = t.detach().cpu().numpy()
     skip = ("epoch", "lr", "averaged", "epoch_seconds", "hessian_seconds")

@@ -26,6 +26,7 @@ import torch
 from flatness import data as datasets
 from flatness import recipes, stats
 from flatness.config import RunConfig, as_int, check_choice
+from flatness.errors import RunMissing
 from flatness.plotting import name as plain_name
 from flatness.store import Run, Store, load_or_run
 from flatness.train import default_device, load_model
@@ -114,12 +115,19 @@ class TrainingSettings:
 
 @dataclass(frozen=True)
 class Results:
-    """Every run of a chapter, by arm, and the data they were trained on."""
+    """Every run of a chapter, by arm, and the data they were trained on.
+
+    ``settings`` keeps only the arms with at least one run and the comparisons between such
+    arms; ``missing`` lists the runs found neither published nor stored (only when
+    :func:`train` was told not to train them).
+    """
 
     settings: TrainingSettings
     runs: dict[str, list[Run]]
-    data: datasets.Dataset
+    #: ``None`` only when no run is at hand
+    data: datasets.Dataset | None
     device: torch.device
+    missing: tuple[RunConfig, ...] = ()
 
     @property
     def all_runs(self) -> list[Run]:
@@ -133,20 +141,47 @@ def train(
     data_root=None,
     device=None,
     progress: bool = False,
+    train_missing: bool = True,
 ) -> Results:
-    """Train every run of ``s`` that is not stored yet; load the others."""
+    """Train every run of ``s`` that is neither published nor stored; load the others.
+
+    With ``train_missing=False`` nothing trains: missing runs are left out (and listed in
+    ``Results.missing``), and so are arms left without runs and comparisons of such arms.
+    """
     device = torch.device(device) if device is not None else default_device()
     configs = s.run_configs()
     first = next(iter(configs.values()))[0]
-    data = datasets.load(first.dataset, data_root=data_root, train_size=first.train_size)
-    runs = {
-        label: [
-            load_or_run(c, store=store, data_root=data_root, device=device, progress=progress)
-            for c in cs
-        ]
-        for label, cs in configs.items()
-    }
-    return Results(s, runs, data, device)
+    if train_missing:  # missing data is bad input: say so before training
+        datasets.load(first.dataset, data_root=data_root, train_size=first.train_size)
+    runs, missing = {}, []
+    for label, cs in configs.items():
+        for c in cs:
+            try:
+                run = load_or_run(
+                    c,
+                    store=store,
+                    data_root=data_root,
+                    device=device,
+                    progress=progress,
+                    train_missing=train_missing,
+                )
+            except RunMissing:
+                missing.append(c)
+                continue
+            runs.setdefault(label, []).append(run)
+    # without runs (none at hand) nothing needs the data, which may not be here either
+    data = (
+        datasets.load(first.dataset, data_root=data_root, train_size=first.train_size)
+        if runs
+        else None
+    )
+    if missing:
+        s = dataclasses.replace(
+            s,
+            arms=tuple(a for a in s.arms if a.label in runs),
+            comparisons=tuple(c for c in s.comparisons if c[0] in runs and c[1] in runs),
+        )
+    return Results(s, runs, data, device, tuple(missing))
 
 
 def final_table(results: Results) -> pd.DataFrame:
@@ -192,7 +227,11 @@ def history(results: Results) -> pd.DataFrame:
 
 
 def correct(run: Run, data: datasets.Dataset, device=None) -> np.ndarray:
-    """``(test examples,)`` booleans: where the run's final model is right (eval mode)."""
+    """``(test examples,)`` booleans: where the run's final model is right (eval mode); stored
+    with the run since training recorded it, else computed from the run's weights."""
+    stored = run.arrays.get("test_correct")
+    if stored is not None and len(stored) == len(data.y_test):
+        return stored.astype(bool)
     device = torch.device(device) if device is not None else default_device()
     model = load_model(run.config, run.arrays, data.input_shape, data.num_classes).to(device)
     model.eval()

@@ -21,6 +21,7 @@ from flatness.config import (
     get_profile,
     parameter_changes,
 )
+from flatness.errors import RunMissing
 from flatness.recipes import LOGREG_TRAINING, LOGREG_WEIGHT_DECAYS
 from flatness.store import Run, Store, load_or_run
 from flatness.train import default_device, load_model
@@ -109,12 +110,29 @@ def sweep(
     data_root=None,
     device=None,
     progress: bool = False,
+    train_missing: bool = True,
 ) -> list[Run]:
-    """Every (weight decay, seed) run of the settings, trained only where not stored yet."""
-    return [
-        load_or_run(cfg, store=store, data_root=data_root, device=device, progress=progress)
-        for cfg in settings.run_configs()
-    ]
+    """Every (weight decay, seed) run of the settings, trained only where neither published
+    nor stored (with ``train_missing=False``, a missing run raises
+    :class:`~flatness.errors.RunMissing` naming every missing run)."""
+    runs, missing = [], []
+    for cfg in settings.run_configs():
+        try:
+            runs.append(
+                load_or_run(
+                    cfg,
+                    store=store,
+                    data_root=data_root,
+                    device=device,
+                    progress=progress,
+                    train_missing=train_missing,
+                )
+            )
+        except RunMissing as err:
+            missing += err.configs
+    if missing:
+        raise RunMissing(missing)
+    return runs
 
 
 def final_table(runs: list[Run]) -> pd.DataFrame:

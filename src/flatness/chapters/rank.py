@@ -31,7 +31,7 @@ from flatness.config import (
     get_profile,
     parameter_changes,
 )
-from flatness.errors import FlatnessError
+from flatness.errors import FlatnessError, RunMissing
 from flatness.models.dense import MLP
 from flatness.store import load_or_run
 from flatness.train import learning_rate, load_model, make_optimiser
@@ -268,28 +268,38 @@ def train_linear(s: RankSettings, weight_decay: float, seed: int, data) -> nn.Mo
     return model
 
 
-def grid(profile: str) -> list[RunConfig]:
-    """The stored runs this chapter reads at ``profile``: the tanh and ReLU nets (the linear
-    twins train inside the chapter) and the large ReLU net of the SLQ check."""
+def small_grid(profile: str) -> list[RunConfig]:
+    """The tanh and ReLU nets whose exact spectra the chapter computes (the linear twins train
+    inside the chapter)."""
     s = settings(profile)
-    small = [
+    return [
         s.run_config(a, wd, seed)
         for a in ACTIVATIONS
         if a != "linear"
         for seed in s.seeds
         for wd in s.weight_decays
     ]
+
+
+def grid(profile: str) -> list[RunConfig]:
+    """The stored runs this chapter reads at ``profile``: :func:`small_grid` and the large ReLU
+    net of the SLQ check."""
+    s = settings(profile)
     large = [
         s.run_config("relu", wd, seed, large=True) for seed in s.seeds for wd in s.weight_decays
     ]
-    return small + large
+    return small_grid(profile) + large
 
 
-def trained_model(s, activation, weight_decay, seed, data, *, store=None, data_root=None):
+def trained_model(
+    s, activation, weight_decay, seed, data, *, store=None, data_root=None, train_missing=True
+):
     if activation == "linear":
         return train_linear(s, weight_decay, seed, data)
     cfg = s.run_config(activation, weight_decay, seed)
-    run = load_or_run(cfg, store=store, data_root=data_root, device="cpu")
+    run = load_or_run(
+        cfg, store=store, data_root=data_root, device="cpu", train_missing=train_missing
+    )
     return load_model(cfg, run.arrays, data.input_shape, data.num_classes)
 
 
@@ -316,17 +326,35 @@ def spectrum(model, data, activation, state, weight_decay, seed) -> Spectrum:
     return Spectrum(activation, state, weight_decay, seed, eig(h), eig(g), loss)
 
 
-def spectra(s: RankSettings, data, *, store=None, data_root=None) -> list[Spectrum]:
-    """Every net at initialisation (weight decay NaN) and trained with each weight decay."""
+def spectra(
+    s: RankSettings, data, *, store=None, data_root=None, train_missing=True
+) -> list[Spectrum]:
+    """Every net at initialisation (weight decay NaN) and trained with each weight decay
+    (:class:`~flatness.errors.RunMissing` for a missing run with ``train_missing=False``)."""
+    fetch = dict(store=store, data_root=data_root, train_missing=train_missing)
+    trained, missing = {}, []
+    for activation in ACTIVATIONS:  # every lookup first: all missing runs are named at once
+        for seed in s.seeds:
+            for wd in s.weight_decays:
+                if activation == "linear":
+                    continue
+                try:
+                    trained[activation, wd, seed] = trained_model(
+                        s, activation, wd, seed, data, **fetch
+                    )
+                except RunMissing as err:
+                    missing += err.configs
+    if missing:
+        raise RunMissing(missing)
     out = []
     for activation in ACTIVATIONS:
         for seed in s.seeds:
             model = initial_model(s, activation, seed, data)
             out.append(spectrum(model, data, activation, "initial", math.nan, seed))
             for wd in s.weight_decays:
-                model = trained_model(
-                    s, activation, wd, seed, data, store=store, data_root=data_root
-                )
+                model = trained.get((activation, wd, seed))
+                if model is None:  # the linear twin trains here
+                    model = trained_model(s, activation, wd, seed, data, **fetch)
                 out.append(spectrum(model, data, activation, "trained", wd, seed))
     return out
 

@@ -27,6 +27,7 @@ from flatness.chapters.rank import (
     data_rank,
     trained_model,
 )
+from flatness.errors import RunMissing
 from flatness.store import load_or_run
 from flatness.train import load_model
 
@@ -113,9 +114,23 @@ def slq_check(s: RankSettings, data, results: list[Spectrum], *, store=None, dat
     return out
 
 
-def large_net(s: RankSettings, data, *, store=None, data_root=None) -> pd.DataFrame:
+def large_net(
+    s: RankSettings, data, *, store=None, data_root=None, train_missing=True
+) -> pd.DataFrame:
     """SLQ's near-zero mass of the large ReLU net at initialisation and trained, per seed, beside
     the fraction each bound predicts, 1 - bound / P."""
+    runs, missing = {}, []
+    for seed in s.seeds:  # every lookup first: all missing runs are named at once
+        for wd in s.weight_decays:
+            cfg = s.run_config("relu", wd, seed, large=True)
+            try:
+                runs[cfg.key()] = load_or_run(
+                    cfg, store=store, data_root=data_root, device="cpu", train_missing=train_missing
+                )
+            except RunMissing as err:
+                missing += err.configs
+    if missing:
+        raise RunMissing(missing)
     rows = []
     for seed in s.seeds:
         torch.manual_seed(seed)
@@ -128,7 +143,7 @@ def large_net(s: RankSettings, data, *, store=None, data_root=None) -> pd.DataFr
         ]
         for wd in s.weight_decays:
             cfg = s.run_config("relu", wd, seed, large=True)
-            run = load_or_run(cfg, store=store, data_root=data_root, device="cpu")
+            run = runs[cfg.key()]
             states.append(
                 ("trained", wd, load_model(cfg, run.arrays, data.input_shape, data.num_classes))
             )

@@ -13,6 +13,7 @@ import pandas as pd
 from flatness import data as datasets
 from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, rank_tables, resnets, theory
 from flatness.config import get_profile
+from flatness.errors import FlatnessError, RunMissing
 from flatness.plotting import name as plain_name
 
 TRAINING = {"mlp": mlp, "cnn": cnn, "resnets": resnets}
@@ -119,13 +120,14 @@ def c4_row(claims: list[common.Claim], profile: str, datasets_used: str) -> dict
     )
 
 
-def c6_rows(profile: str, *, data_root=None) -> list[dict]:
+def c6_rows(profile: str, *, data_root=None, train_missing=True) -> list[dict]:
     """C6: one row per candidate rank bound, from the rank chapter's exact spectra: in how
     many cases (net, state, weight decay, seed) it holds at the authors' absolute tolerance
     and at the strictest relative one."""
     s = rank.settings(profile)
     d = datasets.load(s.dataset, data_root=data_root, train_size=s.train_size)
-    table = rank_tables.rank_table(rank.spectra(s, d, data_root=data_root), s, d)
+    found = rank.spectra(s, d, data_root=data_root, train_missing=train_missing)
+    table = rank_tables.rank_table(found, s, d)
     fails = rank_tables.failures(table)
     out = []
     for b in rank.BOUNDS:
@@ -164,15 +166,24 @@ def c6_rows(profile: str, *, data_root=None) -> list[dict]:
 
 def grid(profile: str) -> list:
     """The runs this chapter reads at ``profile``: every training chapter's and the rank
-    chapter's (:class:`~flatness.config.RunConfig`)."""
+    chapter's small nets (:class:`~flatness.config.RunConfig`)."""
     out = logreg.grid(profile)
     for module in (*TRAINING.values(), adaptive):
         out += module.grid(profile)
-    return out + rank.grid(profile)
+    return out + rank.small_grid(profile)
 
 
-def rows(profile: str, *, data_root=None, device=None, progress=False) -> pd.DataFrame:
-    """Every verdict row at ``profile``: C1 (context), C2, C3 (both halves per setting), C4, C5."""
+def _not_tested(claim, chapter, profile, dataset, setting, missing: int) -> dict:
+    what = f"{missing} run(s) neither published nor stored"
+    return _row(claim, chapter, profile, dataset, setting, "both", what, "not tested", "")
+
+
+def rows(
+    profile: str, *, data_root=None, device=None, progress=False, train_missing=True
+) -> pd.DataFrame:
+    """Every verdict row at ``profile``: C1 (context), C2, C3 (both halves per setting), C4, C5,
+    C6. With ``train_missing=False`` nothing trains: a setting whose runs are missing gets a
+    "not tested" row saying how many."""
     get_profile(profile)
     out = [
         _row(
@@ -187,33 +198,67 @@ def rows(profile: str, *, data_root=None, device=None, progress=False) -> pd.Dat
             "",
         )
     ]
+    fetch = dict(data_root=data_root, device=device, progress=progress)
     ls = logreg.settings(profile)
-    runs = logreg.sweep(ls, data_root=data_root, device=device, progress=progress)
-    data = datasets.load(ls.dataset, data_root=data_root, train_size=ls.train_size)
     out.append(c2_row(profile, data_root=data_root))
-    c3 = [logreg.claim(runs, data, device=device)]
-    out += _claim_rows(c3[0], "logreg", profile, ls.dataset, len(ls.seeds))
-    used = {ls.dataset}
+    c3, used = [], set()
+    try:
+        runs = logreg.sweep(ls, **fetch, train_missing=train_missing)
+    except RunMissing:
+        missing = sum(1 for c in ls.run_configs() if not _present(c))
+        out.append(_not_tested("C3", "logreg", profile, ls.dataset, "logreg", missing))
+    else:
+        data = datasets.load(ls.dataset, data_root=data_root, train_size=ls.train_size)
+        c3.append(logreg.claim(runs, data, device=device))
+        out += _claim_rows(c3[0], "logreg", profile, ls.dataset, len(ls.seeds))
+        used.add(ls.dataset)
     for chapter, module in TRAINING.items():
-        s = module.settings(profile)
-        results = common.train(s, data_root=data_root, device=device, progress=progress)
-        dataset = results.all_runs[0].config.dataset
-        used.add(dataset)
-        for c in common.claims(results):
-            c = _with_setting(c, results.runs[c.arm][0].config)
-            c3.append(c)
-            out += _claim_rows(c, chapter, profile, dataset, len(s.seeds))
+        out += _chapter_rows(
+            chapter, module.settings(profile), profile, c3, used, fetch, train_missing
+        )
     out.append(c4_row(c3, profile, ", ".join(sorted(used))))
-    s = adaptive.settings(profile)
-    results = common.train(s, data_root=data_root, device=device, progress=progress)
-    for c in common.claims(results):
-        if c.arm == "Gadam":
-            c = _with_setting(c, results.runs[c.arm][0].config)
-            out += _claim_rows(
-                c, "adaptive", profile, results.all_runs[0].config.dataset, len(s.seeds)
-            )
-    out += c6_rows(profile, data_root=data_root)
+    out += _chapter_rows(
+        "adaptive", adaptive.settings(profile), profile, [], set(), fetch, train_missing, "Gadam"
+    )
+    try:
+        out += c6_rows(profile, data_root=data_root, train_missing=train_missing)
+    except RunMissing:
+        missing = sum(1 for c in rank.small_grid(profile) if not _present(c))
+        out.append(_not_tested("C6", "rank", profile, "", "rank bounds", missing))
     return pd.DataFrame(out)
+
+
+def _present(config) -> bool:
+    from flatness.published import Published
+    from flatness.store import Store
+
+    try:
+        return Published.default().find(config) is not None or Store().load(config) is not None
+    except FlatnessError:
+        return False
+
+
+def _chapter_rows(chapter, s, profile, c3, used, fetch, train_missing, only=None) -> list[dict]:
+    """C3 (or C5, ``only`` one arm) rows of one training chapter, and a "not tested" row per
+    comparison whose runs are missing."""
+    results = common.train(s, **fetch, train_missing=train_missing)
+    out = []
+    for c in common.claims(results):
+        if only is not None and c.arm != only:
+            continue
+        dataset = results.runs[c.arm][0].config.dataset
+        used.add(dataset)
+        c = _with_setting(c, results.runs[c.arm][0].config)
+        c3.append(c)
+        out += _claim_rows(c, chapter, profile, dataset, len(s.seeds))
+    configs = s.run_configs()
+    for arm, base in s.comparisons:
+        if (arm, base) in results.settings.comparisons or (only is not None and arm != only):
+            continue
+        missing = sum(1 for c in configs[arm] + configs[base] if not _present(c))
+        dataset = configs[arm][0].dataset
+        out.append(_not_tested(s.claim, chapter, profile, dataset, f"{arm} vs {base}", missing))
+    return out
 
 
 def _with_setting(c: common.Claim, config) -> common.Claim:

@@ -1,0 +1,127 @@
+"""The published layer: read before the local store, checked against its hashes, written only by
+publish; weights left out above the size limit without losing paired comparisons."""
+
+import json
+
+import numpy as np
+import pytest
+
+from flatness import published as pub
+from flatness.chapters import common
+from flatness.config import RunConfig
+from flatness.data import load
+from flatness.errors import FlatnessError
+from flatness.store import Store, load_or_run
+from flatness.train import load_model
+
+TINY = dict(
+    model="logreg", dataset="digits", epochs=2, train_size=200, batch_size=64, hessian_every=0
+)
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("trained, but the run is published")
+
+
+@pytest.fixture
+def published_run(tmp_path):
+    cfg = RunConfig(weight_decay=1e-3, seed=0, **TINY)
+    local = Store(tmp_path / "local")
+    run = load_or_run(cfg, store=local, published=False)
+    layer = pub.Published(tmp_path / "published")
+    assert pub.publish([run], layer) == [layer.root / cfg.key()]
+    return cfg, run, layer
+
+
+def test_a_published_run_is_read_before_the_local_store_and_trains_nothing(tmp_path, published_run):
+    cfg, run, layer = published_run
+    empty = Store(tmp_path / "empty")
+    found = load_or_run(cfg, store=empty, published=layer, train_fn=_refuse)
+    assert found.path == layer.root / cfg.key()
+    assert found.metrics == run.metrics
+    for k, v in run.arrays.items():
+        np.testing.assert_array_equal(found.arrays[k], v)
+    assert not empty.root.exists()
+    assert found.provenance["weights_published"] is True
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "arrays.npz", "config.json", "provenance.json"])
+def test_a_published_file_that_does_not_match_its_hash_is_refused_naming_the_run(
+    tmp_path, published_run, name
+):
+    cfg, _, layer = published_run
+    path = layer.root / cfg.key() / name
+    path.write_bytes(path.read_bytes() + b" ")
+    with pytest.raises(FlatnessError) as err:
+        load_or_run(cfg, store=Store(tmp_path / "empty"), published=layer, train_fn=_refuse)
+    message = str(err.value)
+    assert cfg.label() in message and f"{name} does not match the SHA-256" in message
+    assert "git checkout" in message
+
+
+def test_a_published_run_without_hashes_is_refused(tmp_path, published_run):
+    cfg, _, layer = published_run
+    (layer.root / cfg.key() / pub.HASHES).unlink()
+    with pytest.raises(FlatnessError, match=f"{cfg.label()}.*no readable hashes.json"):
+        load_or_run(cfg, store=Store(tmp_path / "empty"), published=layer, train_fn=_refuse)
+
+
+def test_weights_above_the_limit_are_left_out_and_paired_comparisons_still_work(
+    tmp_path, monkeypatch
+):
+    cfg = RunConfig(weight_decay=0.0, seed=1, **TINY)
+    run = load_or_run(cfg, store=Store(tmp_path / "local"), published=False)
+    weights = sum(v.nbytes for k, v in run.arrays.items() if k.startswith("state."))
+    monkeypatch.setattr(pub, "WEIGHTS_LIMIT_BYTES", weights - 1)
+    layer = pub.Published(tmp_path / "published")
+    pub.publish([run], layer)
+    found = layer.find(cfg)
+    assert not any(k.startswith("state.") for k in found.arrays)
+    assert found.provenance["weights_published"] is False
+    assert found.provenance["weights_bytes"] == weights
+    # per-example correctness, recorded at training, against the model rebuilt from weights
+    data = load("digits", train_size=200)
+    model = load_model(cfg, run.arrays, data.input_shape, data.num_classes).eval()
+    expected = (model(data.x_test).argmax(1) == data.y_test).numpy()
+    np.testing.assert_array_equal(common.correct(found, data), expected)
+    assert 0 < expected.mean() < 1
+
+
+def test_publishing_again_leaves_published_runs_as_they_are(published_run):
+    cfg, run, layer = published_run
+    before = {p.name: p.stat().st_mtime_ns for p in (layer.root / cfg.key()).iterdir()}
+    assert pub.publish([run], layer) == []
+    after = {p.name: p.stat().st_mtime_ns for p in (layer.root / cfg.key()).iterdir()}
+    assert before == after
+
+
+def test_training_a_run_that_is_not_published_writes_only_the_local_store(tmp_path, published_run):
+    _, _, layer = published_run
+    before = sorted(p.name for p in layer.root.iterdir())
+    other = RunConfig(weight_decay=0.0, seed=5, **TINY)
+    run = load_or_run(other, store=Store(tmp_path / "local2"), published=layer)
+    assert run.path.parent == tmp_path / "local2"
+    assert sorted(p.name for p in layer.root.iterdir()) == before
+
+
+def test_publish_status_and_sweep_on_the_command_line(tmp_path, capsys):
+    from flatness.cli import main
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(json.dumps({"runs": [{**TINY, "weight_decay": 0, "seed": [0, 1]}]}))
+    common_args = ["--profile", "smoke", "--results", str(tmp_path / "local")]
+    common_args += ["--published", str(tmp_path / "published")]
+    assert main(["sweep", str(grid), *common_args, "--max-parallel", "1"]) == 0
+    assert main(["publish", str(grid), *common_args, "--to", str(tmp_path / "published")]) == 0
+    out = capsys.readouterr().out
+    assert "published 2 run(s)" in out
+    assert main(["sweep-status", str(grid), *common_args]) == 0
+    out = capsys.readouterr().out
+    assert "2 point(s): 2 published" in out
+    assert main(["sweep", str(grid), *common_args, "--dry-run"]) == 0
+    assert "0 to train" in capsys.readouterr().out
+    key = next((tmp_path / "published").iterdir())
+    (key / "metrics.json").write_text("{}")
+    assert main(["sweep-status", str(grid), *common_args]) == 0
+    out = capsys.readouterr().out
+    assert "1 published, 1 damaged" in out and "does not match the SHA-256" in out

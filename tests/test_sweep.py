@@ -1,0 +1,207 @@
+"""Sweeps: local worker processes and the Slurm path (submitit's local and debug executors),
+skipping, failures, kills and preemption, and many sweeps on one store."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flatness import grids, sweep
+from flatness.config import RunConfig
+from flatness.published import Published
+from flatness.store import Store
+
+TINY = dict(
+    model="logreg", dataset="digits", epochs=2, train_size=200, batch_size=64, hessian_every=0
+)
+
+
+def _grid(*configs, name="test"):
+    return grids.Grid(name, "smoke", tuple(configs))
+
+
+def _tiny(n, **extra):
+    return [RunConfig(weight_decay=1e-4 * i, seed=i, **{**TINY, **extra}) for i in range(n)]
+
+
+def _no_published(tmp_path):
+    return Published(tmp_path / "no-published")
+
+
+def _trainings(store: Store) -> dict[str, int]:
+    """How many times each point was trained, from the workers' logs."""
+    counts: dict[str, int] = {}
+    for log in (store.root / ".logs").glob("*.log"):
+        counts[log.stem] = log.read_text().count("training ")
+    return counts
+
+
+def _whole(store: Store, configs) -> None:
+    """Every config stored once, readable, and no temporary folder left behind."""
+    assert sorted(r.key for r in store.runs()) == sorted(c.key() for c in configs)
+    assert not store.damaged() and not store.failed()
+    assert not list(store.root.glob(".tmp-*"))
+    for r in store.runs():
+        assert len(r.arrays["test_loss"]) == r.config.epochs
+
+
+def test_a_local_sweep_trains_each_point_once_and_skips_it_next_time(tmp_path):
+    store, configs = Store(tmp_path / "store"), _tiny(3)
+    out = sweep.sweep(
+        _grid(*configs), store=store, published=_no_published(tmp_path), max_parallel=2
+    )
+    assert out.count("done") == 3
+    _whole(store, configs)
+    assert _trainings(store) == {c.key(): 1 for c in configs}
+    again = sweep.sweep(_grid(*configs), store=store, published=_no_published(tmp_path))
+    assert again.count("skipped") == 3 and again.seconds == 0.0
+    states = [p.state for p in sweep.status(_grid(*configs), store, _no_published(tmp_path))]
+    assert states == ["done"] * 3
+
+
+def test_a_nan_point_is_recorded_failed_with_its_message_and_the_rest_complete(tmp_path):
+    store = Store(tmp_path / "store")
+    good = _tiny(2)
+    bad = RunConfig(weight_decay=1e6, seed=9, **TINY)  # coupled L2 of 1e6 overflows
+    grid = _grid(good[0], bad, good[1])
+    out = sweep.sweep(grid, store=store, published=_no_published(tmp_path), max_parallel=1)
+    assert out.states[bad.key()] == "failed" and "diverged" in out.messages[bad.key()]
+    assert out.count("done") == 2
+    status = {p.config.key(): p for p in sweep.status(grid, store, _no_published(tmp_path))}
+    assert status[bad.key()].state == "failed"
+    assert "diverged" in status[bad.key()].message
+    # a failed point is skipped until asked for again
+    assert sweep.to_train(grid, store, _no_published(tmp_path)) == []
+    retry = sweep.to_train(grid, store, _no_published(tmp_path), retry_failed=True)
+    assert [p.config for p in retry] == [bad]
+
+
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_the_slurm_path_runs_on_submitits_test_executors(tmp_path, cluster):
+    store, configs = Store(tmp_path / "store"), _tiny(2)
+    out = sweep.sweep(
+        _grid(*configs),
+        executor="slurm",
+        cluster=cluster,
+        store=store,
+        published=_no_published(tmp_path),
+        time_min=5,
+        max_parallel=1,
+    )
+    assert out.count("done") == 2 and len(out.jobs) == 2
+    _whole(store, configs)
+
+
+def _wait_for(path: Path, timeout: float = 120.0) -> None:
+    start = time.monotonic()
+    while not path.exists():
+        assert time.monotonic() - start < timeout, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def test_a_preempted_slurm_job_is_requeued_and_resumes_from_its_checkpoint(tmp_path):
+    """Slurm signals a job it preempts (USR2 with submitit's defaults); the job checkpoints and
+    is requeued, and the run resumes from its own checkpoint in the store."""
+    from submitit.local.local import LocalJobEnvironment
+
+    store = Store(tmp_path / "store")
+    cfg = RunConfig(weight_decay=0.0, seed=0, **{**TINY, "epochs": 3000})
+    out = sweep.sweep(
+        _grid(cfg),
+        executor="slurm",
+        cluster="local",
+        store=store,
+        published=_no_published(tmp_path),
+        time_min=10,
+        wait=False,
+    )
+    (job,) = out.jobs
+    _wait_for(store.checkpoint_path(cfg))
+    # the task runs under submitit's local controller, as a job step runs under Slurm
+    tasks = subprocess.run(
+        ["pgrep", "-P", str(job._process.pid)], capture_output=True, text=True
+    ).stdout.split()
+    assert len(tasks) == 1
+    os.kill(int(tasks[0]), LocalJobEnvironment._usr_sig())
+    assert job.result()["state"] == "done"
+    log = job.stderr()
+    assert "resuming" in log, log[-2000:]
+    epoch = int(log.split("resuming ")[1].split("at epoch ")[1].split()[0])
+    assert 5 <= epoch < 3000
+    _whole(store, [cfg])
+
+
+def _cli(*args, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "flatness", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        **kwargs,
+    )
+
+
+def _write_grid(path: Path, n: int, epochs: int) -> list[RunConfig]:
+    points = [{**TINY, "epochs": epochs, "weight_decay": 1e-4 * i, "seed": i} for i in range(n)]
+    path.write_text(json.dumps({"runs": points}))  # JSON is YAML
+    return grids.load(str(path), "smoke").configs
+
+
+def test_a_killed_worker_loses_only_its_point_which_resumes_on_the_next_sweep(tmp_path):
+    store = Store(tmp_path / "store")
+    (cfg,) = _write_grid(tmp_path / "g.yaml", 1, 400)
+    args = ("sweep", str(tmp_path / "g.yaml"), "--profile", "smoke", "--results", str(store.root))
+    args += ("--published", str(tmp_path / "none"), "--max-parallel", "1")
+    first = _cli(*args)
+    _wait_for(store.checkpoint_path(cfg))
+    worker = subprocess.run(
+        ["pgrep", "-f", f"flatness[.]sweep .*{store.root}"], capture_output=True, text=True
+    ).stdout.split()
+    assert len(worker) == 1
+    os.kill(int(worker[0]), signal.SIGKILL)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 2 and "worker exited with code -9" in err
+    assert store.inspect(cfg) is None and store.checkpoint_path(cfg).exists()
+    second = _cli(*args)
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    log = (store.root / ".logs" / f"{cfg.key()}.log").read_text()
+    assert "resuming" in log and log.count("training ") == 2
+    _whole(store, [cfg])
+    assert not store.checkpoint_path(cfg).exists()
+
+
+def test_eight_sweeps_of_one_grid_at_once_store_every_point_exactly_once(tmp_path):
+    store = Store(tmp_path / "store")
+    configs = _write_grid(tmp_path / "g.yaml", 16, 2)
+    args = ("sweep", str(tmp_path / "g.yaml"), "--profile", "smoke", "--results", str(store.root))
+    args += ("--published", str(tmp_path / "none"), "--max-parallel", "1")
+    procs = [_cli(*args) for _ in range(8)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err
+        outs.append(out)
+    _whole(store, configs)
+    # each point's worker ran in one sweep; the others found it stored or being trained
+    assert sum(int(o.split(" trained or found")[0].split()[-1]) for o in outs) >= 16
+    assert _trainings(store) == {c.key(): 1 for c in configs}
+    assert not list(store.root.glob(".trash-*"))
+
+
+def test_a_bad_executor_or_parallelism_is_one_message(tmp_path):
+    from flatness.errors import FlatnessError
+
+    grid = _grid(*_tiny(1))
+    with pytest.raises(FlatnessError, match="unknown executor 'pbs'.*'local', 'slurm'"):
+        sweep.sweep(grid, executor="pbs", store=Store(tmp_path))
+    with pytest.raises(FlatnessError, match="max_parallel must be a whole number >= 1"):
+        sweep.sweep(grid, max_parallel=0, store=Store(tmp_path))
+    with pytest.raises(FlatnessError, match="unknown cluster 'aws'"):
+        sweep.sweep(grid, executor="slurm", cluster="aws", store=Store(tmp_path))
