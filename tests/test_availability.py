@@ -1,0 +1,83 @@
+"""Chapters whose runs are not all at hand: a note with the missing runs, a page of what is there,
+and nothing trained unless asked."""
+
+import nbformat
+import pytest
+
+from flatness import availability, book, grids
+from flatness.chapters import common, mlp
+from flatness.config import get_profile
+from flatness.store import Store, load_or_run
+
+
+@pytest.fixture
+def empty_layers(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLATNESS_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("FLATNESS_PUBLISHED", str(tmp_path / "published"))
+    return tmp_path
+
+
+def test_only_the_paper_profile_leaves_missing_runs_untrained():
+    assert [get_profile(p).train_missing for p in ("smoke", "cpu", "paper")] == [True, True, False]
+
+
+def test_a_chapter_with_no_run_at_hand_is_its_opening_and_a_note(empty_layers):
+    done = book.execute_chapter(
+        "cnn", profile="smoke", out=empty_layers, progress=False, train_missing=False
+    )
+    grid = grids.chapter_grid("cnn", "smoke")
+    assert done.placeholder and (done.missing, done.grid) == (len(grid), len(grid))
+    nb = nbformat.read(done.notebook, as_version=4)
+    assert all(c.cell_type == "markdown" for c in nb.cells)
+    assert nb.cells[0].source.startswith("# ")
+    note = nb.cells[-1].source
+    assert f"{len(grid)} of the {len(grid)} runs" in note and "none of its results" in note
+    assert "python -m flatness sweep cnn --profile smoke --executor slurm" in note
+    assert "GPU-hours" in note and "--train-missing" in note
+    for c in grid:  # few enough to be listed one by one, each with its key
+        assert f"`{c.key()}`" in note
+    assert not (empty_layers / "results").exists()  # nothing trained
+
+
+def test_a_chapter_with_some_runs_at_hand_executes_on_them_and_says_which_are_missing(
+    empty_layers,
+):
+    s = mlp.settings("smoke")
+    arms = s.run_configs()
+    keep = [c for label in list(arms)[:2] for c in arms[label]]  # one network, both decays
+    for c in keep:
+        load_or_run(c)
+    done = book.execute_chapter(
+        "mlp", profile="smoke", out=empty_layers, progress=False, train_missing=False
+    )
+    assert not done.error and not done.placeholder
+    assert done.missing == len(s.runs()) - len(keep)
+    assert sorted(r.key for r in Store().runs()) == sorted(c.key() for c in keep)
+    nb = nbformat.read(done.notebook, as_version=4)
+    note = nb.metadata["flatness"]["note"]
+    assert f"{done.missing} of the {len(s.runs())} runs" in note
+    assert f"shows what the {len(keep)} runs at hand give" in note
+    staged = empty_layers / "staged.ipynb"
+    book._stage_notebook(done.notebook, staged)
+    assert nbformat.read(staged, as_version=4).cells[1].source == note
+    # the page judged the one network whose runs are there
+    results = common.train(s, train_missing=False)
+    assert [a.label for a in results.settings.arms] == list(arms)[:2]
+    assert len(results.settings.comparisons) == 1 and len(results.missing) == done.missing
+
+
+def test_a_run_published_or_stored_since_makes_the_page_execute_again(empty_layers):
+    before = availability.availability("cnn", "smoke")
+    stamp = book.fingerprint("cnn", "smoke", {}, book.checkout(), before.present_keys)
+    load_or_run(grids.chapter_grid("cnn", "smoke")[0])
+    after = availability.availability("cnn", "smoke")
+    assert len(after.missing) == len(before.missing) - 1
+    assert book.fingerprint("cnn", "smoke", {}, book.checkout(), after.present_keys) != stamp
+
+
+def test_many_missing_runs_are_counted_per_network(empty_layers):
+    a = availability.availability("verdicts", "paper")
+    assert len(a.missing) > availability.LISTED
+    note = availability.note(a, executed=True)
+    assert "| network and optimiser | runs | GPU-hours |" in note
+    assert "| wrn-28-10/cifar100 sgd | 6 |" in note
