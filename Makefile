@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= cpu
+# where MNIST-style data live (the paper profile reads MNIST); empty: $FLATNESS_DATA or ./data
+DATA ?=
+BOOK_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: book test lint format bench clean clean-results
@@ -15,9 +18,10 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-## Execute every chapter with papermill on PROFILE (default cpu) and render _build/html.
+## Execute every chapter with papermill on PROFILE (default cpu) and render _build/html;
+## PROFILE=paper renders from published runs and trains nothing (BOOK_ARGS=--train-missing does).
 book: $(STAMP)
-	$(BIN)/python -m flatness book --profile $(PROFILE)
+	$(BIN)/python -m flatness book --profile $(PROFILE) $(if $(DATA),--data-root $(DATA)) $(BOOK_ARGS)
 
 ## The whole test suite, including a smoke-profile build of the book.
 test: $(STAMP)

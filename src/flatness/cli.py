@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true", help="train through torch.compile")
 
     plan = sub.add_parser("plan", help="list a profile's grid of runs with estimated device hours")
+    plan.add_argument(
+        "grid",
+        nargs="?",
+        metavar="GRID",
+        help="a chapter, all, or a YAML file (default: the paper's networks and optimisers)",
+    )
     plan.add_argument("--profile", choices=list(PROFILES), default="paper")
     plan.add_argument("--device", help="where steps are timed (default: cuda if available)")
     plan.add_argument("--step-times", help="JSON of step times saved by an earlier plan")
@@ -254,7 +260,12 @@ def _plan(args) -> None:
         # say so before the steps are timed, not after
         raise FlatnessError(f"--save-step-times: the folder {save.parent} does not exist")
     known = plan.read_step_times(args.step_times) if args.step_times else None
-    configs = recipes.grid(args.profile)
+    if args.grid is not None:
+        from flatness import grids
+
+        configs = list(grids.load(args.grid, args.profile).configs)
+    else:
+        configs = recipes.grid(args.profile)
     estimates, times = plan.estimate(configs, device, known)
     print(plan.table(estimates, device))
     if save is not None:
