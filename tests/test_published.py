@@ -125,3 +125,13 @@ def test_publish_status_and_sweep_on_the_command_line(tmp_path, capsys):
     assert main(["sweep-status", str(grid), *common_args]) == 0
     out = capsys.readouterr().out
     assert "1 published, 1 damaged" in out and "does not match the SHA-256" in out
+
+
+def test_a_page_says_how_long_its_runs_took_and_on_what(published_run, tmp_path):
+    cfg, run, layer = published_run
+    other = load_or_run(RunConfig(weight_decay=0.0, seed=3, **TINY), store=Store(tmp_path / "l"))
+    runs = [layer.find(cfg), other]
+    text = common.run_costs(runs)
+    hours = (run.provenance["wall_seconds"] + other.provenance["wall_seconds"]) / 3600
+    assert text.startswith(f"The 2 runs took {hours:.3g} hours in all")
+    assert other.provenance["device"] in text and "1 of them published" in text

@@ -29,12 +29,23 @@ def _versions() -> dict:
     return found
 
 
+def _cpu_name() -> str:
+    """The CPU's model name (Linux), else what :func:`platform.processor` says, else ``cpu``."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def provenance(device, wall_seconds: float) -> dict:
     """Where, when and with what a run was made."""
     import torch
 
     dev = torch.device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu"
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
     return {
         "git_commit": _git_commit(),
         "versions": _versions(),

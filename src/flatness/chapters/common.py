@@ -424,7 +424,35 @@ def provenance(s: TrainingSettings, results: Results, description: str) -> str:
         f"profile **{s.profile}** ({description}); data set **{results.all_runs[0].config.dataset}** "
         f"({len(d.y_train):,} training, {len(d.y_val):,} validation and {len(d.y_test):,} test "
         f"examples); seeds {', '.join(map(str, s.seeds))}; device **{results.device}**; "
-        f"executed {dt.date.today().isoformat()}; stored runs: {keys}"
+        f"executed {dt.date.today().isoformat()}. {run_costs(results.all_runs)} Stored runs: {keys}"
+    )
+
+
+def run_costs(runs: list[Run]) -> str:
+    """How long ``runs`` took and on what, from their stored provenance, in one sentence."""
+    if not runs:
+        return "No run is at hand."
+    hours = sum(float(r.provenance.get("wall_seconds", 0.0)) for r in runs) / 3600
+    train = sum(float(r.metrics.get("train_seconds", 0.0)) for r in runs) / 3600
+    measure = sum(float(r.metrics.get("hessian_seconds", 0.0)) for r in runs) / 3600
+    devices = sorted(
+        {
+            f"{r.provenance.get('device', 'unknown device')} ({r.provenance.get('platform', '')})"
+            for r in runs
+        }
+    )
+    threads = sorted({int(r.provenance["threads"]) for r in runs if "threads" in r.provenance})
+    days = sorted(str(r.provenance.get("finished", ""))[:10] for r in runs)
+    published = sum(r.path.parent.name == "published" for r in runs)
+    on = " and ".join(devices) + (
+        f" ({'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''} per run)"
+        if threads
+        else ""
+    )
+    return (
+        f"The {len(runs)} runs took {hours:.3g} hours in all (training {train:.3g} h, Hessian "
+        f"measurements {measure:.3g} h) on {on}, finished {days[0]} to {days[-1]}"
+        + (f"; {published} of them published." if published else ".")
     )
 
 
