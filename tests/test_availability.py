@@ -81,3 +81,16 @@ def test_many_missing_runs_are_counted_per_network(empty_layers):
     note = availability.note(a, executed=True)
     assert "| network and optimiser | runs | GPU-hours |" in note
     assert "| wrn-28-10/cifar100 sgd | 6 |" in note
+
+
+def test_a_chapter_that_trained_its_runs_is_reused_by_the_next_build(empty_layers):
+    run = dict(profile="smoke", out=empty_layers, progress=False, reuse=True)
+    first = book.execute_chapter("logreg", **run)
+    assert not first.error and not first.reused and first.missing == len(first_grid())
+    assert len(Store().runs()) == len(first_grid())  # it trained them
+    again = book.execute_chapter("logreg", **run)
+    assert again.reused and again.missing == 0
+
+
+def first_grid():
+    return grids.chapter_grid("logreg", "smoke")

@@ -319,7 +319,9 @@ def execute_chapter(
         error = f"chapter {name} failed (profile {profile}) in cell {err.exec_count}:\n{trace}"
     if error is None:
         note = availability.note(at_hand, executed=True) if partial else None
-        _stamp(target, stamp, note)
+        # the runs it trained are at hand now: the next build with nothing changed reuses it
+        present = availability.availability(name, profile).present_keys
+        _stamp(target, fingerprint(name, profile, parameters, root, present), note)
     return Execution(name, profile, target, time.perf_counter() - start, error, **counts)
 
 
