@@ -116,6 +116,9 @@ def test_a_yaml_grid_multiplies_lists_and_fills_the_rest_from_the_recipe(tmp_pat
         ("runs: [{model: logreg, colour: red}]", "unknown run setting 'colour'"),
         ("runs: [{model: logreg, epochs: 0}]", "epochs"),
         ("runs: [{model: logreg", "not valid YAML"),
+        ("runs: [{model: logreg, seed: []}]", "point 1: seed lists no value"),
+        ("runs: [{model: logreg}]\nextra: 1", "unknown keys \\['extra'\\]"),
+        ("runs: [{model: foonet, epochs: 2}]", '"model": "foonet".*unknown model'),
     ],
 )
 def test_a_bad_yaml_grid_is_one_message_naming_the_point(tmp_path, text, match):

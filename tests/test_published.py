@@ -125,6 +125,15 @@ def test_publish_status_and_sweep_on_the_command_line(tmp_path, capsys):
     assert main(["sweep-status", str(grid), *common_args]) == 0
     out = capsys.readouterr().out
     assert "1 published, 1 damaged" in out and "does not match the SHA-256" in out
+    # publishing again from the store repairs it
+    assert main(["publish", str(grid), *common_args, "--to", str(tmp_path / "published")]) == 0
+    out = capsys.readouterr().out
+    assert "published 1 run(s)" in out and "1 were published already" in out
+    assert main(["sweep-status", str(grid), *common_args]) == 0
+    assert "2 point(s): 2 published" in capsys.readouterr().out
+    assert all(
+        p.stat().st_mode & 0o777 == 0o755 for p in (tmp_path / "published").iterdir() if p.is_dir()
+    )
 
 
 def test_a_page_says_how_long_its_runs_took_and_on_what(published_run, tmp_path):

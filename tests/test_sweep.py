@@ -166,7 +166,8 @@ def test_a_killed_worker_loses_only_its_point_which_resumes_on_the_next_sweep(tm
     assert len(worker) == 1
     os.kill(int(worker[0]), signal.SIGKILL)
     out, err = first.communicate(timeout=120)
-    assert first.returncode == 2 and "worker exited with code -9" in err
+    assert first.returncode == 2 and "1 point(s) interrupted" in err
+    assert "the worker exited with code -9" in err and "recorded" not in err
     assert store.inspect(cfg) is None and store.checkpoint_path(cfg).exists()
     second = _cli(*args)
     out, err = second.communicate(timeout=300)
@@ -205,3 +206,55 @@ def test_a_bad_executor_or_parallelism_is_one_message(tmp_path):
         sweep.sweep(grid, max_parallel=0, store=Store(tmp_path))
     with pytest.raises(FlatnessError, match="unknown cluster 'aws'"):
         sweep.sweep(grid, executor="slurm", cluster="aws", store=Store(tmp_path))
+
+
+def test_a_killed_sweep_takes_its_worker_with_it_and_a_rerun_resumes(tmp_path):
+    store = Store(tmp_path / "store")
+    (cfg,) = _write_grid(tmp_path / "g.yaml", 1, 400)
+    args = ("sweep", str(tmp_path / "g.yaml"), "--profile", "smoke", "--results", str(store.root))
+    args += ("--published", str(tmp_path / "none"), "--max-parallel", "1")
+    first = _cli(*args)
+    _wait_for(store.checkpoint_path(cfg))
+    pattern = f"flatness[.]sweep .*{store.root}"
+    worker = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+    assert len(worker.split()) == 1
+    first.kill()  # SIGKILL of the sweep itself
+    first.communicate(timeout=60)
+    start = time.monotonic()
+    while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:
+        assert time.monotonic() - start < 30, "the worker outlived its sweep"
+        time.sleep(0.2)
+    status = sweep.status(_grid(cfg), store, _no_published(tmp_path))
+    assert status[0].state == "missing" and "resumes from a checkpoint" in status[0].message
+    second = _cli(*args)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    log = (store.root / ".logs" / f"{cfg.key()}.log").read_text()
+    assert "resuming" in log and log.count("training ") == 2
+    _whole(store, [cfg])
+
+
+def test_a_rerun_says_which_failed_points_it_skipped(tmp_path):
+    bad = {**TINY, "epochs": 6, "weight_decay": 1e6, "seed": 0}
+    (tmp_path / "g.yaml").write_text(json.dumps({"runs": [bad, {**TINY, "weight_decay": 0}]}))
+    args = ("sweep", str(tmp_path / "g.yaml"), "--profile", "smoke")
+    args += ("--results", str(tmp_path / "s"), "--published", str(tmp_path / "none"))
+    for expected in ("1 point(s) failed (recorded", "1 failed or damaged point(s) skipped"):
+        p = _cli(*args, "--max-parallel", "1")
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 2 and expected in err, err
+        assert "diverged" in err
+
+
+def test_slurm_is_asked_for_by_name_and_its_absence_is_one_message(tmp_path, monkeypatch):
+    from flatness.errors import FlatnessError
+
+    monkeypatch.setattr(sweep.shutil, "which", lambda name: None)
+    with pytest.raises(FlatnessError, match="sbatch is not on this machine's PATH"):
+        sweep.sweep(
+            _grid(*_tiny(1)),
+            executor="slurm",
+            store=Store(tmp_path),
+            published=_no_published(tmp_path),
+        )
+    assert not (tmp_path / ".submitit").exists()

@@ -82,7 +82,8 @@ def note(a: Availability, *, executed: bool) -> str:
         f"{plan.ASSUMED_SECONDS_PER_OP * 1e6:g} microseconds per operator), or here with "
         f"`--executor local`; then `python -m flatness publish {a.chapter} --profile "
         f"{a.profile}`, or rebuild with `python -m flatness book --profile {a.profile} "
-        "--train-missing`. `python -m flatness sweep-status` follows them.",
+        f"--train-missing`. `python -m flatness sweep-status {a.chapter} --profile {a.profile}` "
+        "follows them.",
         "```",
         "",
         _listing(estimates),

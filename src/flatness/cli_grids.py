@@ -15,7 +15,7 @@ GRID_HELP += "estimators), all, or a YAML file of points"
 def add_parsers(sub) -> None:
     sweep = sub.add_parser("sweep", help="train a grid's missing runs, here or on Slurm")
     sweep.add_argument("grid", metavar="GRID", help=GRID_HELP)
-    sweep.add_argument("--profile", choices=list(PROFILES), default="paper")
+    sweep.add_argument("--profile", choices=list(PROFILES), default="paper", help="default: paper")
     sweep.add_argument("--executor", choices=("local", "slurm"), default="local")
     sweep.add_argument(
         "--max-parallel",
@@ -42,7 +42,7 @@ def add_parsers(sub) -> None:
 
     status = sub.add_parser("sweep-status", help="done / running / failed / missing per point")
     status.add_argument("grid", metavar="GRID", help=GRID_HELP)
-    status.add_argument("--profile", choices=list(PROFILES), default="paper")
+    status.add_argument("--profile", choices=list(PROFILES), default="paper", help="default: paper")
     status.add_argument(
         "--retry-failed",
         action="store_true",
@@ -52,7 +52,9 @@ def add_parsers(sub) -> None:
 
     publish = sub.add_parser("publish", help="copy a grid's stored runs into published/")
     publish.add_argument("grid", metavar="GRID", help=GRID_HELP)
-    publish.add_argument("--profile", choices=list(PROFILES), default="paper")
+    publish.add_argument(
+        "--profile", choices=list(PROFILES), default="paper", help="default: paper"
+    )
     publish.add_argument("--to", help="the published folder (default: <checkout>/published)")
     _store_options(publish)
 
@@ -108,10 +110,17 @@ def _sweep(args) -> None:
             estimates = plan.gpu_estimate(configs)
             source = _assumption()
         for e in estimates:
-            print(f"  {e.config.key()}  {e.config.label():55} {e.hours:8.3g} GPU-h")
+            c = e.config
+            size = f"{c.train_size:,} examples" if c.train_size else "all examples"
+            print(
+                f"  {c.key()}  {c.label():52} {c.epochs:4d} epochs, {size:15} {e.hours:8.3g} GPU-h"
+            )
         print(f"{len(estimates)} run(s), {_hours(estimates)} GPU-hours ({source})")
         return
     if not points:
+        problems = _skipped_problems(grid, store, published, args)
+        if problems:
+            raise FlatnessError("\n".join(problems))
         return
     # a missing data set is bad input: say so before any worker starts
     from flatness import data as datasets
@@ -147,12 +156,37 @@ def _sweep(args) -> None:
         + (f", {elsewhere} being trained by another process" if elsewhere else "")
         + f", in {outcome.seconds:.0f} s"
     )
+    problems = []
     failed = {k: m for k, m in outcome.messages.items() if outcome.states[k] == "failed"}
     if failed:
-        raise FlatnessError(
+        problems.append(
             f"{len(failed)} point(s) failed (recorded; `sweep --retry-failed` trains them "
             "again):\n" + "\n".join(f"  {k}: {m}" for k, m in failed.items())
         )
+    cut = {k: m for k, m in outcome.messages.items() if outcome.states[k] == "interrupted"}
+    if cut:
+        problems.append(
+            f"{len(cut)} point(s) interrupted (their worker died; the same sweep again resumes "
+            "them):\n" + "\n".join(f"  {k}: {m}" for k, m in cut.items())
+        )
+    problems += _skipped_problems(grid, store, published, args)
+    if problems:
+        raise FlatnessError("\n".join(problems))
+
+
+def _skipped_problems(grid, store, published, args) -> list[str]:
+    """Failed or damaged points this sweep left alone (without --retry-failed)."""
+    from flatness import sweep
+
+    if args.retry_failed:
+        return []
+    left = [p for p in sweep.status(grid, store, published) if p.state in ("failed", "damaged")]
+    if not left:
+        return []
+    return [
+        f"{len(left)} failed or damaged point(s) skipped (`--retry-failed` trains them again):\n"
+        + "\n".join(f"  {p.config.key()}  {p.state}: {p.message}" for p in left)
+    ]
 
 
 def _assumption() -> str:
@@ -187,8 +221,18 @@ def _status(args) -> None:
     if args.retry_failed:
         print(
             f"failed points cleared; train them with `python -m flatness sweep {args.grid} "
-            f"--profile {args.profile}`"
+            f"--profile {args.profile}{_layer_options(args)}`"
         )
+
+
+def _layer_options(args) -> str:
+    """The store and layer options the user gave, for commands this one suggests."""
+    out = ""
+    for option in ("results", "published", "data_root"):
+        value = getattr(args, option, None)
+        if value:
+            out += f" --{option.replace('_', '-')} {value}"
+    return out
 
 
 def _publish(args) -> None:
@@ -198,14 +242,18 @@ def _publish(args) -> None:
     store, layer = _layers(args)
     if args.to:
         layer = published.Published(Path(args.to))
-    points = sweep.status(grid, store, layer)
-    runs = [store.load(p.config) for p in points if p.state == "done"]
-    written = published.publish(runs, layer)
-    missing = [p for p in points if p.state not in ("done", "published")]
+    runs = [r for r in (store.load(c) for c in grid.configs) if r is not None]
+    written = published.publish(runs, layer)  # a damaged published copy is written again
+    have = {r.key for r in runs}
+    missing = [
+        p
+        for p in sweep.status(grid, store, layer)
+        if p.config.key() not in have and p.state != "published"
+    ]
     print(
         f"published {len(written)} run(s) of grid {grid.name} into {layer.root}; "
-        f"{sum(p.state == 'published' for p in points)} were published already; "
-        f"{len(missing)} not stored yet"
+        f"{len(runs) - len(written)} were published already; {len(missing)} neither stored "
+        "here nor published"
     )
     for p in missing:
         print(f"  {p.config.key()}  {p.state:9} {p.config.label()}")

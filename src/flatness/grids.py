@@ -112,6 +112,9 @@ def _read_yaml(path: Path, profile: str) -> list[RunConfig]:
         raise FlatnessError(f"cannot read the grid file {path} ({err.strerror})") from None
     except yaml.YAMLError as err:
         raise FlatnessError(f"the grid file {path} is not valid YAML ({err})") from None
+    if isinstance(found, dict) and set(found) - {"runs"}:
+        extra = sorted(map(str, set(found) - {"runs"}))
+        raise FlatnessError(f"the grid file {path} has unknown keys {extra}; it holds `runs:` only")
     if not isinstance(found, dict) or not isinstance(found.get("runs"), list) or not found["runs"]:
         raise FlatnessError(
             f"the grid file {path} must hold `runs:`, a non-empty list of points such as "
@@ -124,11 +127,15 @@ def _read_yaml(path: Path, profile: str) -> list[RunConfig]:
         lists = {
             k: [_number(x) for x in (v if isinstance(v, list) else [v])] for k, v in point.items()
         }
+        if not all(lists.values()):
+            empty = [k for k, v in lists.items() if not v]
+            raise FlatnessError(f"{path}, point {i}: {', '.join(empty)} lists no value")
         for values in itertools.product(*lists.values()):
             fields = dict(zip(lists, values, strict=True))
+            shown = json.dumps(fields, default=str)
             model, optimiser = fields.pop("model"), fields.pop("optimiser", "sgd")
             try:
                 configs.append(recipes.run_config(model, optimiser, profile, **fields))
             except (FlatnessError, TypeError) as err:
-                raise FlatnessError(f"{path}, point {i} ({json.dumps(fields)}): {err}") from None
+                raise FlatnessError(f"{path}, point {i} ({shown}): {err}") from None
     return configs

@@ -140,6 +140,7 @@ def publish(runs: list[Run], layer: Published) -> list[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run.key}-", dir=layer.root))
         try:
             _fill(run, tmp)
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide the run from others on a shared disk
             if target.is_dir():
                 aside = layer.root / f".old-{run.key}"
                 os.rename(target, aside)

@@ -167,6 +167,7 @@ class Store:
         target = self.path(config)
         try:
             fill(tmp)
+            tmp.chmod(0o755)  # mkdtemp's 0700 would hide the run from others on a shared disk
             # durable before visible: a crash after the rename must not leave empty files
             for f in [*tmp.iterdir(), tmp]:
                 _fsync(f)

@@ -21,6 +21,8 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -116,6 +118,7 @@ def train_point(
         state, message = "done", ""
     except FlatnessError as err:  # diverged (recorded by the store), or refused
         state, message = "failed", str(err)
+        print(f"failed: {message}", file=sys.stderr, flush=True)
     return {
         "key": cfg.key(),
         "state": state,
@@ -142,8 +145,9 @@ class TrainPoint(submitit.helpers.Checkpointable):
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a sweep did: per point key, ``done``, ``failed`` (with message), ``skipped`` (stored
-    or published before the sweep) or ``elsewhere`` (being trained by another process)."""
+    """What a sweep did: per point key, ``done``, ``failed`` (recorded, with message),
+    ``interrupted`` (its worker died; it resumes next time), ``skipped`` (published, stored, or
+    failed before the sweep) or ``elsewhere`` (being trained by another process)."""
 
     states: dict[str, str]
     messages: dict[str, str]
@@ -170,6 +174,20 @@ def _local_worker_env(slot: int, max_parallel: int, gpus: int) -> dict:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max_parallel))
     env["MKL_NUM_THREADS"] = env["OMP_NUM_THREADS"]
     return env
+
+
+def _die_with_parent() -> None:
+    """In a local worker: die when the sweep that started it dies (Linux), so that no worker
+    trains on without the lock its sweep held (its checkpoint stays for the next sweep)."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the sweep died before the line above
+        os._exit(1)
 
 
 def _run_local(points, store, data_root, retry_failed, max_parallel, gpus, progress):
@@ -217,8 +235,8 @@ def _run_local(points, store, data_root, retry_failed, max_parallel, gpus, progr
                 return json.loads(lines[-1])
             return {
                 "key": key,
-                "state": "failed",
-                "message": f"worker exited with code {done.returncode} (see {logs / key}.log); "
+                "state": "interrupted",
+                "message": f"the worker exited with code {done.returncode} (see {logs / key}.log); "
                 "the run resumes from its checkpoint when the sweep is run again",
             }
         finally:
@@ -240,7 +258,13 @@ def _run_local(points, store, data_root, retry_failed, max_parallel, gpus, progr
 
 
 def _run_slurm(points, store, data_root, retry_failed, options: dict, wait: bool):
-    cluster = options.pop("cluster", None)
+    cluster = options.pop("cluster", None) or "slurm"
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        # submitit would quietly run the jobs here instead
+        raise FlatnessError(
+            "--executor slurm: Slurm's sbatch is not on this machine's PATH; use --executor "
+            "local here (or --cluster local / debug to try the Slurm path on this machine)"
+        )
     executor = submitit.AutoExecutor(folder=store.root / ".submitit" / "%j", cluster=cluster)
     executor.update_parameters(
         name=options.pop("name"),
@@ -355,6 +379,8 @@ def _main(argv: list[str]) -> int:
     (``retrain`` or empty; ``locked``: the parent holds the run's lock); prints the outcome as
     JSON on its last line."""
     config, store, data_root, retrain, locked = argv
+    if locked == "locked":
+        _die_with_parent()
     result = train_point(
         json.loads(config), store, data_root or None, retrain == "retrain", locked == "locked"
     )
