@@ -52,3 +52,19 @@ def test_the_verdict_chooses_on_validation_and_judges_on_test(tmp_path):
         "not reproduced",
         "cannot be judged",
     )
+
+
+def test_the_trace_bound_constant_counts_every_pixel_and_the_bound_holds(tmp_path):
+    """Tr H <= 2 L max ||x~||^2 (paper notes, section 2) at every scale, with the constant
+    summed over all 64 pixels of each 1x8x8 image plus the bias input."""
+    d = data.load("digits", train_size=200)
+    by_hand = max(sum(float(v) ** 2 for v in img.flatten()) for img in d.x_train) + 1.0
+    assert logreg.max_input_norm2(d) == pytest.approx(by_hand, rel=1e-12)
+    assert logreg.max_input_norm2(d) > 2 * (float(d.x_train.abs().max()) ** 2 + 1.0)
+    settings = logreg.settings("smoke", seeds=[0], epochs=2)
+    run = logreg.sweep(settings, store=Store(tmp_path), device="cpu")[0]
+    model = logreg.trained_model(run, d)
+    scaling = logreg.scaled_measures(model, d, [0.5, 1.0, 4.0, 30.0], device="cpu")
+    bound = 2 * scaling.train_loss * logreg.max_input_norm2(d)
+    assert (scaling.trace <= bound).all()
+    assert (scaling.trace / bound).max() > 0.05  # a bound that is not vacuous here

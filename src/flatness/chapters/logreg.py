@@ -240,6 +240,13 @@ def analysis_sentence(settings: LogregSettings, data: datasets.Dataset) -> str:
     return f"the first {n:,} of the {len(data.y_train):,} training examples"
 
 
+def max_input_norm2(data: datasets.Dataset) -> float:
+    """max_i ||x~_i||^2 over the training split, with x~ = [x; 1] (every pixel of an image):
+    the constant of the trace bound Tr H <= 2 L max_i ||x~_i||^2."""
+    x = data.x_train.double().flatten(1)
+    return float((x**2).sum(dim=1).max()) + 1.0
+
+
 def alphas(settings: LogregSettings) -> np.ndarray:
     lo, hi = settings.alpha_log10_range
     return np.logspace(lo, hi, settings.alpha_count)
