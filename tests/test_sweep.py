@@ -258,3 +258,15 @@ def test_slurm_is_asked_for_by_name_and_its_absence_is_one_message(tmp_path, mon
             published=_no_published(tmp_path),
         )
     assert not (tmp_path / ".submitit").exists()
+
+
+def test_workers_share_the_cores_unless_the_threads_are_set(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setattr(sweep.os, "cpu_count", lambda: 8)
+    assert sweep._local_worker_env(0, 4, 0)["OMP_NUM_THREADS"] == "2"
+    assert sweep._local_worker_env(0, 16, 0)["OMP_NUM_THREADS"] == "1"
+    env = sweep._local_worker_env(5, 2, 2)
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["MKL_NUM_THREADS"] == "4"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # several sweeps on one machine
+    assert sweep._local_worker_env(0, 1, 0)["OMP_NUM_THREADS"] == "1"

@@ -166,13 +166,15 @@ def to_train(grid: Grid, store: Store, published: Published, *, retry_failed=Fal
 
 
 def _local_worker_env(slot: int, max_parallel: int, gpus: int) -> dict:
+    """A worker's environment: one GPU each (round robin), and its share of the CPU cores,
+    unless ``OMP_NUM_THREADS`` is set already (several sweeps on one machine must share it out
+    themselves: more OpenMP threads than cores slow every process down many times)."""
     env = dict(os.environ)
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
+    if "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max_parallel))
-    else:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max_parallel))
-    env["MKL_NUM_THREADS"] = env["OMP_NUM_THREADS"]
+    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
     return env
 
 
