@@ -147,6 +147,12 @@ def _cli(*args, **kwargs):
     )
 
 
+def _sweep_args(tmp_path: Path, store: Store) -> tuple:
+    """``flatness sweep`` of ``tmp_path/g.yaml`` into ``store``, one worker, nothing published."""
+    return ("sweep", str(tmp_path / "g.yaml"), "--profile", "smoke", "--results", str(store.root),
+            "--published", str(tmp_path / "none"), "--max-parallel", "1")  # fmt: skip
+
+
 def _write_grid(path: Path, n: int, epochs: int) -> list[RunConfig]:
     points = [{**TINY, "epochs": epochs, "weight_decay": 1e-4 * i, "seed": i} for i in range(n)]
     path.write_text(json.dumps({"runs": points}))  # JSON is YAML
@@ -156,8 +162,7 @@ def _write_grid(path: Path, n: int, epochs: int) -> list[RunConfig]:
 def test_a_killed_worker_loses_only_its_point_which_resumes_on_the_next_sweep(tmp_path):
     store = Store(tmp_path / "store")
     (cfg,) = _write_grid(tmp_path / "g.yaml", 1, 400)
-    args = ("sweep", str(tmp_path / "g.yaml"), "--profile", "smoke", "--results", str(store.root))
-    args += ("--published", str(tmp_path / "none"), "--max-parallel", "1")
+    args = _sweep_args(tmp_path, store)
     first = _cli(*args)
     _wait_for(store.checkpoint_path(cfg))
     worker = subprocess.run(
@@ -181,8 +186,7 @@ def test_a_killed_worker_loses_only_its_point_which_resumes_on_the_next_sweep(tm
 def test_eight_sweeps_of_one_grid_at_once_store_every_point_exactly_once(tmp_path):
     store = Store(tmp_path / "store")
     configs = _write_grid(tmp_path / "g.yaml", 16, 2)
-    args = ("sweep", str(tmp_path / "g.yaml"), "--profile", "smoke", "--results", str(store.root))
-    args += ("--published", str(tmp_path / "none"), "--max-parallel", "1")
+    args = _sweep_args(tmp_path, store)
     procs = [_cli(*args) for _ in range(8)]
     outs = []
     for p in procs:
@@ -211,8 +215,7 @@ def test_a_bad_executor_or_parallelism_is_one_message(tmp_path):
 def test_a_killed_sweep_takes_its_worker_with_it_and_a_rerun_resumes(tmp_path):
     store = Store(tmp_path / "store")
     (cfg,) = _write_grid(tmp_path / "g.yaml", 1, 400)
-    args = ("sweep", str(tmp_path / "g.yaml"), "--profile", "smoke", "--results", str(store.root))
-    args += ("--published", str(tmp_path / "none"), "--max-parallel", "1")
+    args = _sweep_args(tmp_path, store)
     first = _cli(*args)
     _wait_for(store.checkpoint_path(cfg))
     pattern = f"flatness[.]sweep .*{store.root}"

@@ -18,27 +18,15 @@ import yaml
 
 from flatness import cli_grids
 from flatness.chapters import logreg as logreg_chapter
-from flatness.config import PROFILES, RunConfig, get_profile
+from flatness.config import PROFILES, RunConfig, get_profile, yaml_number
 from flatness.errors import FlatnessError, RunDiverged
 from flatness.recipes import RECIPES, run_config
-
-
-def _number(value):
-    # YAML 1.1 reads "1e-2" (no dot) as a string; a user typing it means a number
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    if isinstance(value, list):
-        return [_number(v) for v in value]
-    return value
 
 
 def parse_value(key: str, text: str):
     """A ``-p KEY VALUE`` value read as YAML, with ``1e-2``-style numbers read as numbers."""
     try:
-        return _number(yaml.safe_load(text))
+        return yaml_number(yaml.safe_load(text))
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
         raise FlatnessError(f"-p {key}: cannot read {text!r} ({first})") from None

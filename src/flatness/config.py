@@ -287,6 +287,23 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def yaml_number(value):
+    """``value`` read from YAML, with ``1e-2``-style text (YAML 1.1 wants a dot) as the number
+    a user typing it means; lists element by element.
+
+    >>> yaml_number(["1e-3", "adam", 2])
+    [0.001, 'adam', 2]
+    """
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if isinstance(value, list):
+        return [yaml_number(v) for v in value]
+    return value
+
+
 # validators shared with the chapter settings
 as_int, as_float, as_tuple, as_rtol, check_choice = (
     _as_int,

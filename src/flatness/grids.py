@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from flatness.config import RunConfig, get_profile
+from flatness.config import RunConfig, get_profile, yaml_number
 from flatness.errors import FlatnessError, unknown
 
 #: chapter name -> module name under flatness.chapters, for chapters that read stored runs
@@ -93,16 +93,6 @@ def load(grid: str, profile: str) -> Grid:
     raise unknown("grid", grid, [*CHAPTERS, "all", "a YAML file"])
 
 
-def _number(value):
-    """PyYAML reads ``1e-3`` (no dot) as text; a grid means the number."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
 def _read_yaml(path: Path, profile: str) -> list[RunConfig]:
     from flatness import recipes
 
@@ -124,9 +114,7 @@ def _read_yaml(path: Path, profile: str) -> list[RunConfig]:
     for i, point in enumerate(found["runs"], 1):
         if not isinstance(point, dict) or "model" not in point:
             raise FlatnessError(f"{path}, point {i}: each point is a mapping with a `model`")
-        lists = {
-            k: [_number(x) for x in (v if isinstance(v, list) else [v])] for k, v in point.items()
-        }
+        lists = {k: yaml_number(v if isinstance(v, list) else [v]) for k, v in point.items()}
         if not all(lists.values()):
             empty = [k for k, v in lists.items() if not v]
             raise FlatnessError(f"{path}, point {i}: {', '.join(empty)} lists no value")
