@@ -5,9 +5,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -42,6 +45,7 @@ data_root = None
 ```{code-cell} ipython3
 import os
 import sys
+import time
 
 print("PARAMETERS", repr((profile, seeds, dataset, data_root)))
 print("INTERPRETER", sys.executable)
@@ -360,3 +364,55 @@ def test_an_unchanged_chapter_is_reused_and_a_changed_one_executed_again(tmp_pat
     # the notebook (one path per chapter) now holds the last, forced, execution's fingerprint
     stamp = json.loads(forced.notebook.read_text())["metadata"]["flatness"]["fingerprint"]
     assert stamp == expected
+
+
+KERNEL_PARENT = """
+import time
+from jupyter_client.utils import run_sync
+from flatness import book
+manager = book._this_python()()
+run_sync(manager.start_kernel)()
+print(manager.provisioner.process.pid, flush=True)
+time.sleep(600)
+"""
+
+# A killed `flatness chapter` must not leave its kernel computing for nobody. ipykernel polls for
+# a change of parent (jupyter_client passes the launcher's pid), which also holds under a
+# subreaper (a container's init, systemd --user, tmux), where an orphan's new parent is not pid 1.
+SUBREAPER = """
+import ctypes, subprocess, sys, time
+ctypes.CDLL("libc.so.6").prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+print(child.pid, flush=True)
+child.wait()
+time.sleep(600)
+"""
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too: the subreaper has not reaped it yet
+    return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_chapter_kernel_dies_with_the_process_executing_the_chapter():
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", SUBREAPER, KERNEL_PARENT], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    try:
+        parent, kernel = int(reaper.stdout.readline()), int(reaper.stdout.readline())
+        time.sleep(1.0)
+        assert alive(kernel)  # the kernel runs while its parent does
+        os.kill(parent, signal.SIGKILL)  # no handler of the parent's can clean up
+        deadline = time.monotonic() + 20
+        while alive(kernel) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(kernel), f"kernel {kernel} outlived its parent"
+    finally:
+        reaper.kill()
+        reaper.wait()
