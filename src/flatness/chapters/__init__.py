@@ -5,3 +5,13 @@ Each module owns its chapter's computations and its settings for the three profi
 their figures read (``runs(settings)``). The layers below (data, models, train, hessian, store,
 plotting) know nothing of chapters.
 """
+
+
+def glue_facts(facts: dict) -> None:
+    """Glue a chapter's facts for its page: strings as Markdown (read with ``{glue:md}``),
+    numbers as they are (``{glue:text}``). Call it from an executing notebook."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    for key, value in facts.items():
+        glue(key, Markdown(value) if isinstance(value, str) else value, display=False)

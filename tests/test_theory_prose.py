@@ -1,0 +1,108 @@
+"""The theory chapter's verdicts follow the data: made-up tables where an identity holds and
+where it fails must give opposite sentences."""
+
+import pandas as pd
+import pytest
+
+from flatness.chapters import theory_prose as P
+
+
+def split_table(split_error=1e-16, trained_ratio=0.1, trace_r=1e-17):
+    rows = []
+    for seed in (0, 1):
+        for state, ratio in (("initial", 0.5), ("trained", trained_ratio)):
+            rows.append({
+                "seed": seed, "state": state, "parameters": 100, "loss": 2.3 if state == "initial" else 0.1,
+                "frobenius_G": 2.0, "frobenius_R": 2.0 * ratio, "frobenius_H": 1.0,
+                "trace_G": 3.0, "trace_R": trace_r, "split_error": split_error,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_split_facts_quote_the_table():
+    facts = P.split_facts(split_table())
+    assert (facts["ratio_init"], facts["ratio_trained"], facts["loss_trained"]) == pytest.approx(
+        (0.5, 0.1, 0.1)
+    )
+    assert facts["split_verdict"].startswith("$G + R$ equals")
+    assert facts["residual_verdict"].startswith("For every seed")
+    assert facts["trace_r_verdict"].startswith("vanishes to rounding")
+
+
+def test_split_verdicts_turn_when_the_identities_fail():
+    facts = P.split_facts(split_table(split_error=1e-6, trained_ratio=0.9, trace_r=0.5))
+    assert "does **not** match" in facts["split_verdict"]
+    # 0.9 > 0.5: the residual grew with training
+    assert facts["residual_verdict"].startswith("Not for every seed")
+    assert facts["trace_r_verdict"].startswith("does not vanish")
+
+
+def test_kronecker_verdict_compares_the_rank_with_both_bounds():
+    table = pd.DataFrame({"parameters": [650] * 2, "rank": [531, 531], "bound": [585] * 2,
+                          "data_bound": [531] * 2, "formula_error": [1e-17, 2e-17]})  # fmt: skip
+    assert P.kronecker_facts(table)["kron_verdict"] == (
+        "The rank respects the bound for every seed, and equals the data-dependent bound exactly"
+    )
+    table.loc[1, "rank"] = 600
+    assert P.kronecker_facts(table)["kron_verdict"] == (
+        "The rank **exceeds** the bound, below the data-dependent bound"
+    )
+
+
+def scaled_table(loss=(1.0, 0.1, 0.01), ratio=(0.5, 0.4, 0.3)):
+    return pd.DataFrame({"alpha": [1.0, 10.0, 100.0], "train_loss": loss, "lambda_max": [3.0, 2.0, 1.0],
+                         "trace": [3.0, 2.0, 1.0], "frobenius": [3.0, 2.0, 1.0], "ratio": ratio})  # fmt: skip
+
+
+def path_table(norms=(10.0, 5.0, 1.0), lmax=(0.1, 0.5, 1.0), train_acc=1.0):
+    return pd.DataFrame({"gamma": [1e-4, 1e-3, 1e-2], "train_acc": [train_acc, 0.99, 0.9],
+                         "weight_norm": norms, "lambda_max": lmax, "trace": [1.0, 2.0, 3.0],
+                         "frobenius": [1.0, 0.5, 2.0], "grad_norm": [1e-13, 1e-12, 1e-14],
+                         "newton_steps": [9, 4, 3]})  # fmt: skip
+
+
+def test_scaling_verdicts():
+    facts = P.scaling_facts(path_table(), scaled_table())
+    assert facts["sep_text"] == "It separates the training sample"
+    assert facts["bound_verdict"] == "holds"
+    assert facts["falling_verdict"].startswith("The loss and all three measures fall")
+    assert facts["scaled_lmax_drop"] == 3.0
+    facts = P.scaling_facts(
+        path_table(train_acc=0.98), scaled_table(loss=(1.0, 0.1, 0.2), ratio=(0.5, 1.2, 0.3))
+    )
+    assert "does **not** separate" in facts["sep_text"]
+    assert facts["bound_verdict"] == "**fails**"
+    assert facts["falling_verdict"].startswith("Not all")
+
+
+def test_l2_directions_and_the_c3_mechanism():
+    facts = P.l2_facts(path_table())
+    assert facts["norm_dir"] == "falls at every step of $\\gamma$"
+    assert "rises at every step" in facts["measure_dir"]
+    assert "is not monotone in $\\gamma$ (1 rises, 1 falls)" in facts["measure_dir"]
+    assert facts["c3_text"].startswith("This is the mechanism of claim C3")
+    assert facts["grad_verdict"] == "below"
+    assert P.l2_facts(path_table(lmax=(1.0, 0.5, 0.1)))["c3_text"].startswith("Here the largest")
+
+
+def test_batchnorm_and_dinh_verdicts_turn_on_failure():
+    bn = pd.DataFrame({"alpha": [0.5, 1.0, 2.0], "loss_deviation": [1e-16, 0, 2e-16],
+                       "hessian_deviation": [1e-15, 0, 1e-15], "lambda_max": [4.0, 1.0, 0.25]})  # fmt: skip
+    facts = P.batchnorm_facts(bn, 640)
+    assert (facts["bn_alphas"], facts["bn_lmax_spread"]) == ("0.5, 1, 2", 16.0)
+    assert facts["bn_verdict"] == "Both identities hold to rounding error"
+    bn.loc[0, "hessian_deviation"] = 1e-3
+    assert P.batchnorm_facts(bn, 640)["bn_verdict"] == "The identities do **not** hold here"
+
+    dinh = pd.DataFrame({"seed": [0, 0, 1, 1], "a": [0.1, 10.0, 0.1, 10.0],
+                         "lambda_max": [100.0, 50.0, 3.0, 40.0], "output_change": [1e-15] * 4,
+                         "recomputed_deviation": [1e-14] * 4})  # fmt: skip
+    best = pd.DataFrame({"a_star": [0.9, 1.2], "trace_min": [0.999, 0.9], "trace_at_1": [1.0, 1.0]})
+    facts = P.dinh_facts(dinh, best)
+    assert facts["dinh_span"] == 2.0  # the smaller span over seeds: 100 / 50
+    assert facts["dinh_close"].startswith("Over this range")
+    assert facts["dinh_best_text"] == "so the trained weights are not at the trace's minimum"
+    assert facts["dinh_drop_max"] == pytest.approx(10.0)
+    assert facts["dinh_verdict"] == "The outputs agree to rounding error"
+    dinh["output_change"] = 1e-3
+    assert "do **not** agree" in P.dinh_facts(dinh, best)["dinh_verdict"]
