@@ -59,12 +59,16 @@ def test_the_trace_bound_constant_counts_every_pixel_and_the_bound_holds(tmp_pat
     summed over all 64 pixels of each 1x8x8 image plus the bias input."""
     d = data.load("digits", train_size=200)
     by_hand = max(sum(float(v) ** 2 for v in img.flatten()) for img in d.x_train) + 1.0
-    assert logreg.max_input_norm2(d) == pytest.approx(by_hand, rel=1e-12)
-    assert logreg.max_input_norm2(d) > 2 * (float(d.x_train.abs().max()) ** 2 + 1.0)
+    assert by_hand > 2 * (float(d.x_train.abs().max()) ** 2 + 1.0)  # not one pixel's worth
     settings = logreg.settings("smoke", seeds=[0], epochs=2)
     run = logreg.sweep(settings, store=Store(tmp_path), device="cpu")[0]
     model = logreg.trained_model(run, d)
     scaling = logreg.scaled_measures(model, d, [0.5, 1.0, 4.0, 30.0], device="cpu")
-    bound = 2 * scaling.train_loss * logreg.max_input_norm2(d)
-    assert (scaling.trace <= bound).all()
-    assert (scaling.trace / bound).max() > 0.05  # a bound that is not vacuous here
+    assert np.allclose(scaling.bound / (2 * scaling.train_loss), by_hand, rtol=1e-12)
+    # the loss by hand: mean of -log softmax at the label, in float64
+    logits = 4.0 * model.double()(d.x_train.flatten(1).double())
+    by_hand_loss = -logits.log_softmax(1).gather(1, d.y_train[:, None]).mean().item()
+    assert scaling.train_loss.iloc[2] == pytest.approx(by_hand_loss, rel=1e-10)
+    assert (scaling.trace <= scaling.bound).all()
+    assert np.allclose(scaling.ratio, scaling.trace / scaling.bound)
+    assert scaling.ratio.max() > 0.05  # a bound that is not vacuous here

@@ -172,6 +172,25 @@ def scatter(final: pd.DataFrame, x_columns, y: str, *, hue: str, logx: bool = Tr
     return fig
 
 
+def scaling(frame: pd.DataFrame, *, xlabel: str = r"scale $\alpha$", mark: float | None = None):
+    """Training loss, the three measures and the trace bound against the scale alpha (log-log),
+    from the columns ``alpha``, ``train_loss``, ``lambda_max``, ``trace``, ``frobenius`` and
+    ``bound`` of :func:`flatness.chapters.theory.scaling`; a grey line at ``mark``."""
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.75, 3.4))
+    ax.plot(frame.alpha, frame.train_loss, "k-", label="training loss $L$")
+    for column, marker in (("lambda_max", "o"), ("trace", "s"), ("frobenius", "^")):
+        ax.plot(frame.alpha, frame[column], marker=marker, ms=3, label=label(column))
+    ax.plot(frame.alpha, frame.bound, "k--", lw=0.8, label=r"$2L\max_i\|\tilde x_i\|^2$")
+    if mark is not None:
+        ax.axvline(mark, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))  # the lines span the box
+    fig.tight_layout()
+    return fig
+
+
 def densities(panels: list[tuple[str, np.ndarray, np.ndarray, float]], *, ncols: int = 3):
     """Spectral densities: each panel ``(title, grid, density, weight_norm)`` is plotted raw
     (eigenvalue axis) and its weight norm written in the corner."""

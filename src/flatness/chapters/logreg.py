@@ -10,12 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 
 from flatness import data as datasets
 from flatness import hessian, plotting, stats
-from flatness.chapters import common
+from flatness.chapters import common, theory
 from flatness.config import (
     RunConfig,
     get_profile,
@@ -200,28 +199,13 @@ def trained_model(run: Run, data: datasets.Dataset) -> nn.Linear:
 def scaled_measures(
     model: nn.Linear, data: datasets.Dataset, alphas, *, device=None
 ) -> pd.DataFrame:
-    """Training loss and the exact Hessian measures of the model with W and b scaled by alpha."""
+    """Training loss, the exact Hessian measures and the trace bound of the model with W and b
+    scaled by each alpha, in float64 on the whole training split of ``data``: the columns of
+    :func:`flatness.chapters.theory.scaling` (``bound`` = 2 L max_i ||x~_i||^2, every pixel of
+    an image counted; ``ratio`` = Tr H / bound)."""
     device = device if device is not None else default_device()
-    x, y = data.x_train.flatten(1).to(device), data.y_train.to(device)
-    rows = []
-    for alpha in alphas:
-        scaled = nn.Linear(model.in_features, model.out_features).to(device).double()
-        with torch.no_grad():
-            scaled.weight.copy_(alpha * model.weight.double())
-            scaled.bias.copy_(alpha * model.bias.double())
-            loss = nn.functional.cross_entropy(scaled(x.double()), y).item()
-        m = hessian.Measures.of(hessian.softmax_regression_hessian(scaled, x))
-        rows.append(
-            {
-                "alpha": float(alpha),
-                "train_loss": loss,
-                "weight_norm": hessian.weight_norm(scaled),
-                "lambda_max": m.lambda_max,
-                "trace": m.trace,
-                "frobenius": m.frobenius,
-            }
-        )
-    return pd.DataFrame(rows)
+    x, y = data.x_train.flatten(1).to(device).double(), data.y_train.to(device)
+    return theory.scaling(model.to(device), x, y, alphas)
 
 
 def analysis_data(data: datasets.Dataset, settings: LogregSettings) -> datasets.Dataset:
@@ -238,13 +222,6 @@ def analysis_sentence(settings: LogregSettings, data: datasets.Dataset) -> str:
     if n == len(data.y_train):
         return f"all {n:,} training examples"
     return f"the first {n:,} of the {len(data.y_train):,} training examples"
-
-
-def max_input_norm2(data: datasets.Dataset) -> float:
-    """max_i ||x~_i||^2 over the training split, with x~ = [x; 1] (every pixel of an image):
-    the constant of the trace bound Tr H <= 2 L max_i ||x~_i||^2."""
-    x = data.x_train.double().flatten(1)
-    return float((x**2).sum(dim=1).max()) + 1.0
 
 
 def alphas(settings: LogregSettings) -> np.ndarray:
