@@ -3,7 +3,8 @@
 From the exact spectra of :func:`flatness.chapters.rank.spectra`: ranks at each tolerance beside
 the four candidate bounds (:func:`rank_table`), their summary over seeds, the cases where each
 bound fails, and the code-chosen sentences the chapter prints (:func:`findings`,
-:func:`ggn_findings`). Every name here is also served by :mod:`flatness.chapters.rank`.
+:func:`ggn_findings`, :func:`large_findings`, :func:`verdict`). Every name here is also served
+by :mod:`flatness.chapters.rank`.
 """
 
 from __future__ import annotations
@@ -132,3 +133,62 @@ def ggn_findings(table: pd.DataFrame, tolerance: str) -> str:
         + ("every case" if fan_ok else "not every case, which the theorem forbids")
         + f", and it equals the deep-linear formula in {' and '.join(equal)}."
     )
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def large_findings(verdicts: pd.DataFrame) -> str:
+    """How often each bound holds, fails or is undecided on the larger network, from
+    :func:`~flatness.chapters.rank_slq.slq_verdicts` (one row per state, weight decay and
+    tolerance)."""
+    parts = []
+    for b in BOUNDS:
+        counts = verdicts[b].value_counts()
+        parts.append(f"{BOUND_NAMES[b]} " + ", ".join(f"{k} in {n}" for k, n in counts.items()))
+    return f"Over the {len(verdicts)} rows (state, weight decay, tolerance): {'; '.join(parts)}."
+
+
+def verdict(table: pd.DataFrame, verdicts: pd.DataFrame) -> str:
+    """The verdict on claim C6 from the exact :func:`rank_table` and the larger network's
+    :func:`~flatness.chapters.rank_slq.slq_verdicts`: how often the Hessian is rank-deficient,
+    which bounds hold everywhere or fail everywhere, which fail for random ReLU networks, and
+    which SLQ's bracket shows failing on the larger network."""
+    fails = failures(table)
+    relu_initial = table[(table.activation == "relu") & (table.state == "initial")]
+    relu_fail = [BOUND_NAMES[b] for b in BOUNDS if not relu_initial[f"holds_{b}"].all()]
+    per_bound = {b: fails[fails.bound == b] for b in BOUNDS}
+    always = [BOUND_NAMES[b] for b, f in per_bound.items() if f.failed.sum() == 0]
+    never = [BOUND_NAMES[b] for b, f in per_bound.items() if (f.failed == f.cases).all()]
+    low_rank = (table["rank"] < table["parameters"]).mean()
+
+    def verb(items, one, many):
+        return one if len(items) == 1 else many
+
+    text = f"The Hessian is rank-deficient in {100 * low_rank:.0f} % of the cases measured. "
+    if always:
+        text += (
+            f"Only {_listed(always)} {verb(always, 'holds', 'hold')} in every case and at every "
+            "tolerance. "
+        )
+    else:
+        text += "No candidate bound holds in every case and at every tolerance. "
+    if never:
+        text += f"The {_listed(never)} {verb(never, 'fails', 'each fail')} in every case. "
+    if relu_fail:
+        text += (
+            f"For the random (initial) ReLU networks {_listed(relu_fail)} "
+            f"{verb(relu_fail, 'fails', 'each fail')} for some seed and tolerance."
+        )
+    else:
+        text += "For the random (initial) ReLU networks every candidate bound holds."
+    large_fail = [BOUND_NAMES[b] for b in BOUNDS if (verdicts[b] == "fails").any()]
+    if large_fail:
+        text += (
+            f" On the larger network SLQ's bracket shows {_listed(large_fail)} failing in at "
+            "least one state and tolerance."
+        )
+    else:
+        text += " On the larger network SLQ's bracket shows no bound failing."
+    return text
