@@ -146,3 +146,14 @@ def test_ours_against_pyhessian():
         "times PyHessian's) and was closer to the truth: off by 0.4 % on average, against "
         "PyHessian's 3 %."
     )
+
+
+def test_slq_advice_follows_its_own_standard_errors():
+    assert P.slq_trust(0.4, 1.2).endswith(
+        "; read its density for the shape of the bulk and the outliers."
+    )
+    text = P.slq_trust(0.4, 3.5)
+    assert text.startswith(
+        "SLQ's trace is 0.4 and its $\\operatorname{Tr} H^2$ 3.5 standard errors"
+    )
+    assert "more than the 1.96 an honest standard error allows" in text

@@ -46,6 +46,11 @@ def test_the_verdict_chooses_on_validation_and_judges_on_test(tmp_path):
     for m, iv in claim.sharper.effects.items():
         hi, lo = table[table.weight_decay == 1e-2][m], table[table.weight_decay == 0.0][m]
         assert iv.estimate == pytest.approx(np.exp(np.log(hi).mean() - np.log(lo).mean()))
+    assert logreg.best_weight_decay(runs) == 1e-2
+    # the smallest weight decay is the baseline: never "best", even when best on validation
+    for r in runs:
+        r.metrics["val_acc"] = {0.0: 0.99, 1e-3: 0.6, 1e-2: 0.5}[r.config.weight_decay]
+    assert logreg.best_weight_decay(runs) == 1e-3
     assert claim.outcome in (
         "reproduced",
         "partly reproduced",
@@ -66,9 +71,15 @@ def test_the_trace_bound_constant_counts_every_pixel_and_the_bound_holds(tmp_pat
     scaling = logreg.scaled_measures(model, d, [0.5, 1.0, 4.0, 30.0], device="cpu")
     assert np.allclose(scaling.bound / (2 * scaling.train_loss), by_hand, rtol=1e-12)
     # the loss by hand: mean of -log softmax at the label, in float64
-    logits = 4.0 * model.double()(d.x_train.flatten(1).double())
+    w, b = model.weight.detach().double(), model.bias.detach().double()
+    logits = 4.0 * (d.x_train.flatten(1).double() @ w.T + b)
     by_hand_loss = -logits.log_softmax(1).gather(1, d.y_train[:, None]).mean().item()
     assert scaling.train_loss.iloc[2] == pytest.approx(by_hand_loss, rel=1e-10)
     assert (scaling.trace <= scaling.bound).all()
+    by_hand_acc = sum(
+        int(model(img.flatten()[None]).argmax().item() == label)
+        for img, label in zip(d.x_train.float(), d.y_train.tolist())
+    ) / len(d.y_train)
+    assert logreg.train_accuracy(model, d) == by_hand_acc
     assert np.allclose(scaling.ratio, scaling.trace / scaling.bound)
     assert scaling.ratio.max() > 0.05  # a bound that is not vacuous here

@@ -56,3 +56,38 @@ def test_large_findings_count_each_verdict_per_bound():
         "Over the 3 rows (state, weight decay, tolerance): N(K-1) holds in 3; (K-1) x fan-ins "
         "fails in 2, holds in 1; neurons x K undecided in 3; deep-linear formula fails in 3."
     )
+
+
+def test_the_gauss_rule_sentence_says_whether_it_left_the_bracket():
+    check = pd.DataFrame({"tolerance": ["rel 1e-4", "rel 1e-8"], "exact": [0.5, 0.4],
+                          "slq": [0.52, 0.1], "low": [0.45, 0.3], "high": [0.55, 0.5]})  # fmt: skip
+    check["error"] = check.slq - check.exact
+    assert T.check_sentence(check) == (
+        "the Gauss rule alone is off by up to 0.30 (at tolerance rel 1e-8) and falls outside the "
+        "bracket in 1 of 2 cases: with a few dozen Lanczos steps a Ritz value near zero can land "
+        "on either side of a tolerance that small"
+    )
+    check.loc[1, "slq"] = 0.35
+    check["error"] = check.slq - check.exact
+    assert T.check_sentence(check).endswith(
+        "(at tolerance rel 1e-8), inside the bracket in every case"
+    )
+
+
+def test_tolerance_span_against_the_spectra():
+    import torch
+
+    from flatness.chapters.rank import Spectrum
+
+    def spectrum(eigenvalues):
+        h = torch.tensor(eigenvalues, dtype=torch.float64)
+        return Spectrum("relu", "trained", 0.0, 0, h, h, 0.1)
+
+    wide = [spectrum([-1e-12, 0.0, 1e-3, 10.0])]  # 13 decades, the exact zero left out
+    assert T.tolerance_span(wide, (1e-4, 1e-6, 1e-8)).startswith(
+        "The tolerances span 4 decades of spectra that span 13 (median over the exact spectra)"
+    )
+    narrow = [spectrum([1.0, 10.0, 100.0])]
+    assert T.tolerance_span(narrow, (1e-4, 1e-8)).startswith(
+        "The tolerances span 4 decades, at least as many as the spectra (2,"
+    )

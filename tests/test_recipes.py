@@ -99,3 +99,19 @@ def test_run_logreg_trains_exactly_the_chapters_runs(profile):
         for c in chapter
     ]
     assert [c.key() for c in made] == [c.key() for c in chapter]
+
+
+def test_thirty_times_names_the_authors_ratio_closest_to_thirty():
+    from flatness.chapters import adaptive
+
+    table = adaptive.AUTHORS_PRERESNET110.set_index(["optimiser", "weight decay"])
+    sgd = table.loc[("SGD", 5e-4)]
+    # by hand: AdamW's Frobenius norm 2437 / 80 = 30.5 is nearest 30; Gadam's lambda_max 460 / 30.4
+    assert 2437 / 80 == pytest.approx(
+        table.loc[("AdamW", 0.25), "‖H‖_F (rough)"] / sgd["‖H‖_F (rough)"]
+    )
+    text = adaptive.thirty_times()
+    assert "closest to thirty is AdamW's ‖H‖_F (30 times)" in text
+    assert (
+        f"Gadam's are {460 / 30.4:.2g} times in λ_max, {1.4e4 / 4.2e3:.2g} times in Tr H, " in text
+    )

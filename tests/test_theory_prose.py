@@ -15,6 +15,7 @@ def split_table(split_error=1e-16, trained_ratio=0.1, trace_r=1e-17):
                 "seed": seed, "state": state, "parameters": 100, "loss": 2.3 if state == "initial" else 0.1,
                 "frobenius_G": 2.0, "frobenius_R": 2.0 * ratio, "frobenius_H": 1.0,
                 "trace_G": 3.0, "trace_R": trace_r, "split_error": split_error,
+                "lambda_min_R": -0.1, "lambda_max_R": 0.2 if seed == 0 else 0.0,
             })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -27,6 +28,16 @@ def test_split_facts_quote_the_table():
     assert facts["split_verdict"].startswith("$G + R$ equals")
     assert facts["residual_verdict"].startswith("For every seed")
     assert facts["trace_r_verdict"].startswith("vanishes to rounding")
+    # seed 1's residual has no positive eigenvalue
+    assert (
+        facts["residual_sign"]
+        == "The residual has eigenvalues of both signs in 2 of 4 networks only"
+    )
+    table = split_table()
+    table["lambda_max_R"] = 0.2
+    assert P.split_facts(table)["residual_sign"].startswith(
+        "In every network the residual is indefinite"
+    )
 
 
 def test_split_verdicts_turn_when_the_identities_fail():
@@ -86,9 +97,11 @@ def test_l2_directions_and_the_c3_mechanism():
 
 
 def test_batchnorm_and_dinh_verdicts_turn_on_failure():
-    bn = pd.DataFrame({"alpha": [0.5, 1.0, 2.0], "loss_deviation": [1e-16, 0, 2e-16],
-                       "hessian_deviation": [1e-15, 0, 1e-15], "lambda_max": [4.0, 1.0, 0.25]})  # fmt: skip
+    bn = pd.DataFrame({"seed": [0, 0, 0, 1, 1, 1], "alpha": [0.5, 1.0, 2.0] * 2,
+                       "loss_deviation": [1e-16, 0, 2e-16] * 2, "hessian_deviation": [1e-15, 0, 1e-15] * 2,
+                       "lambda_max": [4.0, 1.0, 0.25, 80.0, 20.0, 5.0]})  # fmt: skip
     facts = P.batchnorm_facts(bn, 640)
+    # 16 within each seed; pooling the seeds would say 320
     assert (facts["bn_alphas"], facts["bn_lmax_spread"]) == ("0.5, 1, 2", 16.0)
     assert facts["bn_verdict"] == "Both identities hold to rounding error"
     bn.loc[0, "hessian_deviation"] = 1e-3
@@ -104,5 +117,8 @@ def test_batchnorm_and_dinh_verdicts_turn_on_failure():
     assert facts["dinh_best_text"] == "so the trained weights are not at the trace's minimum"
     assert facts["dinh_drop_max"] == pytest.approx(10.0)
     assert facts["dinh_verdict"] == "The outputs agree to rounding error"
+    assert facts["dinh_recomputed_verb"] == "reproduces"
+    dinh["recomputed_deviation"] = 1e-4
+    assert P.dinh_facts(dinh, best)["dinh_recomputed_verb"] == "does **not** reproduce"
     dinh["output_change"] = 1e-3
     assert "do **not** agree" in P.dinh_facts(dinh, best)["dinh_verdict"]

@@ -269,3 +269,18 @@ def trust_coverage(fixed: pd.DataFrame, summary: pd.DataFrame, runs: pd.DataFram
         f"fixed-budget and {len(adaptive_low)} adaptive methods: their standard errors are too "
         "small."
     )
+
+
+def slq_trust(z1: float, z2: float) -> str:
+    """Advice on SLQ's density from how many of its own standard errors its trace (``z1``) and
+    its Tr H^2 (``z2``) lie from the exact values."""
+    told = (
+        f"SLQ's trace is {z1:.1f} and its $\\operatorname{{Tr}} H^2$ {z2:.1f} standard errors "
+        "from the exact values"
+    )
+    if max(z1, z2) <= Z:
+        return told + "; read its density for the shape of the bulk and the outliers."
+    return (
+        told + f", more than the {Z} an honest standard error allows: read its density for the "
+        "rough shape only, and its moments not beyond their order of magnitude."
+    )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from flatness import data as datasets
@@ -196,6 +197,14 @@ def trained_model(run: Run, data: datasets.Dataset) -> nn.Linear:
     return load_model(run.config, run.arrays, data.input_shape, data.num_classes)
 
 
+def train_accuracy(model: nn.Linear, data: datasets.Dataset) -> float:
+    """The fraction of ``data``'s training examples that ``model`` classifies correctly."""
+    w = model.weight
+    with torch.no_grad():
+        predicted = model(data.x_train.flatten(1).to(w)).argmax(1).cpu()
+    return float((predicted == data.y_train).double().mean())
+
+
 def scaled_measures(
     model: nn.Linear, data: datasets.Dataset, alphas, *, device=None
 ) -> pd.DataFrame:
@@ -264,6 +273,14 @@ def pyhessian_comparison(
     return pd.DataFrame(rows)
 
 
+def best_weight_decay(runs: list[Run]) -> float:
+    """The weight decay above the smallest with the best mean **validation** accuracy over
+    seeds: the one claim C3's "generalises better" half compares with the smallest."""
+    table = final_table(runs)
+    above = table[table.weight_decay != table.weight_decay.min()]
+    return float(above.groupby("weight_decay").val_acc.mean().idxmax())
+
+
 def claim(runs: list[Run], data: datasets.Dataset, *, device=None, resamples: int = 2000):
     """Claim C3 for softmax regression, as a :class:`~flatness.chapters.common.Claim`.
 
@@ -274,7 +291,7 @@ def claim(runs: list[Run], data: datasets.Dataset, *, device=None, resamples: in
     """
     table = final_table(runs)
     lo, hi = table.weight_decay.min(), table.weight_decay.max()
-    best = table[table.weight_decay != lo].groupby("weight_decay").val_acc.mean().idxmax()
+    best = best_weight_decay(runs)
 
     def arm(wd):
         return f"weight decay {wd:g}"

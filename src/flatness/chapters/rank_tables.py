@@ -9,6 +9,8 @@ by :mod:`flatness.chapters.rank`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -192,3 +194,39 @@ def verdict(table: pd.DataFrame, verdicts: pd.DataFrame) -> str:
     else:
         text += " On the larger network SLQ's bracket shows no bound failing."
     return text
+
+
+def check_sentence(check: pd.DataFrame) -> str:
+    """How far SLQ's Gauss rule is from the exact near-zero fraction in
+    :func:`~flatness.chapters.rank_slq.slq_check`, and whether it stays inside the bracket."""
+    worst = check.loc[check.error.abs().idxmax()]
+    outside = int(((check.slq < check.low) | (check.slq > check.high)).sum())
+    text = f"the Gauss rule alone is off by up to {abs(worst.error):.2f} (at tolerance {worst.tolerance})"
+    if outside:
+        return (
+            text + f" and falls outside the bracket in {outside} of {len(check)} cases: with a few "
+            "dozen Lanczos steps a Ritz value near zero can land on either side of a tolerance "
+            "that small"
+        )
+    return text + ", inside the bracket in every case"
+
+
+def tolerance_span(results: list[Spectrum], rtols) -> str:
+    """The decades the relative tolerances span against those of the exact spectra (the median
+    over spectra of log10 of the largest over the smallest nonzero |eigenvalue|)."""
+    tol = float(np.log10(max(rtols) / min(rtols)))
+    spans = []
+    for r in results:
+        mags = r.hessian.abs().double()
+        mags = mags[mags > 0]
+        spans.append(math.log10((mags.max() / mags.min()).item()))
+    spec = float(np.median(spans))
+    if spec > tol:
+        return (
+            f"The tolerances span {tol:.0f} decades of spectra that span {spec:.0f} (median over "
+            'the exact spectra), so "the rank" is a statement about a tolerance.'
+        )
+    return (
+        f"The tolerances span {tol:.0f} decades, at least as many as the spectra ({spec:.0f}, median "
+        'over the exact spectra); still, "the rank" is a statement about a tolerance.'
+    )

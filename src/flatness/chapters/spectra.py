@@ -183,3 +183,12 @@ def authors_sentence() -> str:
         + "; ".join(parts)
         + "."
     )
+
+
+def missing_sentence(missing: list) -> str:
+    """The runs :func:`spectra` left out (neither published nor stored), in one sentence; empty
+    when none was."""
+    if not missing:
+        return ""
+    models = sorted({f"{c.model} on {c.dataset}" for c in missing})
+    return f" Left out, neither published nor stored: {len(missing)} run(s) of {', '.join(models)}."

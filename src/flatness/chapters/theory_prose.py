@@ -25,6 +25,7 @@ def split_facts(split: pd.DataFrame) -> dict:
     exact = split.split_error.max() <= ROUNDING * split.frobenius_H.min()
     shrinks = bool((trained < initial).all())
     zero_trace = split.trace_R.abs().max() <= ROUNDING * split.trace_G.min()
+    both_signs = (split.lambda_min_R < 0) & (split.lambda_max_R > 0)
     return {
         "mlp_params": int(split.parameters.iloc[0]),
         "split_error": float(split.split_error.max()),
@@ -44,6 +45,12 @@ def split_facts(split: pd.DataFrame) -> dict:
             if shrinks
             else "Not for every seed: the residual is relatively not always smaller after "
             "training than at initialisation"
+        ),
+        "residual_sign": (
+            "In every network the residual is indefinite, with eigenvalues of both signs"
+            if both_signs.all()
+            else f"The residual has eigenvalues of both signs in {int(both_signs.sum())} of "
+            f"{len(split)} networks only"
         ),
         "trace_r_verdict": (
             "vanishes to rounding for every network, so $\\operatorname{Tr} H = "
@@ -152,15 +159,18 @@ def l2_facts(path: pd.DataFrame) -> dict:
 
 
 def batchnorm_facts(bn: pd.DataFrame, scaled_weights: int) -> dict:
-    """Fact 5, from :func:`~flatness.chapters.theory_networks.batchnorm_invariance` rows of
-    every seed; ``scaled_weights`` is the size of the scaled block u."""
+    """Fact 5, from :func:`~flatness.chapters.theory_networks.batchnorm_invariance` rows with
+    a ``seed`` column; ``scaled_weights`` is the size of the scaled block u. The span of
+    lambda_max is taken within each seed (one function), the smallest over seeds."""
     holds = max(bn.loss_deviation.max(), bn.hessian_deviation.max()) < 1e-10
     return {
         "bn_params": int(scaled_weights),
         "bn_loss_dev": float(bn.loss_deviation.max()),
         "bn_h_dev": float(bn.hessian_deviation.max()),
         "bn_alphas": ", ".join(f"{a:g}" for a in bn.alpha.unique()),
-        "bn_lmax_spread": float(bn.lambda_max.max() / bn.lambda_max.min()),
+        "bn_lmax_spread": float(
+            bn.groupby("seed").lambda_max.agg(lambda v: v.max() / v.min()).min()
+        ),
         "bn_verdict": (
             "Both identities hold to rounding error"
             if holds
@@ -178,6 +188,9 @@ def dinh_facts(dinh: pd.DataFrame, best: pd.DataFrame) -> dict:
     return {
         "dinh_output": float(dinh.output_change.max()),
         "dinh_recomputed": float(dinh.recomputed_deviation.max()),
+        "dinh_recomputed_verb": (
+            "reproduces" if dinh.recomputed_deviation.max() <= 1e-10 else "does **not** reproduce"
+        ),
         "a_lo": float(dinh.a.min()),
         "a_hi": float(dinh.a.max()),
         "dinh_span": span,
