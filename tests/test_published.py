@@ -144,3 +144,6 @@ def test_a_page_says_how_long_its_runs_took_and_on_what(published_run, tmp_path)
     hours = (run.provenance["wall_seconds"] + other.provenance["wall_seconds"]) / 3600
     assert text.startswith(f"The 2 runs took {hours:.3g} hours in all")
     assert other.provenance["device"] in text and "1 of them published" in text
+    assert "resumed" not in text
+    other.provenance["sittings"] = 3
+    assert "; 1 resumed from a checkpoint (their time sums the sittings" in common.run_costs(runs)

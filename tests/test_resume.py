@@ -74,6 +74,9 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     run = Store(results).load(config)
     assert run is not None and run.key == second.stdout.strip()
     assert not list(checkpoints.glob("*.pt"))  # removed once the run is stored
+    # two sittings, and the time counts both: at least the 0.4 s pause of each of the 6 epochs
+    assert run.provenance["sittings"] == 2
+    assert run.provenance["wall_seconds"] >= 0.4 * CONFIG["epochs"]
 
     # the same command, never interrupted, in a store of its own
     other = tmp_path / "uninterrupted"
@@ -86,3 +89,39 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert set(compared) <= set(stored)
     for k in compared:
         assert np.array_equal(stored[k], whole[k], equal_nan=True), k
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_resumed_run_counts_the_wall_time_of_its_earlier_sittings(tmp_path):
+    from flatness.train import train
+
+    config = RunConfig(model="logreg", dataset="digits", train_size=64, batch_size=32, epochs=5,
+                       hessian_every=0, seed=0, weight_decay=0.0)  # fmt: skip
+    checkpoint = tmp_path / "run.pt"
+
+    def pause_then_stop(epoch, model):
+        time.sleep(0.3)  # the first sitting lasts at least 0.3 s per epoch
+        if epoch == 2:
+            raise _Stop  # dies in epoch 3, after the checkpoint of epoch 2
+
+    try:
+        train(
+            config,
+            device="cpu",
+            checkpoint=checkpoint,
+            checkpoint_every=1,
+            callback=pause_then_stop,
+        )
+    except _Stop:
+        pass
+    saved = load_checkpoint(checkpoint)
+    assert (saved["epoch"], saved["sittings"]) == (2, 1)
+    assert saved["seconds"]["wall"] >= 2 * 0.3
+    result = train(config, device="cpu", checkpoint=checkpoint, checkpoint_every=1)
+    assert result.sittings == 2
+    assert result.earlier_wall_seconds == saved["seconds"]["wall"]
+    fresh = train(config, device="cpu")
+    assert (fresh.sittings, fresh.earlier_wall_seconds) == (1, 0.0)

@@ -40,8 +40,9 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def provenance(device, wall_seconds: float) -> dict:
-    """Where, when and with what a run was made."""
+def provenance(device, wall_seconds: float, *, sittings: int = 1) -> dict:
+    """Where, when and with what a run was made; ``wall_seconds`` over all its ``sittings``
+    (a run resumed from a checkpoint takes more than one)."""
     import torch
 
     dev = torch.device(device)
@@ -54,4 +55,5 @@ def provenance(device, wall_seconds: float) -> dict:
         "threads": torch.get_num_threads(),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "wall_seconds": wall_seconds,
+        "sittings": sittings,
     }

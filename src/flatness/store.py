@@ -352,8 +352,10 @@ def _train_and_save(config, store, data_root, device, progress, train_fn) -> Run
         # a retrain starts afresh rather than resuming into the same failure
         checkpoint.unlink(missing_ok=True)
         raise
+    # a resumed run's time includes its earlier sittings (not the epochs an interruption lost)
+    wall = result.earlier_wall_seconds + time.perf_counter() - start
     run = store.save(
-        config, result.metrics, result.arrays, provenance(device, time.perf_counter() - start)
+        config, result.metrics, result.arrays, provenance(device, wall, sittings=result.sittings)
     )
     checkpoint.unlink(missing_ok=True)
     return run

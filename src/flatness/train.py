@@ -20,6 +20,7 @@ same config resumes from it, and on the CPU the result equals an uninterrupted r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -65,6 +66,10 @@ class TrainResult:
 
     metrics: dict
     arrays: dict[str, np.ndarray]
+    #: wall-clock seconds of the earlier sittings of a resumed run (up to its last checkpoint)
+    earlier_wall_seconds: float = 0.0
+    #: how many sittings (starts, resumes included) the run took
+    sittings: int = 1
 
 
 def default_device() -> torch.device:
@@ -146,7 +151,8 @@ class _Run:
         self.augmenter = torch.Generator(device=device).manual_seed(config.seed + 1)
         self.epoch = 0
         self.series: dict[str, list[float]] = {}
-        self.seconds = {"train": 0.0, "hessian": 0.0}
+        self.seconds = {"train": 0.0, "hessian": 0.0, "wall": 0.0}
+        self.sittings = 1
 
     def state(self) -> dict:
         return {
@@ -160,6 +166,7 @@ class _Run:
             "rng": rng_state(),
             "series": self.series,
             "seconds": self.seconds,
+            "sittings": self.sittings,
         }
 
     def restore(self, state: dict) -> None:
@@ -172,7 +179,8 @@ class _Run:
         set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.series = {k: list(v) for k, v in state["series"].items()}
-        self.seconds = dict(state["seconds"])
+        self.seconds = {"wall": 0.0} | dict(state["seconds"])
+        self.sittings = int(state.get("sittings", 1)) + 1
 
     @property
     def result_model(self) -> nn.Module:
@@ -273,6 +281,7 @@ def train(
         run.restore(saved)
         # said always: sweeps and their logs show which runs resumed
         print(f"resuming {config.label()} at epoch {run.epoch}", file=sys.stderr, flush=True)
+    sitting, earlier = time.perf_counter(), run.seconds["wall"]
     step = _stepper(run, fast=fast, compile=compile)
     bar = tqdm(
         range(run.epoch, config.epochs),
@@ -309,8 +318,11 @@ def train(
         run.epoch = epoch + 1
         bar.set_postfix(loss=f"{row['train_loss']:.3g}", acc=f"{row['test_acc']:.3f}")
         if checkpoint is not None and (run.epoch % checkpoint_every == 0) and not last:
+            run.seconds["wall"] = earlier + time.perf_counter() - sitting
             save_checkpoint(checkpoint, run.state())
-    return _result(run, final_arrays)
+    return dataclasses.replace(
+        _result(run, final_arrays), earlier_wall_seconds=earlier, sittings=run.sittings
+    )
 
 
 def _check_batches(config: RunConfig, n: int) -> None:

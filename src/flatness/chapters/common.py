@@ -444,6 +444,7 @@ def run_costs(runs: list[Run]) -> str:
     threads = sorted({int(r.provenance["threads"]) for r in runs if "threads" in r.provenance})
     days = sorted(str(r.provenance.get("finished", ""))[:10] for r in runs)
     published = sum(r.path.parent.name == "published" for r in runs)
+    resumed = sum(int(r.provenance.get("sittings", 1)) > 1 for r in runs)
     on = " and ".join(devices) + (
         f" ({'/'.join(map(str, threads))} thread{'s' if threads != [1] else ''} per run)"
         if threads
@@ -452,6 +453,12 @@ def run_costs(runs: list[Run]) -> str:
     return (
         f"The {len(runs)} runs took {hours:.3g} hours in all (training {train:.3g} h, Hessian "
         f"measurements {measure:.3g} h) on {on}, finished {days[0]} to {days[-1]}"
+        + (
+            f"; {resumed} resumed from a checkpoint (their time sums the sittings, less the "
+            "epochs an interruption lost)"
+            if resumed
+            else ""
+        )
         + (f"; {published} of them published." if published else ".")
     )
 
