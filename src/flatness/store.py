@@ -353,9 +353,11 @@ def _train_and_save(config, store, data_root, device, progress, train_fn) -> Run
         checkpoint.unlink(missing_ok=True)
         raise
     # a resumed run's time includes its earlier sittings (not the epochs an interruption lost)
-    wall = result.earlier_wall_seconds + time.perf_counter() - start
+    # (a train_fn of the caller's may return any object with metrics and arrays)
+    wall = getattr(result, "earlier_wall_seconds", 0.0) + time.perf_counter() - start
+    sittings = getattr(result, "sittings", 1)
     run = store.save(
-        config, result.metrics, result.arrays, provenance(device, wall, sittings=result.sittings)
+        config, result.metrics, result.arrays, provenance(device, wall, sittings=sittings)
     )
     checkpoint.unlink(missing_ok=True)
     return run
