@@ -89,6 +89,10 @@ def test_the_recipes_carry_the_authors_settings():
     cpu = recipes.run_config("wrn-28-10", "gadam", "cpu")
     assert cpu.dataset == "digits" and cpu.width < 1 and cpu.average_start < cpu.epochs
     assert recipes.run_config("mlp-512-256", "sgd", "paper").dataset == "mnist"
+    # the MLPs' lr at paper scale is the one chosen on validation data; elsewhere SGD's 0.1
+    assert recipes.run_config("mlp-10-100", "sgd", "paper").lr == 0.01
+    assert recipes.run_config("mlp-512-256", "sgd", "paper").lr == 0.03
+    assert recipes.run_config("mlp-10-100", "sgd", "cpu").lr == 0.1
 
 
 @pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])

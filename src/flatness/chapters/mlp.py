@@ -2,7 +2,8 @@
 
 The paper trains 784-10-100-10, 784-512-256-10 and 784-5-200-50-10 ReLU networks on MNIST with
 SGD, with and without weight decay (``../shared/paper-notes.md`` section 4). ``paper`` does the
-same (weight decay 0 and 5e-4, 300 epochs); ``cpu`` trains them on scikit-learn's digits (64
+same (weight decay 0 and 5e-4, 300 epochs, SGD's lr chosen on validation data:
+:data:`flatness.recipes.MLP_PAPER_LR`); ``cpu`` trains them on scikit-learn's digits (64
 inputs), where 100 epochs of about 9 steps give weight decay 5e-4 almost no time to act, so it
 compares 0 with 1e-2, whose lr x wd x steps is of the order of the paper's (the page shows both).
 Networks of at most 2,000 parameters get exact Hessians, larger ones Lanczos and Hutch++.
