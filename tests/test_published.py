@@ -147,3 +147,19 @@ def test_a_page_says_how_long_its_runs_took_and_on_what(published_run, tmp_path)
     assert "resumed" not in text
     other.provenance["sittings"] = 3
     assert "; 1 resumed from a checkpoint (their time sums the sittings" in common.run_costs(runs)
+
+
+def test_a_run_that_learnt_nothing_is_not_published_without_being_asked(tmp_path, published_run):
+    cfg, good, layer = published_run
+    stalled = load_or_run(
+        RunConfig(weight_decay=0.0, seed=1, lr=1e-9, **TINY), store=Store(tmp_path / "s")
+    )
+    # by hand: a network that learnt nothing has the loss of predicting each of 10 classes alike
+    assert stalled.metrics["train_loss"] >= 0.95 * np.log(10) > good.metrics["train_loss"]
+    assert pub.collapsed(stalled) and not pub.collapsed(good)
+    before = sorted(p.name for p in layer.root.iterdir())
+    with pytest.raises(FlatnessError, match=r"1 run\(s\) ended at the loss of a network") as err:
+        pub.publish([good, stalled], layer)
+    assert stalled.key in str(err.value) and "--allow-collapsed" in str(err.value)
+    assert sorted(p.name for p in layer.root.iterdir()) == before  # nothing written
+    assert pub.publish([good, stalled], layer, allow_collapsed=True) == [layer.root / stalled.key]

@@ -56,6 +56,11 @@ def add_parsers(sub) -> None:
         "--profile", choices=list(PROFILES), default="paper", help="default: paper"
     )
     publish.add_argument("--to", help="the published folder (default: <checkout>/published)")
+    publish.add_argument(
+        "--allow-collapsed",
+        action="store_true",
+        help="publish runs that ended at the loss of predicting every class alike",
+    )
     _store_options(publish)
 
 
@@ -243,7 +248,8 @@ def _publish(args) -> None:
     if args.to:
         layer = published.Published(Path(args.to))
     runs = [r for r in (store.load(c) for c in grid.configs) if r is not None]
-    written = published.publish(runs, layer)  # a damaged published copy is written again
+    # a damaged published copy is written again
+    written = published.publish(runs, layer, allow_collapsed=args.allow_collapsed)
     have = {r.key for r in runs}
     missing = [
         p

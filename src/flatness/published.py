@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -114,7 +115,21 @@ class Published:
         return [self._verified(p, p.name) for p in folders]
 
 
-def publish(runs: list[Run], layer: Published) -> list[Path]:
+#: a run has collapsed when its final training loss is at least this share of ln(classes), the
+#: loss of predicting every class alike (dead ReLUs, a diverged lr)
+COLLAPSED_SHARE = 0.95
+
+
+def collapsed(run: Run) -> bool:
+    """Whether ``run`` ended at the loss of a network that has learnt nothing (see
+    :data:`COLLAPSED_SHARE`)."""
+    from flatness.data import num_classes
+
+    loss = float(run.metrics.get("train_loss", 0.0))
+    return loss >= COLLAPSED_SHARE * math.log(num_classes(run.config.dataset))
+
+
+def publish(runs: list[Run], layer: Published, *, allow_collapsed: bool = False) -> list[Path]:
     """Copy good runs of a local store into ``layer``, each written whole and then renamed.
 
     Weights above :data:`WEIGHTS_LIMIT_BYTES` are left out (recorded in ``provenance.json``).
@@ -122,11 +137,23 @@ def publish(runs: list[Run], layer: Published) -> list[Path]:
     replaced. Returns the folders written.
 
     Raises:
-        FlatnessError: when the layer has no root.
+        FlatnessError: when the layer has no root, or some run has :func:`collapsed` (naming
+            them; nothing is written) unless ``allow_collapsed``.
     """
     if layer.root is None:
         raise FlatnessError(
             f"no published layer outside a checkout; set ${PUBLISHED_ENV} or pass --to"
+        )
+    bad = [r for r in runs if collapsed(r)]
+    if bad and not allow_collapsed:
+        named = "; ".join(
+            f"{r.config.label()} ({r.key}, training loss {r.metrics['train_loss']:.4g})"
+            for r in bad
+        )
+        raise FlatnessError(
+            f"{len(bad)} run(s) ended at the loss of a network that predicts every class alike, "
+            f"so nothing was published: {named}. Check their learning rate (train on validation "
+            "data to choose it), or publish them anyway with --allow-collapsed"
         )
     layer.root.mkdir(parents=True, exist_ok=True)
     out = []
