@@ -159,27 +159,37 @@ def _write_grid(path: Path, n: int, epochs: int) -> list[RunConfig]:
     return grids.load(str(path), "smoke").configs
 
 
-def test_a_killed_worker_loses_only_its_point_which_resumes_on_the_next_sweep(tmp_path):
+def _sweep_until_checkpoint(tmp_path):
+    """A sweep of one 400-epoch point, left running until the point has a checkpoint: its
+    store, config, command-line arguments, process and the pgrep pattern of its worker."""
     store = Store(tmp_path / "store")
     (cfg,) = _write_grid(tmp_path / "g.yaml", 1, 400)
     args = _sweep_args(tmp_path, store)
     first = _cli(*args)
     _wait_for(store.checkpoint_path(cfg))
-    worker = subprocess.run(
-        ["pgrep", "-f", f"flatness[.]sweep .*{store.root}"], capture_output=True, text=True
-    ).stdout.split()
+    return store, cfg, args, first, f"flatness[.]sweep .*{store.root}"
+
+
+def _rerun_resumes(store, cfg, args):
+    """Sweep again: the point resumes from its checkpoint and is stored whole."""
+    second = _cli(*args)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    log = (store.root / ".logs" / f"{cfg.key()}.log").read_text()
+    assert "resuming" in log and log.count("training ") == 2
+    _whole(store, [cfg])
+
+
+def test_a_killed_worker_loses_only_its_point_which_resumes_on_the_next_sweep(tmp_path):
+    store, cfg, args, first, pattern = _sweep_until_checkpoint(tmp_path)
+    worker = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
     assert len(worker) == 1
     os.kill(int(worker[0]), signal.SIGKILL)
     out, err = first.communicate(timeout=120)
     assert first.returncode == 2 and "1 point(s) interrupted" in err
     assert "the worker exited with code -9" in err and "recorded" not in err
     assert store.inspect(cfg) is None and store.checkpoint_path(cfg).exists()
-    second = _cli(*args)
-    out, err = second.communicate(timeout=300)
-    assert second.returncode == 0, err
-    log = (store.root / ".logs" / f"{cfg.key()}.log").read_text()
-    assert "resuming" in log and log.count("training ") == 2
-    _whole(store, [cfg])
+    _rerun_resumes(store, cfg, args)
     assert not store.checkpoint_path(cfg).exists()
 
 
@@ -213,12 +223,7 @@ def test_a_bad_executor_or_parallelism_is_one_message(tmp_path):
 
 
 def test_a_killed_sweep_takes_its_worker_with_it_and_a_rerun_resumes(tmp_path):
-    store = Store(tmp_path / "store")
-    (cfg,) = _write_grid(tmp_path / "g.yaml", 1, 400)
-    args = _sweep_args(tmp_path, store)
-    first = _cli(*args)
-    _wait_for(store.checkpoint_path(cfg))
-    pattern = f"flatness[.]sweep .*{store.root}"
+    store, cfg, args, first, pattern = _sweep_until_checkpoint(tmp_path)
     worker = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
     assert len(worker.split()) == 1
     first.kill()  # SIGKILL of the sweep itself
@@ -229,12 +234,7 @@ def test_a_killed_sweep_takes_its_worker_with_it_and_a_rerun_resumes(tmp_path):
         time.sleep(0.2)
     status = sweep.status(_grid(cfg), store, _no_published(tmp_path))
     assert status[0].state == "missing" and "resumes from a checkpoint" in status[0].message
-    second = _cli(*args)
-    _, err = second.communicate(timeout=300)
-    assert second.returncode == 0, err
-    log = (store.root / ".logs" / f"{cfg.key()}.log").read_text()
-    assert "resuming" in log and log.count("training ") == 2
-    _whole(store, [cfg])
+    _rerun_resumes(store, cfg, args)
 
 
 def test_a_rerun_says_which_failed_points_it_skipped(tmp_path):
