@@ -5,6 +5,7 @@ Everything the chapter computes lives here, so the chapter itself only calls and
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -214,7 +215,7 @@ def scaled_measures(
     an image counted; ``ratio`` = Tr H / bound)."""
     device = device if device is not None else default_device()
     x, y = data.x_train.flatten(1).to(device).double(), data.y_train.to(device)
-    return theory.scaling(model.to(device), x, y, alphas)
+    return theory.scaling(copy.deepcopy(model).to(device), x, y, alphas)  # the caller's stays put
 
 
 def analysis_data(data: datasets.Dataset, settings: LogregSettings) -> datasets.Dataset:
