@@ -57,9 +57,31 @@ def grid(profile: str) -> list:
     return settings(profile).runs()
 
 
-def shrinkages(results: Results) -> tuple[float, float]:
-    """lr x wd x steps of this page's largest weight decay, and of the paper's (5e-4, 300
-    epochs of MNIST's 55,000 training images); see :func:`~flatness.chapters.common.shrinkage`."""
-    here = max((r.config for r in results.all_runs), key=lambda c: (c.weight_decay, -c.seed))
-    paper = SETTINGS["paper"].runs()[-1]
-    return shrinkage(here, len(results.data.y_train)), shrinkage(paper, 55_000)
+def shrinkage_sentence(results: Results, profile: str) -> str:
+    """How far weight decay pulls each network's weights here, against the ``paper`` profile.
+
+    Per network, lr x wd x steps (:func:`~flatness.chapters.common.shrinkage`) of this page's
+    largest weight decay; unless the page is the ``paper`` profile, the same product for the
+    ``paper`` runs (the authors' 5e-4 and 300 epochs of MNIST's 55,000 training images, at the
+    lr chosen on validation, :data:`flatness.recipes.MLP_PAPER_LR`: the authors give none, so
+    their own product is unknown). Returns one Markdown sentence.
+    """
+    here = {}
+    for run in results.all_runs:  # the largest decay's product, one per network
+        c = run.config
+        if c.model not in here or c.weight_decay > here[c.model][0]:
+            here[c.model] = (c.weight_decay, shrinkage(c, len(results.data.y_train)))
+    paper = {c.model: shrinkage(c, 55_000) for c in SETTINGS["paper"].runs() if c.weight_decay}
+    wd = max(w for w, _ in here.values())
+    listed = ", ".join(f"{m} {v:.3g}" for m, (_, v) in here.items())
+    sentence = (
+        f"Weight decay acts through the product of learning rate, decay and the number of steps;"
+        f" at weight decay {wd:g} it is {listed}"
+    )
+    if get_profile(profile).name == "paper":
+        return sentence + "."
+    theirs = ", ".join(f"{m} {paper[m]:.3g}" for m in here if m in paper)
+    return (
+        f"{sentence}, against {theirs} for the `paper` profile (weight decay 5e-4 for 300 epochs"
+        " of MNIST, at the learning rates chosen there)."
+    )
