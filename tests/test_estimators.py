@@ -1,5 +1,6 @@
 """Every estimator of flatness.hessian against the dense float64 Hessian, on four small models."""
 
+import copy
 import math
 
 import pytest
@@ -249,3 +250,52 @@ def test_loaders_that_change_the_operator_are_refused():
     with pytest.raises(FlatnessError, match="shuffle=False"):
         H.trace(model, ce, shuffled, bn_mode="train")
     assert math.isfinite(H.trace(model, ce, shuffled, probes=3).estimate)  # fine in eval mode
+
+
+@pytest.mark.parametrize("name,k,max_steps", [("tanh", 1, 40), ("logreg", 3, None)])
+def test_float32_residuals_never_claim_more_than_float32_gives(name, k, max_steps):
+    """Against the float64 Hessian of the same model: the Lanczos recurrence's residual
+    estimate falls far below float32 round-off (and, in a basis that fills the whole space,
+    below a lost orthogonality), so tol=1e-10 must not be reported as met in float32."""
+    model, (x, y) = make(name)
+    for dtype in (torch.float32, torch.float64):
+        run_model, data = copy.deepcopy(model).to(dtype), (x.to(dtype), y)
+        exact = H.exact_hessian(run_model, ce, data)
+        run = H.top_eigenvalues(
+            run_model, ce, data, k=k, tol=1e-10, eigenvectors=True, max_steps=max_steps
+        )
+        vectors = run.eigenvectors.double()
+        true = torch.linalg.vector_norm(vectors @ exact - run.eigenvalues[:, None] * vectors, dim=1)
+        assert (run.residuals >= true).all(), (dtype, run.residuals, true)
+        expected = torch.linalg.eigvalsh(exact).flip(0)[:k]
+        if dtype == torch.float32:
+            assert not run.converged  # 1e-10 is below what float32 products can verify
+            assert torch.allclose(run.eigenvalues, expected, rtol=1e-5, atol=0)
+        else:
+            assert run.converged and (run.residuals <= 1e-10 * run.eigenvalues.abs()).all()
+            assert torch.allclose(run.eigenvalues, expected, rtol=1e-12, atol=0)
+
+
+def test_spectral_density_refuses_widths_and_powers_that_define_nothing():
+    model, data = make("tanh")
+    density = H.spectral_density(model, ce, data, steps=10, probes=3)
+    grid = torch.linspace(-1.0, 1.0, 5)
+    for sigma in (0, 0.0, -0.05, math.nan, math.inf, True, "0.1"):
+        with pytest.raises(FlatnessError, match="sigma must be a positive finite number"):
+            density.evaluate(grid, sigma=sigma)
+    for power in (1.5, -1, -2, True, "2"):
+        with pytest.raises(FlatnessError, match="power must be a non-negative integer"):
+            density.moment(power)
+    # each probe's weights sum to 1, so the zeroth moment is P exactly
+    assert density.moment(0)[0] == pytest.approx(density.size, rel=1e-12)
+    assert torch.isfinite(density.evaluate(grid, sigma=0.1)).all()
+
+
+@pytest.mark.parametrize("method,behind", [("hutch++", 4), ("hutchinson", 12)])
+def test_a_fixed_budget_reports_the_random_probes_behind_its_standard_error(method, behind):
+    # the docstrings of trace and frobenius_norm state these counts (12 - 2 (12 // 3) = 4)
+    model, data = make("tanh")
+    for fn in (H.trace, H.frobenius_norm):
+        run = fn(model, ce, data, probes=12, method=method, seed=3)
+        assert run.probes == behind and run.hvps == 12, fn
+        assert "probes - 2 (probes // 3)" in fn.__doc__

@@ -156,3 +156,35 @@ def test_exact_hessian_rejects_bad_input(generic_batch):
         hessian.exact_hessian(model, ce, (x * float("nan"), y))
     with pytest.raises(FlatnessError, match="pair"):
         hessian.exact_hessian(model, ce, x)
+
+
+def test_hessian_rank_refuses_what_has_no_rank_and_takes_one_tolerance():
+    spectrum = torch.tensor([2.0, 1.0, 1e-7, 0.0], dtype=torch.float64)
+    q, _ = torch.linalg.qr(
+        torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    )
+    h = q @ torch.diag(spectrum) @ q.T
+    assert hessian.hessian_rank(h, rtols=1e-3).ranks == {1e-3: 2}
+    assert hessian.hessian_rank(h, rtols=(1e-3, 1e-9)).ranks == {1e-3: 2, 1e-9: 3}
+    # rounding-level asymmetry is a symmetric matrix, in float64 and in float32
+    assert hessian.hessian_rank(h + 1e-13 * torch.triu(h, 1), rtols=1e-3).ranks == {1e-3: 2}
+    assert hessian.hessian_rank(h.float(), rtols=1e-3).ranks == {1e-3: 2}
+    skew = h + 1e-3 * torch.triu(torch.ones(4, 4, dtype=torch.float64), 1)
+    for matrix, pattern in [
+        (skew, "symmetric.*more than rounding"),
+        (torch.randn(4, 4), "symmetric"),
+        (torch.zeros(0, 0), "non-empty"),
+        (torch.ones(3, 2), "square"),
+    ]:
+        with pytest.raises(FlatnessError, match=pattern):
+            hessian.hessian_rank(matrix)
+    for rtols in (-1, (-1,), 0, (1e-4, 0.0), 1.0, math.nan, (math.inf,), (), "1e-3", True):
+        with pytest.raises(FlatnessError, match=r"rtols must be a relative tolerance in \(0, 1\)"):
+            hessian.hessian_rank(h, rtols=rtols)
+
+
+@pytest.mark.parametrize("max_params", [-1, 0, 2.5, True, "100", None])
+def test_exact_hessian_refuses_a_max_params_that_is_no_count(generic_batch, max_params):
+    x, y = generic_batch
+    with pytest.raises(FlatnessError, match=r"max_params must be a positive integer.*got"):
+        hessian.exact_hessian(random_softmax_regression(), ce, (x, y), max_params=max_params)

@@ -21,6 +21,7 @@ from torch.utils.data import (
 from flatness import hessian as H
 from flatness.errors import FlatnessError
 from flatness.hessian.checks import check_data
+from flatness.hessian.gauss_newton import NotSeparable
 
 ce = nn.functional.cross_entropy
 
@@ -398,3 +399,112 @@ def test_ggn_trace_from_layer_gradients_matches_the_dense_gauss_newton(build):
     # cost more than the probes they save: only there does "auto" go straight to probes
     assert run.method.startswith("ggn+") == (build not in ("ln", "cnn")) and run.converged
     assert abs(run.estimate - truth) <= 4 * run.stderr + 1e-9 * abs(truth)
+
+
+def one_hot_squared_error(out, t):
+    """A mean squared error against one-hot labels: F.one_hot reads the labels' values, which
+    torch.func.vmap cannot do one example at a time."""
+    return ((out - nn.functional.one_hot(t, out.shape[1]).to(out)) ** 2).mean()
+
+
+def test_a_loss_vmap_cannot_split_falls_back_to_probes():
+    model, data = make("tanh")
+    truth = torch.trace(H.exact_hessian(model, one_hot_squared_error, data)).item()
+    with pytest.raises(NotSeparable, match="one example at a time"):
+        H.ggn_trace(model, one_hot_squared_error, data)
+    with pytest.raises(NotSeparable, match="one example at a time"):
+        H.trace(model, one_hot_squared_error, data, method="ggn+hutchinson")
+    run = H.trace(model, one_hot_squared_error, data, rtol=0.02, seed=1)
+    assert not run.method.startswith("ggn+") and run.converged
+    assert abs(run.estimate - truth) <= 4 * run.stderr and abs(truth) > 1e-3
+
+
+# -- gradients off in the caller --------------------------------------------------------------
+def every_value(model, data):
+    """What each public function that differentiates returns, as tensors and numbers."""
+    p = sum(q.numel() for q in model.parameters())
+    v = torch.linspace(-1, 1, p, dtype=torch.float64)
+    return {
+        "exact_hessian": H.exact_hessian(model, ce, data),
+        "operator": H.HessianOperator(model, ce, data).matmat(torch.stack([v, 2 * v])),
+        "top_eigenvalues": H.top_eigenvalues(model, ce, data, k=2).eigenvalues,
+        "trace": H.trace(model, ce, data, probes=9).estimate,
+        "auto trace": H.trace(model, ce, data, rtol=0.05).estimate,
+        "frobenius_norm": H.frobenius_norm(model, ce, data, probes=9).estimate,
+        "spectral_density": H.spectral_density(model, ce, data, steps=5, probes=2).nodes,
+        "ggn_trace": H.ggn_trace(model, ce, data),
+        "pyhessian_estimate": H.pyhessian_estimate(model, ce, data, max_iter=5).trace,
+        "pyhessian_hvp": H.pyhessian_hvp(model, ce, data, v),
+    }
+
+
+def test_every_function_works_under_no_grad_and_inference_mode():
+    model, (x, y) = make("tanh")
+    expected = every_value(model, (x, y))
+    with torch.no_grad():
+        got = {"no_grad": every_value(model, (x, y))}
+    with torch.inference_mode():
+        got["inference_mode"] = every_value(model, (x, y))
+        made_there = x.clone(), y.clone()  # inference tensors, which autograd may not save
+        got["data made in inference_mode"] = every_value(model, made_there)
+    for mode, values in got.items():
+        for name, value in values.items():
+            want = expected[name]
+            same = torch.equal(value, want) if torch.is_tensor(want) else value == want
+            assert same, (mode, name)
+    with torch.inference_mode():
+        frozen = make("tanh")[0]
+    with pytest.raises(FlatnessError, match="inference_mode.*outside inference_mode"):
+        H.trace(frozen, ce, (x, y))
+
+
+# -- arguments of the wrong kind --------------------------------------------------------------
+class ScalarFirst(nn.Module):
+    """Returns (a scalar, the logits): the default rule takes the scalar."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x.mean(), self.body(x)
+
+
+def calls(model, loss, data, size):
+    v = torch.ones(size, dtype=torch.float64)
+    return {
+        "exact_hessian": lambda: H.exact_hessian(model, loss, data),
+        "operator": lambda: H.HessianOperator(model, loss, data),
+        "top_eigenvalues": lambda: H.top_eigenvalues(model, loss, data),
+        "trace": lambda: H.trace(model, loss, data),
+        "frobenius_norm": lambda: H.frobenius_norm(model, loss, data),
+        "spectral_density": lambda: H.spectral_density(model, loss, data),
+        "ggn_trace": lambda: H.ggn_trace(model, loss, data),
+        "pyhessian_estimate": lambda: H.pyhessian_estimate(model, loss, data),
+        "pyhessian_hvp": lambda: H.pyhessian_hvp(model, loss, data, v),
+    }
+
+
+def test_arguments_of_the_wrong_kind_get_one_message_from_every_function():
+    model, (x, y) = make("tanh")
+    size = sum(p.numel() for p in model.parameters())
+    cases = [
+        (None, ce, (x, y), r"model must be a torch\.nn\.Module, got NoneType"),
+        (lambda t: t, ce, (x, y), r"model must be a torch\.nn\.Module, got a function"),
+        (model, None, (x, y), "loss_fn must be a callable"),
+        (model, "cross_entropy", (x, y), "loss_fn must be a callable.*'cross_entropy'"),
+        (model, ce, (x, y[:30]), "inputs hold 50 examples but the targets 30"),
+        (ScalarFirst(model), ce, (x, y), r"shape \(\).*tuple.*output=.*one row per example"),
+    ]
+    for model_, loss, data, pattern in cases:
+        for name, call in calls(model_, loss, data, size).items():
+            with pytest.raises(FlatnessError, match=pattern):
+                call()
+            assert name
+    with pytest.raises(FlatnessError, match=r"model must be a torch\.nn\.Module"):
+        H.weight_norm(None)
+    # choosing the logits makes the same model fine
+    assert torch.equal(
+        H.exact_hessian(ScalarFirst(model), ce, (x, y), output=1),
+        H.exact_hessian(model, ce, (x, y)),
+    )

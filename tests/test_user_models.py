@@ -3,7 +3,10 @@ statistics, weighted losses on loaders, regression losses, dict inputs, and stat
 left alone. Each kind has its right value from an independent computation or a clear refusal."""
 
 import itertools
+import math
 import random
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -83,12 +86,28 @@ def test_losses_that_are_not_a_plain_mean_are_refused_on_loaders_only(loss):
     assert torch.allclose(whole, whole.T) and whole.abs().max() > 1e-3
 
 
-def test_weight_normalisation_is_refused():
-    model = nn.Sequential(
-        nn.utils.parametrizations.weight_norm(nn.Linear(4, 4)), nn.Tanh(), nn.Linear(4, 3)
-    ).double()
-    with pytest.raises(FlatnessError, match="weight normalisation.*asymmetric"):
+@pytest.mark.parametrize(
+    "api,remedy",
+    [
+        ("parametrizations", r"parametrize\.remove_parametrizations\(module, 'weight'\)"),
+        ("hooks", r"torch\.nn\.utils\.remove_weight_norm\(module, name='weight'\)"),
+    ],
+)
+def test_weight_normalisation_is_refused_with_the_remedy_of_its_api(api, remedy):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the hook API is deprecated
+        wrap = nn.utils.parametrizations.weight_norm if api != "hooks" else nn.utils.weight_norm
+        layer = wrap(nn.Linear(4, 4))
+    model = nn.Sequential(layer, nn.Tanh(), nn.Linear(4, 3)).double()
+    with pytest.raises(FlatnessError, match="weight normalisation.*asymmetric") as err:
         H.trace(model, ce, tanh_batch())
+    assert re.search(remedy, str(err.value)) and str(err.value).count("remove") == 1
+    # the remedy it names applies: without weight normalisation the model is accepted
+    if api == "hooks":
+        nn.utils.remove_weight_norm(layer)
+    else:
+        nn.utils.parametrize.remove_parametrizations(layer, "weight")
+    assert math.isfinite(H.trace(model, ce, tanh_batch(), probes=4).estimate)
 
 
 @pytest.mark.parametrize("name", ["mse", "huber"])

@@ -15,7 +15,11 @@ loss, mismatched dtypes, unused parameters) is refused with a FlatnessError befo
 - ``output``: which model output the loss is taken of, for models returning a tuple or a
   dict (default: the tensor, a tuple's first element, a mapping's ``"logits"``).
 
-The L2 term is never part of "the Hessian" unless ``l2`` is given.
+The L2 term is never part of "the Hessian" unless ``l2`` is given. A model that is not a
+``torch.nn.Module`` or a loss that is not callable is refused with a FlatnessError too. Every
+function records gradients for itself, so it may be called under ``torch.no_grad()`` or
+``torch.inference_mode()`` (data made in inference mode are copied; a model made there is
+refused, as autograd cannot differentiate its parameters).
 """
 
 from __future__ import annotations
@@ -95,7 +99,14 @@ def top_eigenvalues(
     """The ``k`` largest (algebraic) eigenvalues by block Lanczos, repeated ones included.
 
     Converged when each Ritz pair's residual ``||H y - theta y||`` is at most ``tol * |theta|``.
-    See :func:`flatness.hessian.lanczos.lanczos_top`; raises FlatnessError on bad input.
+    Reported residuals include the rounding of a product in the model's dtype (about
+    ``4.8e-7`` times the largest Ritz value in float32), so a smaller ``tol`` spends
+    ``max_steps`` and reports ``converged=False``: use a float64 model for it. See
+    :func:`flatness.hessian.lanczos.lanczos_top`.
+
+    Raises:
+        FlatnessError: bad options (``k``, ``tol``, ``block``, ``max_steps``, ``seed``) or
+            input the checks refuse.
     """
     op = _operator(model, loss_fn, data, curvature, bn_mode, l2, output)
     return lanczos_top(
@@ -140,6 +151,16 @@ def trace(
     ``stderr`` and ``hvps`` every Hessian-vector product (sketches included, the GGN's
     Jacobian products not).
 
+    The standard error is the spread of those ``probes`` samples, so it is itself uncertain
+    when they are few: the error exceeds two standard errors about as often as Student's t
+    with ``probes - 1`` degrees of freedom does. Stopping at ``rtol`` uses at least 32. A fixed
+    budget does not: Hutch++ (``"auto"`` or ``"hutch++"``) spends ``2 (probes // 3)`` of it on
+    the sketch, leaving ``probes - 2 (probes // 3)`` random probes, 4 for ``probes=12`` (the
+    estimate then lay more than two standard errors from the exact trace in 14 % of 200 seeds
+    on a small MLP, against 5 % for a normal error), 10 for 30, and the nominal 5 % only from a
+    budget of about 90; Hutchinson keeps all ``probes``. Below about 30 random probes, read the
+    standard error as rough.
+
     Raises:
         FlatnessError: bad options (the valid ones named) or input the checks refuse.
     """
@@ -168,7 +189,13 @@ def frobenius_norm(
     """``||H||_F = sqrt(Tr H^2)`` from ``E ||H z||^2`` (Rademacher z), with a standard error.
 
     Stopping and methods as for :func:`trace` (without ``"ggn+hutchinson"``); ``rtol`` bounds
-    the relative standard error of the norm itself.
+    the relative standard error of the norm itself. As there, a fixed budget of ``probes``
+    leaves Hutch++ (``"auto"`` and ``"hutch++"`` here) only ``probes - 2 (probes // 3)``
+    random probes behind the standard error, which is rough below about 30 of them (a budget
+    under about 90).
+
+    Raises:
+        FlatnessError: bad options (the valid ones named) or input the checks refuse.
     """
     op = _operator(model, loss_fn, data, curvature, bn_mode, l2, output)
     return frobenius_estimate(
@@ -194,6 +221,9 @@ def spectral_density(
     Peak memory beyond the model: ``probes x (steps + 1) x P`` numbers of the model's dtype for
     the bases, plus the work space of ``probes`` simultaneous products; measured figures are in
     :func:`flatness.hessian.lanczos.lanczos_density`.
+
+    Raises:
+        FlatnessError: bad options (``steps``, ``probes``, ``seed``) or input the checks refuse.
     """
     op = _operator(model, loss_fn, data, curvature, bn_mode, l2, output)
     return lanczos_density(op, steps, probes, seed=seed)

@@ -8,6 +8,7 @@ estimator can converge on a quantity that belongs to no fixed Hessian.
 The rule for model outputs (``output=`` of every function): ``None`` takes the output itself
 when it is a tensor, the first element of a tuple or list, or the ``"logits"`` entry of a
 mapping; an ``int`` or ``str`` indexes the output; a callable maps the output to the tensor.
+The tensor chosen must have one row per example, as many as the targets.
 
 >>> select_output((torch.ones(2), "extra"), None).shape
 torch.Size([2])
@@ -18,11 +19,13 @@ torch.Size([2])
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.nn.utils.weight_norm import WeightNorm
 from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.data import DataLoader
 
@@ -55,6 +58,32 @@ def is_batch(data) -> bool:
 def tensors(fn: Callable, inputs):
     """``fn`` applied to every tensor in (possibly nested) inputs."""
     return tree_map(lambda t: fn(t) if torch.is_tensor(t) else t, inputs)
+
+
+def with_autograd(fn: Callable) -> Callable:
+    """``fn`` run with gradients recorded, whatever the caller's mode.
+
+    A Hessian is a second derivative, so under ``torch.no_grad()`` or ``torch.inference_mode()``
+    (a common way to call evaluation code) every estimator would fail with autograd's "does
+    not require grad"; this leaves inference mode and enables gradients for the call only.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def usable(t: torch.Tensor) -> torch.Tensor:
+    """A copy of a tensor made under ``torch.inference_mode()``, which autograd may not save
+    for backward (the data are constants, so a copy is the same function); others as they are."""
+    return t.clone() if t.is_inference() else t
+
+
+def _on(device) -> Callable:
+    return lambda t: usable(t.to(device))
 
 
 def select_output(outputs, output: Output) -> torch.Tensor:
@@ -103,7 +132,7 @@ def batches(data, device) -> Iterator[tuple[object, torch.Tensor, int]]:
 
     A loader's passes leave the global random state as it was (DataLoader draws a seed)."""
     if is_batch(data):
-        yield tensors(lambda t: t.to(device), data[0]), data[1].to(device), len(data[1])
+        yield tensors(_on(device), data[0]), usable(data[1].to(device)), len(data[1])
         return
     with all_random_states_kept():
         for item in data:
@@ -120,7 +149,7 @@ def batches(data, device) -> Iterator[tuple[object, torch.Tensor, int]]:
                     "the loader yields single examples (DataLoader(batch_size=None) over a data "
                     "set of examples): give it a batch_size"
                 )
-            yield tensors(lambda t: t.to(device), inputs), targets.to(device), len(targets)
+            yield tensors(_on(device), inputs), usable(targets.to(device)), len(targets)
 
 
 def check_data(data, bn_mode: str = "eval", model: nn.Module | None = None) -> None:
@@ -140,6 +169,32 @@ def check_data(data, bn_mode: str = "eval", model: nn.Module | None = None) -> N
 
 
 # -- the model and the loss --------------------------------------------------------------------
+def require_module(model) -> None:
+    """Refuse a model that is not a ``torch.nn.Module`` (its parameters are the variables)."""
+    if not isinstance(model, nn.Module):
+        raise FlatnessError(
+            f"model must be a torch.nn.Module, got {_describe(model)}: the Hessian is taken "
+            "with respect to a module's parameters (wrap a function in an nn.Module that "
+            "holds them as nn.Parameter)"
+        )
+
+
+def require_loss(loss_fn) -> None:
+    """Refuse a loss that cannot be called as ``loss_fn(outputs, targets)``."""
+    if not callable(loss_fn):
+        raise FlatnessError(
+            f"loss_fn must be a callable loss_fn(outputs, targets) returning the mean loss, "
+            f"got {_describe(loss_fn)}: e.g. torch.nn.functional.cross_entropy or "
+            "torch.nn.CrossEntropyLoss()"
+        )
+
+
+def _describe(value) -> str:
+    if value is None or isinstance(value, (str, int, float)):
+        return f"{type(value).__name__} {value!r}"
+    return f"a {type(value).__name__}"
+
+
 def floating_dtype(model: nn.Module) -> torch.dtype | None:
     """The one floating dtype of the model's parameters and buffers (None if mixed or none)."""
     dtypes = {t.dtype for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()}
@@ -212,25 +267,48 @@ def check_mean_loss(
 
 
 def check_module(model: nn.Module) -> None:
-    """Refuse layers whose second derivatives torch gets wrong, and unmaterialised ones."""
+    """Refuse non-modules, layers whose second derivatives torch gets wrong, unmaterialised
+    ones, and parameters autograd cannot differentiate (made under inference mode)."""
+    require_module(model)
     for name, module in model.named_modules():
+        where = f"module {name!r}" if name else "the model"
         holders = getattr(module, "parametrizations", {})
-        weight_normed = any(
-            type(f).__name__ == "_WeightNorm" for plist in holders.values() for f in plist
-        ) or (hasattr(module, "weight_g") and hasattr(module, "weight_v"))
-        if weight_normed:
-            where = f"module {name!r}" if name else "the model"
+        parametrized = [
+            tensor
+            for tensor, plist in holders.items()
+            if any(type(f).__name__ == "_WeightNorm" for f in plist)
+        ]
+        # the old hook-based torch.nn.utils.weight_norm: undone by remove_weight_norm, which
+        # the parametrize API's remove_parametrizations does not apply to
+        hooked = [
+            hook.name for hook in module._forward_pre_hooks.values() if isinstance(hook, WeightNorm)
+        ]
+        if not (parametrized or hooked) and hasattr(module, "weight_g"):
+            hooked = ["weight"] if hasattr(module, "weight_v") else []
+        if parametrized or hooked:
+            remove = (
+                f"torch.nn.utils.parametrize.remove_parametrizations(module, {parametrized[0]!r})"
+                if parametrized
+                else f"torch.nn.utils.remove_weight_norm(module, name={hooked[0]!r})"
+            )
             raise FlatnessError(
                 f"{where} uses weight normalisation, whose second derivative in torch "
                 "(torch._weight_norm) is wrong: its Hessian comes out asymmetric. Remove it "
-                "(torch.nn.utils.parametrize.remove_parametrizations) or write w = g v/|v| in "
-                "the forward pass"
+                f"({remove}) or write w = g v/|v| in the forward pass"
             )
     lazy = [n for n, p in model.named_parameters() if isinstance(p, nn.UninitializedParameter)]
     if lazy:
         raise FlatnessError(
             f"parameter(s) {', '.join(lazy)} are not initialised yet (lazy modules): run one "
             "forward pass first"
+        )
+    frozen = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_inference()]
+    if frozen:
+        raise FlatnessError(
+            f"the model's tensors {', '.join(frozen[:3])}{' and more' if len(frozen) > 3 else ''} "
+            "were made under torch.inference_mode(), and autograd cannot differentiate through "
+            "such tensors: build or load the model outside inference_mode (torch.no_grad() is "
+            "fine)"
         )
 
 
@@ -277,6 +355,7 @@ def check_model(
     if bn_mode not in BN_MODES:
         raise unknown("bn_mode", bn_mode, BN_MODES)
     check_module(model)
+    require_loss(loss_fn)
     check_data(data, bn_mode, model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
@@ -285,15 +364,17 @@ def check_model(
     first = next(batches(data, device), None)
     if first is None or first[2] == 0:
         raise FlatnessError("data is empty: the loader yields no examples")
-    x, y, _ = first
+    x, y, n = first
     check_dtypes(model, x, y)
     several = isinstance(data, DataLoader) and len(data) > 1
     with curvature_modes(model, bn_mode):
         with all_random_states_kept():
             torch.manual_seed(0)
-            out = select_output(model(x), output)
+            raw = model(x)
+            out = select_output(raw, output)
             torch.manual_seed(1)
             again = select_output(model(x), output).detach()
+        check_rows(out, raw, x, n, output)
         first = out.detach()
         if first.shape != again.shape or not bool(
             ((first == again) | (first.isnan() & again.isnan())).all()
@@ -315,6 +396,29 @@ def check_model(
             "rows are undefined here; freeze them (requires_grad=False) or remove them"
         )
     return named, grads
+
+
+def check_rows(out: torch.Tensor, raw, inputs, n: int, output: Output) -> None:
+    """Refuse model outputs without one row per example: the loss is a mean over rows, and
+    batches are weighted by their number of targets."""
+    if out.dim() > 0 and len(out) == n:
+        return
+    if torch.is_tensor(inputs) and inputs.dim() > 0 and len(inputs) != n:
+        raise FlatnessError(
+            f"the inputs hold {len(inputs)} examples but the targets {n}: pass one target per "
+            "example (inputs and targets of the same length)"
+        )
+    chosen = (
+        ""
+        if torch.is_tensor(raw) or output is not None
+        else " (taken by default from the model's "
+        f"{type(raw).__name__}: a tuple's first element, a mapping's 'logits'; pass output= "
+        "(an index, a key or a function of the output) to choose another)"
+    )
+    raise FlatnessError(
+        f"the model output the loss is taken of has shape {tuple(out.shape)}{chosen}, but "
+        f"the batch has {n} targets: it must have one row per example"
+    )
 
 
 def check_options(*, seed=0, l2=0.0) -> None:

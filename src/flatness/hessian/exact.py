@@ -16,6 +16,7 @@ non-zero and it equals ``diag(p) - p p^T``:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,8 +31,11 @@ from flatness.hessian.checks import (
     check_module,
     check_options,
     curvature_modes,
+    require_loss,
+    require_module,
     select_output,
     tensors,
+    with_autograd,
 )
 from flatness.hessian.operator import CURVATURES
 from flatness.hessian.softmax import SoftmaxSpectrum as SoftmaxSpectrum
@@ -65,11 +69,17 @@ class Measures:
 
 
 def weight_norm(model: nn.Module) -> float:
-    """The L2 norm over all parameters (biases and the final layer included)."""
+    """The L2 norm over all parameters (biases and the final layer included).
+
+    Raises:
+        FlatnessError: ``model`` is not a ``torch.nn.Module``.
+    """
+    require_module(model)
     with torch.no_grad():
         return torch.sqrt(sum((p.double() ** 2).sum() for p in model.parameters())).item()
 
 
+@with_autograd
 def exact_hessian(
     model: nn.Module,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -98,15 +108,26 @@ def exact_hessian(
         bn_mode: BatchNorm with running (``"eval"``) or batch (``"train"``) statistics.
         l2: add ``l2 * I`` (default 0: the data loss alone).
         output: which model output the loss is taken of (see :mod:`flatness.hessian.checks`).
-        max_params: refuse larger models (the matrix has P^2 entries).
+        max_params: refuse larger models (the matrix has P^2 entries); a positive integer.
 
     Raises:
-        FlatnessError: more than ``max_params`` variables, or any input the checks refuse.
+        FlatnessError: more than ``max_params`` variables, a ``max_params`` that is not a
+            positive integer, or any input the checks refuse (a model that is not a module,
+            a loss that is not callable among them).
+
+    Works under ``torch.no_grad()`` and ``torch.inference_mode()`` as well (gradients are
+    turned on inside).
     """
     if curvature not in CURVATURES:
         raise unknown("curvature", curvature, CURVATURES)
     check_options(l2=l2)
+    if not isinstance(max_params, int) or isinstance(max_params, bool) or max_params < 1:
+        raise FlatnessError(
+            f"max_params must be a positive integer (the most variables whose dense Hessian "
+            f"may be formed; default {MAX_EXACT_PARAMS:,}), got {max_params!r}"
+        )
     check_module(model)
+    require_loss(loss_fn)
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if count > max_params:
         gib = count**2 * 8 / 2**30
@@ -201,15 +222,65 @@ class Rank:
 def hessian_rank(hessian: torch.Tensor, rtols=(1e-4, 1e-6, 1e-8, 1e-10)) -> Rank:
     """The rank of a dense (exact) Hessian at each relative tolerance.
 
+    ``rtols`` is one tolerance or a sequence of them, each in (0, 1). The matrix must be
+    square, non-empty, finite and symmetric up to rounding: ``|H - H^T|`` at most 1e-8 of its
+    largest entry (as :func:`exact_hessian` checks its own), or ``1000 eps`` of a lower
+    precision's (1.2e-4 in float32); ``torch.linalg.eigvalsh`` would silently read only the
+    lower triangle of anything else.
+
     >>> hessian_rank(torch.diag(torch.tensor([2.0, 1.0, 1e-7, 0.0], dtype=torch.float64))).ranks
     {0.0001: 2, 1e-06: 2, 1e-08: 3, 1e-10: 3}
+    >>> hessian_rank(torch.eye(3), rtols=1e-3).ranks
+    {0.001: 3}
+
+    Raises:
+        FlatnessError: a matrix that is not a non-empty, square, finite, symmetric tensor, or
+            a tolerance that is not a number in (0, 1).
     """
     if not torch.is_tensor(hessian) or hessian.dim() != 2 or hessian.shape[0] != hessian.shape[1]:
         shape = tuple(hessian.shape) if torch.is_tensor(hessian) else type(hessian).__name__
         raise FlatnessError(f"hessian_rank takes a square matrix, got {shape}")
+    if hessian.numel() == 0:
+        raise FlatnessError("hessian_rank takes a non-empty matrix, got one of shape (0, 0)")
     if not bool(torch.isfinite(hessian).all()):
         raise FlatnessError("hessian_rank takes a finite matrix; this one has NaN or inf entries")
-    evals = torch.linalg.eigvalsh(hessian.double())
+    tolerances = _rtols(rtols)
+    h = hessian.double()
+    asymmetry = (h - h.T).abs().max().item()
+    size = h.abs().max().item()
+    precision = torch.finfo(hessian.dtype).eps if hessian.is_floating_point() else 0.0
+    if asymmetry > max(1e-8, 1e3 * precision) * size:
+        raise FlatnessError(
+            f"hessian_rank takes a symmetric matrix; this one has |H - H^T| up to "
+            f"{asymmetry:.3g} against entries up to {size:.3g}, more than rounding: a Hessian "
+            "is symmetric, so check how the matrix was formed (or pass (h + h.T) / 2)"
+        )
+    evals = torch.linalg.eigvalsh(h)
     scale = evals.abs().max().item()
-    ranks = {float(t): int((evals.abs() > t * scale).sum()) for t in rtols}
+    ranks = {t: int((evals.abs() > t * scale).sum()) for t in tolerances}
     return Rank(ranks=ranks, size=hessian.shape[0], eigenvalues=evals)
+
+
+def _rtols(rtols) -> list[float]:
+    """The tolerances as floats, one given alone included; each must be in (0, 1)."""
+    items = [rtols] if isinstance(rtols, (int, float)) else rtols
+    try:
+        items = list(items)
+    except TypeError:
+        items = None
+    bad = (
+        items is None
+        or not items
+        or any(
+            isinstance(t, bool)
+            or not isinstance(t, (int, float))
+            or not (math.isfinite(t) and 0 < t < 1)
+            for t in items
+        )
+    )
+    if bad:
+        raise FlatnessError(
+            f"rtols must be a relative tolerance in (0, 1) or a sequence of them, e.g. "
+            f"(1e-4, 1e-8), got {rtols!r}"
+        )
+    return [float(t) for t in items]

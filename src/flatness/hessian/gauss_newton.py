@@ -33,6 +33,7 @@ from flatness.hessian.checks import (
     curvature_modes,
     select_output,
     tensors,
+    with_autograd,
 )
 from flatness.hessian.loaders import uses_batch_statistics
 
@@ -44,6 +45,7 @@ class NotSeparable(FlatnessError):
     """The GGN trace cannot be taken example by example for this model, loss or mode."""
 
 
+@with_autograd
 def ggn_trace(
     model: nn.Module,
     loss_fn: Callable,
@@ -63,8 +65,12 @@ def ggn_trace(
 
     Raises:
         NotSeparable: BatchNorm with batch statistics, more than ``MAX_LOGITS`` logits per
-            example, a loss that is not a mean of per-example terms, or a model that
-            ``torch.func.vmap`` cannot run one example at a time.
+            example, a loss that is not a mean of per-example terms, or a model or a loss
+            that ``torch.func.vmap`` cannot run one example at a time (a loss calling
+            ``F.one_hot`` or ``.item()``).
+        FlatnessError: any input the checks refuse.
+
+    Runs with gradients on under ``torch.no_grad()`` or ``torch.inference_mode()`` too.
     """
     check_model(model, loss_fn, data, bn_mode=bn_mode, output=output)
     if uses_batch_statistics(model, bn_mode):
@@ -96,11 +102,21 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
     def example_loss(zi, yi):
         return loss_fn(zi.reshape(1, *shape), yi[None])
 
-    with torch.enable_grad():
-        per_example = vmap(example_loss)(z.reshape(n, k), y)
-        if not torch.allclose(per_example.mean(), loss_fn(z, y), rtol=1e-4, atol=1e-7):
-            raise NotSeparable("the loss is not a mean of per-example terms")
-        curvature = vmap(torch.func.jacrev(torch.func.jacrev(example_loss)))(z.reshape(n, k), y)
+    try:
+        with torch.enable_grad():
+            per_example = vmap(example_loss)(z.reshape(n, k), y)
+            if not torch.allclose(per_example.mean(), loss_fn(z, y), rtol=1e-4, atol=1e-7):
+                raise NotSeparable("the loss is not a mean of per-example terms")
+            hessian = torch.func.jacrev(torch.func.jacrev(example_loss))
+            curvature = vmap(hessian)(z.reshape(n, k), y)
+    except FlatnessError:
+        raise
+    except (RuntimeError, NotImplementedError, ValueError, TypeError, IndexError) as err:
+        # the loss ran on the whole batch (check_model), so a failure here is vmap's: a loss
+        # with data-dependent steps (F.one_hot, .item()) cannot be taken one example at a time
+        raise NotSeparable(
+            f"the loss cannot be evaluated one example at a time under torch.func.vmap ({err})"
+        ) from err
     lam, u = torch.linalg.eigh(curvature.double())  # (n, k), (n, k, k)
     u = u.to(z.dtype)
     fast = _hooked_sum(model, x, output, lam, u, chunk_bytes)

@@ -31,6 +31,8 @@ from flatness.hessian.checks import (
     curvature_modes,
     is_batch,
     select_output,
+    usable,
+    with_autograd,
 )
 
 __all__ = [
@@ -70,11 +72,15 @@ class HessianOperator:
         FlatnessError: for any input that does not define one fixed Hessian (see
             :func:`flatness.hessian.checks.check_model`).
 
+    Building it and its products record gradients even under ``torch.no_grad()`` or
+    ``torch.inference_mode()``.
+
     Attributes:
         hvps: how many vectors have been multiplied so far.
         passes: how many passes over the data have been made.
     """
 
+    @with_autograd
     def __init__(
         self,
         model: nn.Module,
@@ -184,16 +190,16 @@ class HessianOperator:
             [h.expand(*lead, *p.shape) if h.dim() == p.dim() else h for h, p in zip(hv, params)]
         )
 
+    @with_autograd
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
         """``H V`` for a (k, P) stack of vectors; one pass over the data for all k."""
-        if vectors.dim() != 2 or vectors.shape[1] != self.size:
-            raise FlatnessError(
-                f"expected a (k, {self.size}) stack of vectors, got {tuple(vectors.shape)}"
-            )
+        if not torch.is_tensor(vectors) or vectors.dim() != 2 or vectors.shape[1] != self.size:
+            shape = tuple(vectors.shape) if torch.is_tensor(vectors) else type(vectors).__name__
+            raise FlatnessError(f"expected a (k, {self.size}) stack of vectors, got {shape}")
         if len(vectors) == 0:
             return torch.zeros(vectors.shape, device=self.device, dtype=self.dtype)
         start = time.perf_counter()
-        vectors = vectors.to(self.device, self.dtype)
+        vectors = usable(vectors.to(self.device, self.dtype))
         if self._graph is not None:
             # one batch: its gradient graph (built once) only needs a double backward
             total = self._hessian_products(self._graph, vectors, keep=True)

@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from flatness.errors import FlatnessError
-from flatness.hessian.checks import Output, check_model, check_options, is_batch, select_output
+from flatness.hessian.checks import (
+    Output,
+    check_model,
+    check_options,
+    is_batch,
+    select_output,
+    usable,
+)
 
 
 @contextlib.contextmanager
@@ -30,9 +37,19 @@ def pyhessian_engine(
     assertions); PyHessian's convention is BatchNorm in eval mode, and its variables are the
     parameters with ``requires_grad``, as flatness's are.
 
+    Gradients are on inside the block (under ``torch.no_grad()`` or
+    ``torch.inference_mode()`` too): PyHessian differentiates.
+
     Raises:
         FlatnessError: for any input :func:`flatness.hessian.checks.check_model` refuses.
     """
+    with torch.inference_mode(False), torch.enable_grad():
+        with _engine(model, loss_fn, data, seed=seed, output=output) as engine:
+            yield engine
+
+
+@contextlib.contextmanager
+def _engine(model, loss_fn, data, *, seed, output):
     from pyhessian import hessian as PyHessian
 
     check_options(seed=seed)
@@ -53,9 +70,8 @@ def pyhessian_engine(
             torch.manual_seed(seed)
             if is_batch(data):
                 inputs, targets = data
-                engine = PyHessian(
-                    model, criterion, data=(inputs.to(device), targets.to(device)), cuda=cuda
-                )
+                pair = (usable(inputs.to(device)), usable(targets.to(device)))
+                engine = PyHessian(model, criterion, data=pair, cuda=cuda)
             else:
                 engine = PyHessian(model, criterion, dataloader=data, cuda=cuda)
             yield engine
@@ -79,7 +95,9 @@ def pyhessian_hvp(
         if not torch.is_tensor(vector) or vector.shape != (size,):
             shape = tuple(vector.shape) if torch.is_tensor(vector) else type(vector).__name__
             raise FlatnessError(f"vector must have shape ({size},), got {shape}")
-        pieces = torch.split(vector.to(engine.params[0]), [p.numel() for p in engine.params])
+        pieces = torch.split(
+            usable(vector.to(engine.params[0])), [p.numel() for p in engine.params]
+        )
         v = [t.reshape(p.shape) for t, p in zip(pieces, engine.params)]
         if engine.full_dataset:
             _, hv = engine.dataloader_hv_product(v)
