@@ -143,6 +143,10 @@ def test_parameters_are_read_as_papermill_reads_them():
     assert both == {"seeds": 7, "dataset": "digits"}  # -p after -y, as papermill orders them
     with pytest.raises(FlatnessError, match=r"write it with a dot \(0.01 or 1.0e-2\)"):
         book.read_parameters(None, ["weight_decays: [0, 1e-2]"])
+    # one -y text giving a key twice is refused (YAML would keep the last); later -y or -p win
+    with pytest.raises(FlatnessError, match="not YAML .*duplicate key 'seeds'"):
+        book.read_parameters(None, ["seeds: [0, 1]\nepochs: 2\nseeds: [2]"])
+    assert book.read_parameters(None, ["seeds: [0]", "seeds: [1]"]) == {"seeds": [1]}
 
 
 def test_the_command_line_and_plain_papermill_hand_a_chapter_the_same_values(tmp_path):

@@ -160,6 +160,17 @@ def test_a_crash_mid_write_keeps_the_old_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # no temporary file left
 
 
+def test_saving_removes_the_temporary_files_a_killed_writer_left(tmp_path):
+    path = tmp_path / "abc.pt"
+    killed = tmp_path / ".abc.pt.tmp-k1113d"  # as left by a SIGKILL during torch.save
+    killed.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".abcd.pt.tmp-w21t1ng"  # another checkpoint's
+    other.write_bytes(b"")
+    save_checkpoint(path, {"epoch": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".abcd.pt.tmp-w21t1ng", "abc.pt"]
+    assert load_checkpoint(path) == {"epoch": 1}
+
+
 def test_an_absent_checkpoint_is_none(tmp_path, recwarn):
     assert load_checkpoint(tmp_path / "none.pt") is None
     assert len(recwarn) == 0

@@ -5,10 +5,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
+from flatness.cli import main
+from flatness.config import RunConfig
+from flatness.errors import FlatnessError
 from flatness.models import names
+from flatness.store import Store
 
 MODELS = set(names())
 
@@ -31,6 +36,8 @@ def flatness(*args, results, cwd=ROOT):
         (["run", "logreg", "-p", "lr", "-0.01"], "lr must be above 0"),
         (["run", "logreg", "-p", "colour", "red"], "unknown run setting 'colour'"),
         (["run", "logreg", "--dataset", "cifar"], "'digits', 'mnist', 'fashion-mnist'"),
+        (["run", "logreg", "-p", "lr", "1e300"], "lr must lie in float32's range"),
+        (["run", "logreg", "-p", "weight_decay", "1e39"], "weight_decay must lie in float32's"),
         (["chapter", "nope", "--profile", "smoke"], "'logreg'"),
         (["chapter", "logreg", "--profile", "smoke", "-p", "sed", "1"], "'seeds'"),
         (["chapter", "logreg", "--profile", "nope"], "'smoke', 'cpu', 'paper'"),
@@ -131,6 +138,115 @@ def test_parameter_values_are_numbers_where_they_look_like_numbers():
     assert parse_value("weight_decays", "[0, 1e-2, 5e-4]") == [0, 0.01, 0.0005]
     assert parse_value("dataset", "mnist") == "mnist"
     assert parse_value("augment", "false") is False
+    # YAML keeps the last of a key given twice; the command line refuses it instead
+    with pytest.raises(FlatnessError, match=r"-p x: cannot read .*duplicate key 'a'"):
+        parse_value("x", "{a: 1, b: {c: 2}, a: 3}")
+
+
+def _main(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+GRID = "runs: [{model: logreg, weight_decay: 0, seed: 0, epochs: 1, hessian_every: 0}]"
+# every folder option of every command, given a path that cannot be (or hold) a folder: a file,
+# a path below a file, a path below /dev/null
+UNUSABLE = [
+    ("publish", "{grid}", "--results", "{store}", "--to", "/dev/null/x"),
+    ("publish", "{grid}", "--results", "{store}", "--to", "{file}"),
+    ("publish", "{grid}", "--results", "{store}", "--published", "{file}"),
+    ("publish", "{grid}", "--results", "{below}", "--to", "{layer}"),
+    ("sweep", "{grid}", "--results", "/dev/null/x", "--published", "{layer}"),
+    ("sweep", "{grid}", "--results", "{below}", "--published", "{layer}", "--dry-run"),
+    ("sweep", "{grid}", "--results", "{store}", "--published", "{file}", "--dry-run"),
+    ("sweep", "{grid}", "--results", "{store}", "--published", "{layer}", "--data-root", "{file}"),
+    ("sweep-status", "{grid}", "--results", "{store}", "--published", "{below}"),
+    ("sweep-status", "{grid}", "--results", "{file}", "--published", "{layer}"),
+    ("run", "logreg", "--results", "/dev/null/x"),
+    ("run", "logreg", "--results", "{below}"),
+    ("run", "logreg", "--results", "{store}", "--data-root", "{file}"),
+    ("ls", "--results", "{below}"),
+    ("chapter", "logreg", "--results", "{store}", "--out", "/dev/null/x"),
+    ("chapter", "logreg", "--results", "{file}", "--out", "{layer}"),
+    ("chapter", "logreg", "--results", "{store}", "--data-root", "{below}"),
+    ("book", "--results", "{store}", "--out", "{file}"),
+]
+
+
+@pytest.mark.parametrize("command", UNUSABLE, ids=lambda c: " ".join(c))
+def test_a_folder_option_that_cannot_be_a_folder_is_one_message_and_writes_nothing(
+    tmp_path, capsys, command
+):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    (tmp_path / "g.yaml").write_text(GRID)
+    paths = dict(
+        grid=tmp_path / "g.yaml",
+        store=tmp_path / "store",
+        layer=tmp_path / "layer",
+        file=a_file,
+        below=a_file / "x",
+    )
+    args = [a.format(**paths) for a in command]
+    profile = [] if command[0] == "ls" else ["--profile", "smoke"]
+    code, out, err = _main(capsys, *args, *profile)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("flatness: error: "), err
+    bad = next(a for a in args if a.startswith(("/dev/null/", str(a_file))))
+    assert bad.split("/x")[0] in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "g.yaml"]
+    assert a_file.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_store_that_cannot_be_written_is_one_message_up_front(
+    tmp_path, capsys, monkeypatch, command
+):
+    from types import SimpleNamespace
+
+    from flatness import entries
+
+    # as for a user without permission (root may write anywhere)
+    monkeypatch.setattr(entries, "os", SimpleNamespace(access=lambda *a: False, W_OK=2, X_OK=1))
+    (tmp_path / "g.yaml").write_text(GRID.replace("seed: 0", "seed: [0, 1, 2]"))
+    target = ["logreg"] if command == "run" else [tmp_path / "g.yaml", "--published", tmp_path]
+    store = tmp_path / "store"
+    code, out, err = _main(capsys, command, *target, "--profile", "smoke", "--results", store)
+    assert code == 2 and err.count("\n") == 1, err  # one line, for all 3 or 4 runs
+    assert err.startswith(f"flatness: error: cannot create the results store's folder {store} ")
+    assert "cannot be written to" in err and "--results" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]
+
+
+def test_p_lists_only_the_fields_it_sets(tmp_path, capsys):
+    code, _, err = _main(capsys, "run", "logreg", "-p", "lrr", "1", "--results", tmp_path / "r")
+    assert code == 2 and "unknown run setting 'lrr'; valid choices: 'dataset'" in err
+    assert "'lr'" in err and "'slq_steps'" in err
+    assert "'model'" not in err and "'optimiser'" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_ls_names_each_runs_lr(tmp_path, capsys):
+    store = Store(tmp_path / "r")
+    fields = dict(model="logreg", dataset="digits", weight_decay=0.0, seed=0, epochs=1)
+    for lr in (0.1, 1e-7):
+        store.save(RunConfig(**fields, lr=lr), {"test_acc": 0.5}, {"x": np.zeros(1)}, {})
+    code, out, _ = _main(capsys, "ls", "--results", store.root)
+    assert code == 0
+    header, *rows = out.splitlines()[1:]
+    assert header.split()[4:6] == ["lr", "wd"]
+    assert sorted(row.split()[4] for row in rows) == ["0.1", "1e-07"]
+
+
+def test_step_times_that_give_a_key_twice_are_refused(tmp_path):
+    from flatness.plan import read_step_times
+
+    path = tmp_path / "times.json"
+    path.write_text('{"logreg|digits|1|128": 0.001, "logreg|digits|1|128": 0.002}')
+    with pytest.raises(FlatnessError, match="'logreg|digits|1|128' is given twice"):
+        read_step_times(path)
 
 
 def test_plan_lists_every_run_with_hours_and_a_total(tmp_path):

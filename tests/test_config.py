@@ -1,5 +1,7 @@
 """Profiles and run configs: valid choices, type checks, clear messages."""
 
+import dataclasses
+
 import pytest
 
 from flatness.chapters import logreg
@@ -93,3 +95,34 @@ def test_a_model_that_does_not_fit_the_data_is_refused_where_the_config_is_made(
     assert cfg.width == 1.0
     with pytest.raises(FlatnessError, match="preresnet-44|depth"):
         RunConfig(model="preresnet-44", dataset="digits", weight_decay=0.0, seed=0, epochs=1)
+
+
+#: every float field of a run (the annotations are text: ``from __future__ import annotations``)
+FLOAT_FIELDS = [f.name for f in dataclasses.fields(RunConfig) if "float" in str(f.type)]
+
+
+@pytest.mark.parametrize("field", FLOAT_FIELDS)
+def test_every_float_field_refuses_values_beyond_float32_which_training_uses(field):
+    base = dict(model="logreg", dataset="digits", weight_decay=0.0, seed=0, epochs=5)
+    if field == "average_lr":
+        base["average_start"] = 2
+    # float32's largest is 3.40e38: these overflow to inf there (torch's SGD raised on 1e300)
+    for value in (1e300, 10**400, -1e39, 3.5e38):
+        with pytest.raises(FlatnessError, match=f"{field} must lie in float32's range"):
+            RunConfig(**{**base, field: value})
+    # and these round to 0 there
+    with pytest.raises(FlatnessError, match=f"{field}=1e-300 is 0 in float32"):
+        RunConfig(**{**base, field: 1e-300})
+
+
+def test_float_fields_within_float32_are_kept():
+    assert set(FLOAT_FIELDS) == {
+        "weight_decay", "lr", "momentum", "width", "average_lr", "final_ratio", "hessian_rtol"
+    }  # fmt: skip
+    cfg = RunConfig(model="logreg", dataset="digits", weight_decay=3e38, seed=0, epochs=1, lr=1e-44)
+    assert (cfg.weight_decay, cfg.lr) == (3e38, 1e-44)
+
+
+def test_a_label_names_the_lr():
+    cfg = RunConfig(model="logreg", dataset="digits", weight_decay=0.0, seed=0, epochs=1, lr=1e-7)
+    assert cfg.label() == "logreg/digits sgd lr=1e-07 wd=0 seed=0"

@@ -119,6 +119,13 @@ def test_a_yaml_grid_multiplies_lists_and_fills_the_rest_from_the_recipe(tmp_pat
         ("runs: [{model: logreg, seed: []}]", "point 1: seed lists no value"),
         ("runs: [{model: logreg}]\nextra: 1", "unknown keys \\['extra'\\]"),
         ("runs: [{model: foonet, epochs: 2}]", '"model": "foonet".*unknown model'),
+        # YAML keeps the last of a key given twice; a grid refuses it, at any level
+        (
+            "runs: [{model: logreg, epochs: 3}]\nruns: [{model: logreg}]",
+            r"not valid YAML \(duplicate key 'runs' \(on line 2, given before on line 1\)\)",
+        ),
+        ("runs:\n  - {model: logreg, seed: 0, seed: 1}", "duplicate key 'seed' \\(on line 2"),
+        ("runs:\n  - model: logreg\n    epochs: 2\n    epochs: 3", "duplicate key 'epochs'"),
     ],
 )
 def test_a_bad_yaml_grid_is_one_message_naming_the_point(tmp_path, text, match):

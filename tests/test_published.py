@@ -2,6 +2,8 @@
 publish; weights left out above the size limit without losing paired comparisons."""
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -56,7 +58,25 @@ def test_a_published_file_that_does_not_match_its_hash_is_refused_naming_the_run
         load_or_run(cfg, store=Store(tmp_path / "empty"), published=layer, train_fn=_refuse)
     message = str(err.value)
     assert cfg.label() in message and f"{name} does not match the SHA-256" in message
-    assert "git checkout" in message
+    # this layer is no git checkout's: git cannot restore it
+    assert "git checkout" not in message and "git -C" not in message
+    again = "publish it again from a store that holds it with `python -m flatness publish GRID"
+    assert f"{again} --to {layer.root}`" in message
+
+
+def test_a_damaged_run_tracked_by_git_says_to_restore_it_from_git(tmp_path, published_run):
+    cfg, _, layer = published_run
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "published"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "publish"], check=True)
+    path = layer.root / cfg.key() / "metrics.json"
+    path.write_text("{}")
+    with pytest.raises(FlatnessError) as err:
+        load_or_run(cfg, store=Store(tmp_path / "empty"), published=layer, train_fn=_refuse)
+    assert f"restore it with `git -C {layer.root} checkout -- {cfg.key()}`" in str(err.value)
+    subprocess.run([*git[:3], "-C", str(layer.root), "checkout", "--", cfg.key()], check=True)
+    assert layer.find(cfg).metrics == json.loads(path.read_text())
 
 
 def test_a_published_run_without_hashes_is_refused(tmp_path, published_run):
@@ -158,8 +178,64 @@ def test_a_run_that_learnt_nothing_is_not_published_without_being_asked(tmp_path
     assert stalled.metrics["train_loss"] >= 0.95 * np.log(10) > good.metrics["train_loss"]
     assert pub.collapsed(stalled) and not pub.collapsed(good)
     before = sorted(p.name for p in layer.root.iterdir())
-    with pytest.raises(FlatnessError, match=r"1 run\(s\) ended at the loss of a network") as err:
+    with pytest.raises(FlatnessError, match=r"1 run\(s\) learnt nothing") as err:
         pub.publish([good, stalled], layer)
     assert stalled.key in str(err.value) and "--allow-collapsed" in str(err.value)
+    assert f"{stalled.config.label()} ({stalled.key}, training loss" in str(err.value)
     assert sorted(p.name for p in layer.root.iterdir()) == before  # nothing written
     assert pub.publish([good, stalled], layer, allow_collapsed=True) == [layer.root / stalled.key]
+
+
+def test_a_refusal_says_by_its_loss_whether_a_run_diverged_or_predicts_classes_alike(tmp_path):
+    store, arrays = Store(tmp_path / "s"), {"x": np.zeros(1)}
+    runs = [
+        store.save(RunConfig(weight_decay=0.0, seed=0, lr=lr, **TINY), {"train_loss": loss}, arrays, {})
+        for lr, loss in ((1e6, 2.8e6), (1e-7, 2.31), (1e-7 * 3, 4.0))
+    ]  # fmt: skip
+    with pytest.raises(FlatnessError) as err:
+        pub.publish(runs, pub.Published(tmp_path / "published"))
+    message = str(err.value)
+    assert message.startswith("3 run(s) learnt nothing")
+    labels = [f"logreg/digits sgd lr={lr} wd=0 seed=0" for lr in ("1e+06", "1e-07", "3e-07")]
+    assert (
+        f"{labels[0]} ({runs[0].key}, training loss 2.8e+06, far above ln K = 2.303: it diverged)"
+        in message
+    )
+    alike = "about ln K = 2.303: it predicts every class alike"
+    assert f"{labels[1]} ({runs[1].key}, training loss 2.31, {alike})" in message
+    # 4.0 is below 2 ln 10 = 4.6: near ln K, not diverged
+    assert f"({runs[2].key}, training loss 4, about ln K = 2.303: it predicts" in message
+    assert "(choose it on validation data)" in message and "train on validation" not in message
+    assert not (tmp_path / "published").exists()
+
+
+def test_publish_refuses_to_and_published_naming_different_folders(tmp_path, capsys):
+    from flatness.cli import main
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(json.dumps({"runs": [{**TINY, "weight_decay": 0, "seed": 0}]}))
+    load_or_run(RunConfig(weight_decay=0.0, seed=0, **TINY), store=Store(tmp_path / "local"))
+    args = ["publish", str(grid), "--profile", "smoke", "--results", str(tmp_path / "local")]
+    to, other = ["--to", str(tmp_path / "a")], ["--published", str(tmp_path / "b")]
+    assert main([*args, *to, *other]) == 2
+    err = capsys.readouterr().err
+    assert f"--to {tmp_path / 'a'} and --published {tmp_path / 'b'} name different" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # the same folder twice is one folder; either option alone names it
+    assert main([*args, *to, "--published", str(tmp_path / "x" / ".." / "a")]) == 0
+    assert "published 1 run(s)" in capsys.readouterr().out
+    assert main([*args, *other]) == 0
+    assert f"published 1 run(s) of grid g into {tmp_path / 'b'}" in capsys.readouterr().out
+
+
+def test_what_a_killed_publish_left_is_never_a_run_and_goes_on_the_next_publish(published_run):
+    cfg, run, layer = published_run
+    folder = layer.root / cfg.key()
+    writing, old = layer.root / f".tmp-{cfg.key()}-w21t1ng", layer.root / f".old-{cfg.key()}"
+    for leftover in (writing, old):
+        shutil.copytree(folder, leftover)  # whole copies, hashes.json included
+    assert [r.key for r in layer.runs()] == [cfg.key()]
+    (folder / "metrics.json").write_text("{}")  # damaged: publish replaces it, via .old-<key>
+    assert pub.publish([run], layer) == [folder]
+    assert sorted(p.name for p in layer.root.iterdir()) == [cfg.key()]
+    assert layer.find(cfg).metrics == run.metrics

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from flatness import entries
 from flatness import store as store_module
 from flatness.config import RunConfig
 from flatness.errors import FlatnessError, RunDiverged
@@ -280,6 +281,46 @@ def test_an_interrupted_training_leaves_only_its_checkpoint(tmp_path):
     assert list((tmp_path / ".checkpoints").iterdir()) == []
 
 
+def _leftovers(root, key):
+    """What a writer of ``key``'s run killed mid-write leaves: a checkpoint's temporary file, a
+    run folder being written and one being deleted."""
+    (root / ".checkpoints").mkdir(parents=True, exist_ok=True)
+    checkpoint_tmp = root / ".checkpoints" / f".{key}.pt.tmp-k1113d"
+    checkpoint_tmp.write_bytes(b"half a checkpoint")
+    folders = [root / f".tmp-{key}-w21t1ng", root / f".trash-{key}-d31et1ng"]
+    for folder in folders:
+        folder.mkdir()
+        (folder / "metrics.json").write_text("{")
+    return [checkpoint_tmp, *folders]
+
+
+@pytest.mark.parametrize("outcome", ["saved", "diverged"])
+def test_what_a_killed_writer_left_goes_when_its_run_trains_again(tmp_path, outcome):
+    cfg, other = RunConfig(**TINY), RunConfig(**{**TINY, "seed": 1})
+    store = Store(tmp_path)
+    stale = _leftovers(tmp_path, cfg.key())
+    others = _leftovers(tmp_path, other.key())  # another run's, perhaps being written now
+    at_start = []
+
+    def train_fn(config, *, checkpoint, **kwargs):
+        at_start.append([p for p in stale if p.exists()])  # gone before training resumes
+        checkpoint.write_bytes(b"epoch 1")
+        if outcome == "diverged":
+            raise RunDiverged("the training loss is nan after epoch 2")
+        return FakeTrain()(config, checkpoint=checkpoint, **kwargs)
+
+    if outcome == "diverged":
+        with pytest.raises(RunDiverged):
+            load_or_run(cfg, store=store, device="cpu", train_fn=train_fn)
+    else:
+        load_or_run(cfg, store=store, device="cpu", train_fn=train_fn)
+    assert at_start == [[]]
+    assert [p for p in stale if p.exists()] == []
+    assert all(p.exists() for p in others)
+    assert list((tmp_path / ".checkpoints").iterdir()) == [others[0]]
+    assert sorted(_hidden_leftovers(tmp_path)) == sorted(p.name for p in others[1:])
+
+
 def test_save_replaces_a_failure_but_a_failure_never_replaces_a_run(tmp_path):
     cfg = RunConfig(**TINY)
     store = Store(tmp_path)
@@ -340,3 +381,24 @@ def test_arrays_check_reads_every_array(tmp_path):
     with zipfile.ZipFile(path) as z:
         assert z.testzip() == "param.weight.npy"
     assert "Bad CRC-32" in Store(tmp_path).damaged()[0].reason
+
+
+def test_a_store_that_cannot_be_a_folder_or_written_is_refused_before_any_write(
+    tmp_path, monkeypatch
+):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    with pytest.raises(FlatnessError, match=f"the results store {a_file} is not a folder"):
+        Store(a_file)
+    with pytest.raises(FlatnessError, match=f"cannot create the results store's folder {a_file}/x"):
+        Store(a_file / "x" / "y")
+    with pytest.raises(FlatnessError, match=r"/dev/null is not a folder"):
+        Store("/dev/null/x")
+    Store(tmp_path / "new" / "store").check_writable()  # creatable: fine, and nothing made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+    # as for a user without permission (root may write anywhere)
+    monkeypatch.setattr(entries, "os", SimpleNamespace(access=lambda *a: False, W_OK=2, X_OK=1))
+    for root, message in ((tmp_path, "cannot write to"), (tmp_path / "s", "cannot create")):
+        with pytest.raises(FlatnessError, match=f"{message} the results store.*cannot be written"):
+            Store(root).check_writable()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]

@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flatness import grids, sweep
 from flatness.config import RunConfig
+from flatness.errors import FlatnessError
 from flatness.published import Published
 from flatness.store import Store
 
@@ -273,3 +275,60 @@ def test_workers_share_the_cores_unless_the_threads_are_set(monkeypatch):
     assert env["CUDA_VISIBLE_DEVICES"] == "1" and env["MKL_NUM_THREADS"] == "4"
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # several sweeps on one machine
     assert sweep._local_worker_env(0, 1, 0)["OMP_NUM_THREADS"] == "1"
+
+
+def _main(capsys, *args):
+    from flatness.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_dry_run_and_the_status_refuse_what_the_sweep_refuses(tmp_path, capsys):
+    good, big = {**TINY, "weight_decay": 0, "seed": 0}, {**TINY, "weight_decay": 0, "seed": 1}
+    big["train_size"] = 100_000  # digits' training split holds 1077
+    (tmp_path / "g.yaml").write_text(json.dumps({"runs": [good, big]}))
+    store = Store(tmp_path / "s")
+    args = [tmp_path / "g.yaml", "--profile", "smoke", "--results", store.root]
+    args += ["--published", tmp_path / "none"]
+    big_key = RunConfig(**big).key()
+    refusal = "train_size=100000 is more than the 1077 examples of digits's training split"
+    for dry in (["--dry-run"], []):
+        code, out, err = _main(capsys, "sweep", *args, *dry)
+        assert code == 2 and "1 point(s) refused, so nothing was trained" in err, err
+        assert refusal in err and f"{big_key}  {RunConfig(**big).label()}" in err
+        assert "Traceback" not in err
+    assert "2 point(s), 2 to train" in out
+    assert _main(capsys, "sweep", *args, "--dry-run")[1].splitlines()[-1].startswith("1 run(s)")
+    code, out, _ = _main(capsys, "sweep-status", *args)
+    assert code == 0 and f"{big_key}  missing   {RunConfig(**big).label()}" in out
+    assert "\n      the sweep refuses it (reason 1)\n" in out
+    assert "the sweep refuses 1 missing point(s), training none of the grid:" in out
+    assert f"  reason 1: {refusal}" in out
+    assert not store.root.exists() or store.runs() == []
+    # the library's sweep refuses before any worker starts, too
+    with pytest.raises(FlatnessError, match=refusal):
+        sweep.sweep(grids.load(str(tmp_path / "g.yaml"), "smoke"), store=store)
+    assert not (store.root / ".logs").exists()
+
+
+def test_a_dry_run_names_the_failed_and_damaged_points_the_sweep_skips(tmp_path, capsys):
+    points = [{**TINY, "weight_decay": 0, "seed": s} for s in (0, 1, 2)]
+    (tmp_path / "g.yaml").write_text(json.dumps({"runs": points}))
+    store = Store(tmp_path / "s")
+    failed, damaged, fine = (RunConfig(**p) for p in points)
+    store.record_failure(failed, "the training loss is nan after epoch 2")
+    store.save(damaged, {}, {"x": np.zeros(1)}, {})
+    (store.path(damaged) / "metrics.json").write_text("{")
+    store.save(fine, {}, {"x": np.zeros(1)}, {})
+    args = ["sweep", tmp_path / "g.yaml", "--profile", "smoke", "--results", store.root]
+    args += ["--published", tmp_path / "none"]
+    dry = _main(capsys, *args, "--dry-run")
+    real = _main(capsys, *args)
+    for code, out, err in (dry, real):
+        assert code == 2 and "3 point(s), 0 to train" in out
+        assert "2 failed or damaged point(s) skipped (`--retry-failed` trains them again)" in err
+        assert f"{failed.key()}  failed: the training loss is nan after epoch 2" in err
+        assert f"{damaged.key()}  damaged: metrics.json is not valid JSON" in err
+    assert "0 run(s), 0 GPU-hours" in dry[1]

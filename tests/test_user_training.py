@@ -73,7 +73,7 @@ def test_ls_and_run_print_a_hand_edited_metrics_file_without_crashing(tmp_path, 
     code, out, err = _cli(capsys, "ls", "--results", str(results))
     assert code == 0, err
     row = out.strip().splitlines()[-1].split()
-    assert row[0] == run.key and row[7:9] == ["nan", "nan"]
+    assert row[0] == run.key and row[8:10] == ["nan", "nan"]  # after lr, wd, seed, epochs
 
 
 def test_averaging_from_epoch_zero_runs_every_epoch_at_the_averaging_rate():

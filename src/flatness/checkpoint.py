@@ -12,6 +12,7 @@ scratch, which costs time but never gives a wrong result.
 
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import random
@@ -32,16 +33,23 @@ class CheckpointWarning(UserWarning):
     """A checkpoint could not be read and is ignored."""
 
 
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """Write ``state`` to ``path`` atomically: the old file, if any, stays until the new is whole.
 
-    The state is written to a hidden temporary file in the same folder, flushed to disk and
-    renamed over ``path`` in one step. If writing fails (for instance an object that cannot be
-    pickled), the temporary file is removed and the error propagates.
+    The state is written to a hidden temporary file in the same folder (``.<name>.tmp-*``),
+    flushed to disk and renamed over ``path`` in one step. If writing fails (for instance an
+    object that cannot be pickled), the temporary file is removed and the error propagates.
+    Once the new checkpoint is in place, temporary files of ``path`` left by an earlier writer
+    that was killed mid-write are removed too (:func:`remove_temporaries`): ``path`` must have
+    one writer at a time, as the results store's lock per run ensures.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -56,6 +64,25 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         os.fsync(folder)  # the rename itself survives a crash
     finally:
         os.close(folder)
+    remove_temporaries(path)
+
+
+def remove_temporaries(path: str | Path) -> list[Path]:
+    """Delete the temporary files of ``path``'s checkpoint (``.<name>.tmp-*``) and return them.
+
+    :func:`save_checkpoint` removes its own temporary file unless its process is killed
+    (SIGKILL, a power cut); such a file is never read and would stay forever. Call this only
+    as ``path``'s one writer (e.g. holding the run's lock in the results store): another
+    writer's file being written would be removed too.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for tmp in path.parent.glob(f"{glob.escape(_temporary_prefix(path))}*"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: str | Path) -> dict | None:

@@ -8,6 +8,7 @@ A failing chapter prints its name and traceback and exits with code 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -18,15 +19,15 @@ import yaml
 
 from flatness import cli_grids
 from flatness.chapters import logreg as logreg_chapter
-from flatness.config import PROFILES, RunConfig, get_profile, yaml_number
-from flatness.errors import FlatnessError, RunDiverged
+from flatness.config import PROFILES, RunConfig, get_profile, strict_loader, yaml_number
+from flatness.errors import FlatnessError, RunDiverged, unknown
 from flatness.recipes import RECIPES, run_config
 
 
 def parse_value(key: str, text: str):
     """A ``-p KEY VALUE`` value read as YAML, with ``1e-2``-style numbers read as numbers."""
     try:
-        return yaml_number(yaml.safe_load(text))
+        return yaml_number(yaml.load(text, Loader=strict_loader()))
     except yaml.YAMLError as err:
         first = str(err).splitlines()[0]
         raise FlatnessError(f"-p {key}: cannot read {text!r} ({first})") from None
@@ -72,11 +73,32 @@ def _execution_options(parser: argparse.ArgumentParser, out_help: str) -> None:
     )
 
 
+def check_folder(option: str, path: str | None, *, write: bool = False) -> None:
+    """Refuse, before anything is written, a folder option that cannot be a folder (a file, or
+    a path below one) or, with ``write``, cannot be created or written to.
+
+    Raises:
+        FlatnessError: naming the option, the path and why.
+    """
+    from flatness.entries import folder_problem
+
+    if path is None:
+        return
+    problem = folder_problem(Path(path), write=write)
+    if problem is not None:
+        wanted = "a folder that can be written" if write else "a folder"
+        raise FlatnessError(f"{option} {path}: {problem}; give {wanted}")
+
+
 def _chapter_parameters(args) -> dict:
     """The chapter parameters of ``chapter``/``book``; ``--results`` goes to the kernels' env."""
     from flatness import book
     from flatness.paths import RESULTS_ENV
 
+    # chapters write _build under --out; a store may be read only (nothing to train)
+    check_folder("--results", args.results)
+    check_folder("--out", args.out, write=True)
+    check_folder("--data-root", args.data_root)
     parameters = book.read_parameters(args.parameter, args.parameters_yaml)
     if args.data_root is not None:
         if "data_root" in parameters:
@@ -143,6 +165,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the run fields ``run -p`` sets (the model and optimiser have their own arguments)
+RUN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(RunConfig) if f.name not in ("model", "optimiser")
+)
+
+
 def _one_or_list(overrides: dict, field: str, option: str, listed):
     """``listed`` (from ``option``), or ``[overrides.pop(field)]``; both at once is bad input."""
     if field not in overrides:
@@ -154,6 +182,7 @@ def _one_or_list(overrides: dict, field: str, option: str, listed):
 
 def _run(args) -> None:
     from flatness import train as training
+    from flatness.published import Published
     from flatness.store import Store, load_or_run
     from flatness.train import resolve_device
 
@@ -162,6 +191,10 @@ def _run(args) -> None:
     for field, where in (("model", "the MODEL argument"), ("optimiser", "--optimiser")):
         if field in overrides:
             raise FlatnessError(f"-p {field}: set the {field} with {where}, not -p")
+    for field in overrides:
+        if field not in RUN_FIELDS:
+            raise unknown("run setting", field, RUN_FIELDS)
+    check_folder("--data-root", args.data_root)
     if args.dataset is not None:
         overrides["dataset"] = args.dataset
     if args.epochs is not None:
@@ -179,6 +212,10 @@ def _run(args) -> None:
         for s in seeds
     ]
     store = Store(args.results)
+    layer = Published.default()  # what load_or_run reads first
+    if any(_to_train(cfg, store, layer, args.retrain) for cfg in configs):
+        # an unusable store is one message up front, not one per run
+        store.check_writable()
     first = configs[0]
     # missing data is bad input: say so before the store is touched
     from flatness import data as datasets
@@ -229,6 +266,20 @@ def _run(args) -> None:
         )
 
 
+def _to_train(config: RunConfig, store, layer, retrain: bool) -> bool:
+    """Whether ``run`` trains ``config`` (and so writes the store): neither published in
+    ``layer`` nor stored, or stored as failed or damaged with ``--retrain``."""
+    from flatness.entries import Run
+
+    try:
+        if layer.find(config) is not None:
+            return False
+    except FlatnessError:
+        return False  # a damaged published run is refused, without training
+    found = store.inspect(config)
+    return found is None or (retrain and not isinstance(found, Run))
+
+
 def _metric(metrics: dict, name: str) -> float:
     """``metrics[name]`` as a float; NaN where it is absent or not a number (a run trained
     by another ``train_fn``, or a metrics.json edited by hand)."""
@@ -271,15 +322,15 @@ def _ls(args) -> None:
     print(f"{len(runs)} run(s) in {store.root}")
     if runs:
         print(
-            f"{'key':16}  {'model':14} {'optimiser':9} {'dataset':13} {'wd':>7} {'seed':>4} "
-            f"{'epochs':>6} {'test acc':>8} {'lambda_max':>10} {'finished':25}"
+            f"{'key':16}  {'model':14} {'optimiser':9} {'dataset':13} {'lr':>7} {'wd':>7} "
+            f"{'seed':>4} {'epochs':>6} {'test acc':>8} {'lambda_max':>10} {'finished':25}"
         )
     for r in runs:
         c: RunConfig = r.config
         opt = c.optimiser + ("+avg" if c.averaging else "")
         print(
-            f"{r.key:16}  {c.model:14} {opt:9} {c.dataset:13} {c.weight_decay:7g} {c.seed:4d} "
-            f"{c.epochs:6d} {_metric(r.metrics, 'test_acc'):8.4f} "
+            f"{r.key:16}  {c.model:14} {opt:9} {c.dataset:13} {c.lr:7g} {c.weight_decay:7g} "
+            f"{c.seed:4d} {c.epochs:6d} {_metric(r.metrics, 'test_acc'):8.4f} "
             f"{_metric(r.metrics, 'lambda_max'):10.4g} {r.provenance.get('finished', '')}"
         )
     extra = describe_store(store)

@@ -55,7 +55,11 @@ def add_parsers(sub) -> None:
     publish.add_argument(
         "--profile", choices=list(PROFILES), default="paper", help="default: paper"
     )
-    publish.add_argument("--to", help="the published folder (default: <checkout>/published)")
+    publish.add_argument(
+        "--to",
+        help="the published folder to write: the same as --published, which may be given "
+        "instead (both, naming different folders, are refused)",
+    )
     publish.add_argument(
         "--allow-collapsed",
         action="store_true",
@@ -67,13 +71,20 @@ def add_parsers(sub) -> None:
 def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", help="the results store's folder ($FLATNESS_RESULTS)")
     parser.add_argument("--data-root", help="where torchvision data sets live ($FLATNESS_DATA)")
-    parser.add_argument("--published", help="the published layer (default: <checkout>/published)")
+    parser.add_argument(
+        "--published",
+        help="the published layer (default: $FLATNESS_PUBLISHED, else <checkout>/published)",
+    )
 
 
 def _layers(args):
+    """The results store and the published layer the options name, each refused up front
+    where it can never be a folder (as is a ``--data-root`` that cannot)."""
+    from flatness.cli import check_folder
     from flatness.published import Published
     from flatness.store import Store
 
+    check_folder("--data-root", args.data_root)
     published = Published(Path(args.published)) if args.published else Published.default()
     return Store(args.results), published
 
@@ -92,46 +103,29 @@ def run(args) -> bool:
 
 
 def _sweep(args) -> None:
-    from flatness import grids, plan, sweep
+    from flatness import grids, sweep
 
     grid = grids.load(args.grid, args.profile)
     store, published = _layers(args)
     if args.max_parallel is not None and args.max_parallel < 1:
         raise FlatnessError(f"--max-parallel must be at least 1, got {args.max_parallel}")
     points = sweep.to_train(grid, store, published, retry_failed=args.retry_failed)
+    if points:
+        # an unusable store is one message up front (a dry run says so as the sweep would)
+        store.check_writable()
     print(
         f"grid {grid.name} at profile {args.profile}: {len(grid)} point(s), "
         f"{len(points)} to train; store: {store.root}"
     )
     if args.dry_run:
-        configs = [p.config for p in points]
-        if args.step_times:
-            import torch
-
-            known = plan.read_step_times(args.step_times)
-            estimates, _ = plan.estimate(configs, torch.device("cpu"), known)
-            source = f"step times from {args.step_times}"
-        else:
-            estimates = plan.gpu_estimate(configs)
-            source = _assumption()
-        for e in estimates:
-            c = e.config
-            size = f"{c.train_size:,} examples" if c.train_size else "all examples"
-            print(
-                f"  {c.key()}  {c.label():52} {c.epochs:4d} epochs, {size:15} {e.hours:8.3g} GPU-h"
-            )
-        print(f"{len(estimates)} run(s), {_hours(estimates)} GPU-hours ({source})")
+        _dry_run(grid, points, store, published, args)
         return
     if not points:
         problems = _skipped_problems(grid, store, published, args)
         if problems:
             raise FlatnessError("\n".join(problems))
         return
-    # a missing data set is bad input: say so before any worker starts
-    from flatness import data as datasets
-
-    first = points[0].config
-    datasets.load(first.dataset, data_root=args.data_root, train_size=first.train_size)
+    # points whose data cannot be read here are refused by sweep.sweep before any worker starts
     outcome = sweep.sweep(
         grid,
         executor=args.executor,
@@ -179,6 +173,38 @@ def _sweep(args) -> None:
         raise FlatnessError("\n".join(problems))
 
 
+def _dry_run(grid, points, store, published, args) -> None:
+    """Print what the sweep would train, with estimated hours; then refuse, as the sweep
+    would, points it refuses (data not readable here, a ``train_size`` beyond the data) and
+    name the failed or damaged points it would skip, with the sweep's exit code."""
+    from flatness import plan, sweep
+
+    configs = [p.config for p in points]
+    reasons = sweep.refused(configs, args.data_root)
+    configs = [c for c in configs if c.key() not in reasons]
+    if args.step_times:
+        import torch
+
+        known = plan.read_step_times(args.step_times)
+        estimates, _ = plan.estimate(configs, torch.device("cpu"), known)
+        source = f"step times from {args.step_times}"
+    else:
+        estimates = plan.gpu_estimate(configs)
+        source = _assumption()
+    for e in estimates:
+        c = e.config
+        size = f"{c.train_size:,} examples" if c.train_size else "all examples"
+        print(f"  {c.key()}  {c.label():52} {c.epochs:4d} epochs, {size:15} {e.hours:8.3g} GPU-h")
+    print(f"{len(estimates)} run(s), {_hours(estimates)} GPU-hours ({source})")
+    refusal = sweep.refusal(reasons, [p.config for p in points])
+    if refusal:
+        # the sweep itself would train none of them
+        raise FlatnessError(f"{refusal}\n(a dry run: the sweep would stop here)")
+    problems = _skipped_problems(grid, store, published, args)
+    if problems:
+        raise FlatnessError("\n".join(problems) + "\n(a dry run: nothing was trained)")
+
+
 def _skipped_problems(grid, store, published, args) -> list[str]:
     """Failed or damaged points this sweep left alone (without --retry-failed)."""
     from flatness import sweep
@@ -209,12 +235,26 @@ def _status(args) -> None:
 
     grid = grids.load(args.grid, args.profile)
     store, published = _layers(args)
+    if args.retry_failed:
+        store.check_writable()
     points = sweep.status(grid, store, published)
     if args.retry_failed:
         for p in points:
             if p.state in ("failed", "damaged"):
                 store.discard(store.path(p.config))
         points = sweep.status(grid, store, published)
+    # a missing point the sweep would refuse says so, as the sweep (and its dry run) would; each
+    # reason (a missing data set's names its files) is printed once, after the points
+    reasons = sweep.refused([p.config for p in points if p.state == "missing"], args.data_root)
+    numbers = {reason: n for n, reason in enumerate(dict.fromkeys(reasons.values()), 1)}
+    points = [
+        sweep.PointStatus(
+            p.config, p.state, f"the sweep refuses it (reason {numbers[reasons[p.config.key()]]})"
+        )
+        if p.config.key() in reasons
+        else p
+        for p in points
+    ]
     counts = {s: sum(p.state == s for p in points) for s in sweep.STATES}
     print(
         f"grid {grid.name} at profile {args.profile}: {len(points)} point(s): "
@@ -223,6 +263,10 @@ def _status(args) -> None:
     for p in points:
         line = f"  {p.config.key()}  {p.state:9} {p.config.label()}"
         print(line + (f"\n      {p.message}" if p.message else ""))
+    if reasons:
+        print(f"the sweep refuses {len(reasons)} missing point(s), training none of the grid:")
+        for reason, n in numbers.items():
+            print(f"  reason {n}: {reason}")
     if args.retry_failed:
         print(
             f"failed points cleared; train them with `python -m flatness sweep {args.grid} "
@@ -243,6 +287,11 @@ def _layer_options(args) -> str:
 def _publish(args) -> None:
     from flatness import grids, published, sweep
 
+    if args.to and args.published and not _same(args.to, args.published):
+        raise FlatnessError(
+            f"--to {args.to} and --published {args.published} name different folders; both "
+            "name the published folder publish writes, so give one of them"
+        )
     grid = grids.load(args.grid, args.profile)
     store, layer = _layers(args)
     if args.to:
@@ -263,3 +312,8 @@ def _publish(args) -> None:
     )
     for p in missing:
         print(f"  {p.config.key()}  {p.state:9} {p.config.label()}")
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether the paths ``a`` and ``b`` name one folder (resolved, as far as they exist)."""
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()

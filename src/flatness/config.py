@@ -25,6 +25,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import yaml
+
 from flatness.data import DATASETS
 from flatness.errors import FlatnessError, unknown
 from flatness.schedules import SCHEDULES
@@ -53,14 +55,37 @@ def _as_int(name: str, value: object, *, minimum: int | None = None) -> int:
     return value
 
 
+#: The largest and the smallest positive float32 (a subnormal): training computes in float32,
+#: so a float field beyond them would overflow to infinity or round to 0 there.
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.401298464324817e-45
+
+
+def _beyond_float32(name: str, value: object) -> str:
+    return (
+        f"{name} must lie in float32's range, which training uses (at most {FLOAT32_MAX:.4g} "
+        f"in size), got {value}"
+    )
+
+
 def _as_float(
     name: str, value: object, *, minimum: float | None = None, above: float | None = None
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FlatnessError(f"{name} must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float64
+        raise FlatnessError(_beyond_float32(name, value)) from None
     if not math.isfinite(value):
         raise FlatnessError(f"{name} must be finite, got {value}")
+    if abs(value) > FLOAT32_MAX:
+        raise FlatnessError(_beyond_float32(name, f"{value:g}"))
+    if 0 < abs(value) < FLOAT32_TINY:
+        raise FlatnessError(
+            f"{name}={value:g} is 0 in float32, which training uses; give 0 where allowed, or "
+            f"a size of at least {FLOAT32_TINY:.4g}"
+        )
     if minimum is not None and value < minimum:
         raise FlatnessError(f"{name} must be at least {minimum}, got {value}")
     if above is not None and value <= above:
@@ -225,10 +250,14 @@ class RunConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def label(self) -> str:
+        """The run in one line: model (and width), data set, optimiser, lr, weight decay, seed."""
         opt = {"sgd": "SWA", "adamw": "Gadam"}.get(self.optimiser, f"{self.optimiser}+avg")
         opt = opt if self.averaging else self.optimiser
         width = "" if self.width == 1 else f" width={self.width:g}"
-        return f"{self.model}{width}/{self.dataset} {opt} wd={self.weight_decay:g} seed={self.seed}"
+        return (
+            f"{self.model}{width}/{self.dataset} {opt} lr={self.lr:g} wd={self.weight_decay:g} "
+            f"seed={self.seed}"
+        )
 
 
 @functools.lru_cache(maxsize=256)
@@ -302,6 +331,46 @@ def yaml_number(value):
     if isinstance(value, list):
         return [yaml_number(v) for v in value]
     return value
+
+
+class DuplicateKey(yaml.YAMLError):
+    """A YAML mapping that gives one key twice (YAML forbids it; PyYAML keeps the last)."""
+
+
+def strict_loader(base=yaml.SafeLoader):
+    """A subclass of the YAML loader ``base`` that refuses a mapping giving a key twice, at any
+    level, naming the key and both lines (:class:`DuplicateKey`, a ``yaml.YAMLError``); plain
+    PyYAML keeps the last value silently.
+
+    >>> yaml.load("{a: 1, b: {c: 2, c: 3}}", Loader=strict_loader())
+    Traceback (most recent call last):
+    ...
+    flatness.config.DuplicateKey: duplicate key 'c' (on line 1, given before on line 1)
+    """
+    return _STRICT.setdefault(base, type(f"Strict{base.__name__}", (_UniqueKeys, base), {}))
+
+
+class _UniqueKeys:
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` merges another mapping, whose keys may be overridden
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: PyYAML refuses it itself
+                    continue
+                if first is not key_node.start_mark:
+                    raise DuplicateKey(
+                        f"duplicate key {key!r} (on line {key_node.start_mark.line + 1}, given "
+                        f"before on line {first.line + 1})"
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+_STRICT: dict = {}
 
 
 # validators shared with the chapter settings

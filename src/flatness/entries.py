@@ -7,6 +7,7 @@ file, invalid JSON, an unreadable ``arrays.npz``, a ``config.json`` hashing to a
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,32 @@ def _arrays_problem(path: Path) -> str | None:
         problem = f"arrays.npz is unreadable ({type(err).__name__}: {one_line(err)})"
     _ARRAYS_CHECKED[path] = (signature, problem)
     return problem
+
+
+def folder_problem(path: Path, *, write: bool = False) -> str | None:
+    """Why ``path`` cannot be used as a folder, or ``None`` if it can; nothing is created.
+
+    An existing ``path`` must be a folder; a missing one must be creatable, i.e. its nearest
+    existing parent a folder (``/dev/null/x`` never can be). With ``write``, that folder must
+    also be writable by this process.
+
+    >>> folder_problem(Path("/dev/null/x"))
+    '/dev/null is not a folder'
+    """
+    path = Path(path)
+    probe = path
+    while not _exists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a folder"
+    if write and not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} cannot be written to (no permission, or a read-only file system)"
+    return None
+
+
+def _exists(path: Path) -> bool:
+    # a broken symbolic link exists too: creating a folder there fails
+    return path.exists() or path.is_symlink()
 
 
 def one_line(err: BaseException) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from flatness.config import RunConfig, get_profile, yaml_number
+from flatness.config import RunConfig, get_profile, strict_loader, yaml_number
 from flatness.errors import FlatnessError, unknown
 
 #: chapter name -> module name under flatness.chapters, for chapters that read stored runs
@@ -78,8 +78,9 @@ def load(grid: str, profile: str) -> Grid:
     runs) or the path of a YAML file.
 
     Raises:
-        FlatnessError: an unknown name, an unreadable or malformed YAML file, a point with an
-            unknown model, optimiser or field, or a value out of range (naming the point).
+        FlatnessError: an unknown name, an unreadable or malformed YAML file (a key given
+            twice in one mapping included), a point with an unknown model, optimiser or field,
+            or a value out of range (naming the point).
     """
     get_profile(profile)
     if grid == "all":
@@ -97,7 +98,7 @@ def _read_yaml(path: Path, profile: str) -> list[RunConfig]:
     from flatness import recipes
 
     try:
-        found = yaml.safe_load(path.read_text())
+        found = yaml.load(path.read_text(), Loader=strict_loader())
     except OSError as err:
         raise FlatnessError(f"cannot read the grid file {path} ({err.strerror})") from None
     except yaml.YAMLError as err:

@@ -49,14 +49,18 @@ def read_parameters(pairs: list[list[str]] | None, yamls: list[str] | None = Non
     """Chapter parameters from ``-y YAML`` texts, then ``-p KEY VALUE`` pairs (papermill's order).
 
     Raises:
-        FlatnessError: for YAML that does not parse to a mapping, or see :func:`read_parameter`.
+        FlatnessError: for YAML that does not parse to a mapping or gives a key twice, or see
+            :func:`read_parameter`.
     """
     from papermill.iorw import NoDatesSafeLoader  # papermill's -y loader: dates stay text
+
+    from flatness.config import strict_loader
 
     found: dict = {}
     for text in yamls or []:
         try:
-            value = yaml.load(text, Loader=NoDatesSafeLoader)
+            # as papermill's, but a key given twice in one text is refused, not the first dropped
+            value = yaml.load(text, Loader=strict_loader(NoDatesSafeLoader))
         except yaml.YAMLError as err:
             first = str(err).splitlines()[0]
             raise FlatnessError(f"-y {text!r}: not YAML ({first})") from None

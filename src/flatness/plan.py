@@ -169,11 +169,21 @@ def table(estimates: list[Estimate], device: torch.device) -> str:
     return "\n".join(lines)
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object's pairs as a dict; a key given twice is refused (json keeps the last)."""
+    found: dict = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} is given twice")
+        found[key] = value
+    return found
+
+
 def read_step_times(path: str | Path) -> dict:
     """Step times saved by an earlier plan (``--save-step-times``), e.g. from a GPU machine."""
     try:
-        found = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        found = json.loads(Path(path).read_text(), object_pairs_hook=_unique_keys)
+    except (OSError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise FlatnessError(f"cannot read step times from {path}: {err}") from None
     if not isinstance(found, dict) or not all(isinstance(v, (int, float)) for v in found.values()):
         raise FlatnessError(f"{path} must hold a JSON object of step times in seconds")

@@ -18,7 +18,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from flatness.config import RunConfig
-from flatness.entries import FILES, Damaged, Run, examine
+from flatness.entries import FILES, Damaged, Run, examine, folder_problem
 from flatness.errors import FlatnessError
 
 PUBLISHED_ENV = "FLATNESS_PUBLISHED"
@@ -34,6 +36,7 @@ HASHES = "hashes.json"
 #: The largest weights (sum of the ``state.*`` arrays' bytes) a published run keeps: 1 MiB
 #: (softmax regression on MNIST: 31 kB; the 784-512-256-10 MLP: 2.1 MB, left out).
 WEIGHTS_LIMIT_BYTES = 1 << 20
+_KEY = re.compile(r"[0-9a-f]{16}")
 
 
 def published_root() -> Path | None:
@@ -59,10 +62,25 @@ def _sha256(path: Path) -> str:
 class Published:
     """The read-only layer of published runs at ``root`` (default :func:`published_root`).
 
-    A missing folder is an empty layer.
+    A missing folder is an empty layer. A damaged run is refused with a fix: ``git checkout``
+    where git tracks the run's folder, else publishing it again.
+
+    Raises:
+        FlatnessError: when ``root`` can never be a folder (a file, or a path below one).
     """
 
     root: Path | None = None
+
+    def __post_init__(self):
+        if self.root is None:
+            return
+        object.__setattr__(self, "root", Path(self.root))
+        problem = folder_problem(self.root)
+        if problem is not None:
+            raise FlatnessError(
+                f"the published layer {self.root} cannot be a folder ({problem}); point "
+                f"--published, publish's --to or ${PUBLISHED_ENV} at a folder"
+            )
 
     @classmethod
     def default(cls) -> Published:
@@ -84,49 +102,90 @@ class Published:
         return self._verified(path, config.label())
 
     def _verified(self, path: Path, label: str) -> Run:
-        fix = (
-            "restore it with `git checkout -- published/` or publish it again with "
-            "`python -m flatness publish GRID`"
-        )
+        def refused(problem: str) -> FlatnessError:
+            # the fix asks git, so only for a refusal
+            return FlatnessError(f"the published run {label} ({path}) {problem}; {_repair(path)}")
+
         try:
             recorded = json.loads((path / HASHES).read_text())
         except (OSError, ValueError) as err:
-            raise FlatnessError(
-                f"the published run {label} ({path}) has no readable {HASHES} ({err}); {fix}"
-            ) from None
+            raise refused(f"has no readable {HASHES} ({err})") from None
         for name in FILES:
             file = path / name
             if not file.is_file() or _sha256(file) != recorded.get(name):
-                raise FlatnessError(
-                    f"the published run {label} ({path}) is refused: {name} does not match the "
-                    f"SHA-256 recorded in {HASHES}; {fix}"
-                )
+                raise refused(f"is refused: {name} does not match the SHA-256 recorded in {HASHES}")
         found = examine(path)
         if isinstance(found, Damaged) or not isinstance(found, Run):
             reason = found.reason if isinstance(found, Damaged) else "it records a failure"
-            raise FlatnessError(f"the published run {label} ({path}) is damaged ({reason}); {fix}")
+            raise refused(f"is damaged ({reason})")
         return found
 
     def runs(self) -> list[Run]:
         """Every published run (each verified against its hashes)."""
         if self.root is None or not self.root.is_dir():
             return []
-        folders = sorted(p for p in self.root.iterdir() if (p / HASHES).is_file())
+        # hidden entries are folders being written or replaced by publish, never runs
+        folders = sorted(
+            p for p in self.root.iterdir() if _KEY.fullmatch(p.name) and (p / HASHES).is_file()
+        )
         return [self._verified(p, p.name) for p in folders]
+
+
+def _repair(path: Path) -> str:
+    """How to repair the damaged published run ``path``: from git where it is tracked there,
+    else by publishing it again."""
+    again = (
+        "publish it again from a store that holds it with "
+        f"`python -m flatness publish GRID --to {path.parent}`"
+    )
+    if _tracked_in_git(path):
+        return f"restore it with `git -C {path.parent} checkout -- {path.name}`, or {again}"
+    return again
+
+
+def _tracked_in_git(path: Path) -> bool:
+    """Whether git tracks files under ``path`` (it is in a checkout and committed)."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(path.parent), "ls-files", "--error-unmatch", "--", path.name],
+            capture_output=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
 
 
 #: a run has collapsed when its final training loss is at least this share of ln(classes), the
 #: loss of predicting every class alike (dead ReLUs, a diverged lr)
 COLLAPSED_SHARE = 0.95
+#: a collapsed run whose final training loss is above this multiple of ln(classes) has diverged
+#: (its predictions are confidently wrong), rather than predicting every class alike
+DIVERGED_MULTIPLE = 2.0
+
+
+def _chance_loss(run: Run) -> float:
+    from flatness.data import num_classes
+
+    return math.log(num_classes(run.config.dataset))
 
 
 def collapsed(run: Run) -> bool:
     """Whether ``run`` ended at the loss of a network that has learnt nothing (see
-    :data:`COLLAPSED_SHARE`)."""
-    from flatness.data import num_classes
-
+    :data:`COLLAPSED_SHARE`): at about ln K (K classes, every class predicted alike) or far
+    above it (diverged)."""
     loss = float(run.metrics.get("train_loss", 0.0))
-    return loss >= COLLAPSED_SHARE * math.log(num_classes(run.config.dataset))
+    return not loss < COLLAPSED_SHARE * _chance_loss(run)  # a NaN loss has collapsed too
+
+
+def collapse_reason(run: Run) -> str:
+    """What a :func:`collapsed` run's final training loss says, by how it compares with ln K:
+    far above it (diverged), or about it (every class predicted alike)."""
+    loss = float(run.metrics.get("train_loss", 0.0))
+    chance = _chance_loss(run)
+    if not loss <= DIVERGED_MULTIPLE * chance:
+        return f"training loss {loss:.4g}, far above ln K = {chance:.4g}: it diverged"
+    return f"training loss {loss:.4g}, about ln K = {chance:.4g}: it predicts every class alike"
 
 
 def publish(runs: list[Run], layer: Published, *, allow_collapsed: bool = False) -> list[Path]:
@@ -136,29 +195,39 @@ def publish(runs: list[Run], layer: Published, *, allow_collapsed: bool = False)
     A run already published (and matching its hashes) is left as it is; a damaged one is
     replaced. Returns the folders written.
 
+    What a publish killed half-way left of a run it writes (``.tmp-<key>-*``, ``.old-<key>``)
+    is removed first.
+
     Raises:
-        FlatnessError: when the layer has no root, or some run has :func:`collapsed` (naming
-            them; nothing is written) unless ``allow_collapsed``.
+        FlatnessError: when the layer has no root, or one that cannot be created or written
+            (nothing is written); when some run has :func:`collapsed` (naming them, with what
+            their loss says: diverged or predicting every class alike; nothing is written)
+            unless ``allow_collapsed``.
     """
     if layer.root is None:
         raise FlatnessError(
             f"no published layer outside a checkout; set ${PUBLISHED_ENV} or pass --to"
         )
+    problem = folder_problem(layer.root, write=True)
+    if problem is not None:
+        raise FlatnessError(f"cannot publish into {layer.root} ({problem}); pass --to a folder")
     bad = [r for r in runs if collapsed(r)]
     if bad and not allow_collapsed:
-        named = "; ".join(
-            f"{r.config.label()} ({r.key}, training loss {r.metrics['train_loss']:.4g})"
-            for r in bad
-        )
+        named = "; ".join(f"{r.config.label()} ({r.key}, {collapse_reason(r)})" for r in bad)
         raise FlatnessError(
-            f"{len(bad)} run(s) ended at the loss of a network that predicts every class alike, "
-            f"so nothing was published: {named}. Check their learning rate (train on validation "
-            "data to choose it), or publish them anyway with --allow-collapsed"
+            f"{len(bad)} run(s) learnt nothing (a final training loss at or above ln K, the loss "
+            f"of predicting each of K classes alike), so nothing was published: {named}. Check "
+            "their learning rate (choose it on validation data), or publish them anyway with "
+            "--allow-collapsed"
         )
-    layer.root.mkdir(parents=True, exist_ok=True)
+    try:
+        layer.root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FlatnessError(f"cannot create the published folder {layer.root} ({err})") from None
     out = []
     for run in runs:
         target = layer.root / run.key
+        _remove_leftovers(layer.root, run.key)
         try:
             if layer.find(run.config) is not None:
                 continue
@@ -180,6 +249,16 @@ def publish(runs: list[Run], layer: Published, *, allow_collapsed: bool = False)
             raise
         out.append(target)
     return out
+
+
+def _remove_leftovers(root: Path, key: str) -> None:
+    """Remove what a publish of ``key`` killed half-way left in the layer: its folder being
+    written (``.tmp-<key>-*``) and the old copy being replaced (``.old-<key>``), which git would
+    otherwise commit and which would block the next replacement. One publish into a layer at a
+    time, as with any commit."""
+    for entry in root.iterdir():
+        if entry.name.startswith(f".tmp-{key}-") or entry.name == f".old-{key}":
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _fill(run: Run, tmp: Path) -> None:

@@ -11,6 +11,8 @@ ever results: :meth:`Store.runs` and :meth:`Store.load` skip them, :meth:`Store.
 Hidden entries: ``.locks/<key>.lock`` (one lock per run, so that processes sharing a store
 train a run once), ``.checkpoints/<key>.pt`` (a training's resumable checkpoint, deleted once
 the run is saved), ``.tmp-*`` (folders being written), ``.trash-*`` (folders being deleted).
+A process killed while writing leaves its temporary entries behind; the next training of that
+run removes them (:meth:`Store.remove_leftovers`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from flatness.config import RunConfig
-from flatness.entries import FAILED, Damaged, Failed, Run, examine, one_line
+from flatness.entries import FAILED, Damaged, Failed, Run, examine, folder_problem, one_line
 from flatness.errors import FlatnessError, RunDiverged, RunMissing
 from flatness.paths import results_root
 from flatness.provenance import provenance
@@ -40,6 +42,14 @@ from flatness.published import Published
 _KEY = re.compile(r"[0-9a-f]{16}")
 _WHERE = "point --results or $FLATNESS_RESULTS at a folder that can be written"
 _FIX = "retrain it with load_or_run(..., retrain=True) or the command line's --retrain"
+
+
+def _unusable(root: Path, problem: str) -> str:
+    if problem == f"{root} is not a folder":
+        return f"the results store {root} is not a folder; {_WHERE}"
+    if root.is_dir():
+        return f"cannot write to the results store {root} ({problem}); {_WHERE}"
+    return f"cannot create the results store's folder {root} ({problem}); {_WHERE}"
 
 
 def _fsync(path: Path) -> None:
@@ -54,14 +64,28 @@ class Store:
     """A folder of runs (default :func:`flatness.paths.results_root`).
 
     Raises:
-        FlatnessError: when ``root`` exists but is not a folder; when it cannot be created
-            (on the first write or lock).
+        FlatnessError: when ``root`` can never be a folder (it is a file, or a path below
+            one); when it cannot be created or written to (on the first write or lock, or
+            up front with :meth:`check_writable`).
     """
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else results_root()
-        if self.root.exists() and not self.root.is_dir():
-            raise FlatnessError(f"the results store {self.root} is not a folder; {_WHERE}")
+        # a path that can never be a folder (a file, or below one) is refused before any use
+        problem = folder_problem(self.root)
+        if problem is not None:
+            raise FlatnessError(_unusable(self.root, problem))
+
+    def check_writable(self) -> None:
+        """Refuse, before anything is written, a store whose folder cannot be created or
+        written to; creates nothing.
+
+        Raises:
+            FlatnessError: naming the folder, the reason and the fix.
+        """
+        problem = folder_problem(self.root, write=True)
+        if problem is not None:
+            raise FlatnessError(_unusable(self.root, problem))
 
     def _make(self, folder: Path) -> None:
         try:
@@ -159,6 +183,27 @@ class Store:
         except FileNotFoundError:
             return
         shutil.rmtree(aside, ignore_errors=True)
+
+    def remove_leftovers(self, config: RunConfig) -> list[Path]:
+        """Delete what a killed writer of ``config``'s run left behind, and return it.
+
+        A process killed while writing (SIGKILL, a power cut) cannot remove its own temporary
+        entries: a run folder being written (``.tmp-<key>-*``), one being deleted
+        (``.trash-<key>-*``) and a checkpoint being written (``.checkpoints/.<key>.pt.tmp-*``).
+        :func:`load_or_run` calls this as it starts training a run and when it has saved it,
+        holding the run's lock (:meth:`lock`), when no other process writes those entries; call
+        it only under that lock.
+        """
+        from flatness.checkpoint import remove_temporaries
+
+        key = config.key()
+        removed = remove_temporaries(self.checkpoint_path(config))
+        if self.root.is_dir():
+            for entry in self.root.iterdir():
+                if entry.name.startswith((f".tmp-{key}-", f".trash-{key}-")):
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed.append(entry)
+        return removed
 
     def _write(self, config: RunConfig, fill) -> None:
         """Fill a temporary folder, make it durable, and rename it to ``config``'s folder."""
@@ -341,7 +386,9 @@ def _train_and_save(config, store, data_root, device, progress, train_fn) -> Run
 
         device = default_device()
     checkpoint = store.checkpoint_path(config)
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    store._make(checkpoint.parent)
+    # the caller holds the run's lock: whatever a killed writer of this run left is stale
+    store.remove_leftovers(config)
     start = time.perf_counter()
     try:
         result = train_fn(
@@ -351,6 +398,7 @@ def _train_and_save(config, store, data_root, device, progress, train_fn) -> Run
         store.record_failure(config, str(err), provenance(device, time.perf_counter() - start))
         # a retrain starts afresh rather than resuming into the same failure
         checkpoint.unlink(missing_ok=True)
+        store.remove_leftovers(config)
         raise
     # a resumed run's time includes its earlier sittings (not the epochs an interruption lost)
     # (a train_fn of the caller's may return any object with metrics and arrays)
@@ -360,4 +408,5 @@ def _train_and_save(config, store, data_root, device, progress, train_fn) -> Run
         config, result.metrics, result.arrays, provenance(device, wall, sittings=sittings)
     )
     checkpoint.unlink(missing_ok=True)
+    store.remove_leftovers(config)
     return run

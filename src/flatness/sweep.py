@@ -158,6 +158,48 @@ class Outcome:
         return sum(1 for s in self.states.values() if s == state)
 
 
+def refused(configs, data_root=None) -> dict[str, str]:
+    """Why a sweep refuses some of ``configs`` before training any, by key: their data set
+    cannot be read here (missing offline, a data root that is no folder), or their
+    ``train_size`` is more than its training split holds. Each data set is read once; points
+    not named are not refused."""
+    from flatness import data as datasets
+
+    by_dataset: dict[str, list[RunConfig]] = {}
+    for c in configs:
+        by_dataset.setdefault(c.dataset, []).append(c)
+    out = {}
+    for name, group in by_dataset.items():
+        try:
+            available = len(datasets.load(name, data_root=data_root).y_train)
+        except FlatnessError as err:
+            out |= {c.key(): str(err) for c in group}
+            continue
+        for c in group:
+            if c.train_size is not None and c.train_size > available:
+                out[c.key()] = (
+                    f"train_size={c.train_size} is more than the {available} examples of "
+                    f"{name}'s training split; pass at most {available}, or null for all of "
+                    "them"
+                )
+    return out
+
+
+def refusal(reasons: dict[str, str], configs) -> str:
+    """The message for the points of ``configs`` that :func:`refused` names, one block per
+    reason; empty when none is refused."""
+    blocks: dict[str, list[str]] = {}
+    for c in configs:
+        if c.key() in reasons:
+            blocks.setdefault(reasons[c.key()], []).append(f"    {c.key()}  {c.label()}")
+    if not blocks:
+        return ""
+    count = sum(len(v) for v in blocks.values())
+    return f"{count} point(s) refused, so nothing was trained:\n" + "\n".join(
+        f"  {reason}\n" + "\n".join(points) for reason, points in blocks.items()
+    )
+
+
 def to_train(grid: Grid, store: Store, published: Published, *, retry_failed=False):
     """The points a sweep trains: missing (or partly trained) ones, and failed or damaged ones
     with ``retry_failed``; published, stored and running points are skipped."""
@@ -330,8 +372,10 @@ def sweep(
         wait: for ``slurm``, wait for the jobs and collect their outcomes.
 
     Raises:
-        FlatnessError: an unknown executor or cluster, a ``max_parallel`` below 1, or Slurm
-            absent for ``slurm``.
+        FlatnessError: an unknown executor or cluster, a ``max_parallel`` below 1, Slurm
+            absent for ``slurm``, or a store that cannot be written; before any training,
+            points whose data cannot be read here or whose ``train_size`` exceeds their data
+            set (:func:`refused`, naming them).
     """
     from flatness.errors import unknown
 
@@ -349,6 +393,10 @@ def sweep(
     data_root = str(data_root) if data_root is not None else None
     if not points:
         return Outcome(skipped, {}, 0.0)
+    store.check_writable()  # one message, not one per point
+    problem = refusal(refused([p.config for p in points], data_root), [p.config for p in points])
+    if problem:
+        raise FlatnessError(problem)
     if executor == "local":
         gpus = _gpu_count()
         max_parallel = max_parallel or gpus or os.cpu_count() or 1
