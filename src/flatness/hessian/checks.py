@@ -181,12 +181,22 @@ def require_module(model) -> None:
 
 def require_loss(loss_fn) -> None:
     """Refuse a loss that cannot be called as ``loss_fn(outputs, targets)``."""
+    if isinstance(loss_fn, type):  # nn.CrossEntropyLoss rather than nn.CrossEntropyLoss()
+        raise FlatnessError(
+            f"loss_fn is the class {loss_fn.__name__}, not a loss: pass an instance, "
+            f"{loss_fn.__name__}()"
+        )
     if not callable(loss_fn):
         raise FlatnessError(
             f"loss_fn must be a callable loss_fn(outputs, targets) returning the mean loss, "
             f"got {_describe(loss_fn)}: e.g. torch.nn.functional.cross_entropy or "
             "torch.nn.CrossEntropyLoss()"
         )
+
+
+def _shapes(inputs) -> str:
+    shapes = [tuple(t.shape) for t in tree_leaves(inputs) if torch.is_tensor(t)]
+    return "of shape " + ", ".join(str(s) for s in shapes) if shapes else "with no tensors"
 
 
 def _describe(value) -> str:
@@ -370,7 +380,13 @@ def check_model(
     with curvature_modes(model, bn_mode):
         with all_random_states_kept():
             torch.manual_seed(0)
-            raw = model(x)
+            try:
+                raw = model(x)
+            except (RuntimeError, ValueError, TypeError, IndexError) as err:
+                # the first forward pass is where a model and its data first meet: name both
+                raise FlatnessError(
+                    f"the model fails on the first batch (inputs {_shapes(x)}): {err}"
+                ) from err
             out = select_output(raw, output)
             torch.manual_seed(1)
             again = select_output(model(x), output).detach()

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -222,7 +223,8 @@ class Rank:
 def hessian_rank(hessian: torch.Tensor, rtols=(1e-4, 1e-6, 1e-8, 1e-10)) -> Rank:
     """The rank of a dense (exact) Hessian at each relative tolerance.
 
-    ``rtols`` is one tolerance or a sequence of them, each in (0, 1). The matrix must be
+    ``rtols`` is one tolerance or a sequence of them, each in (0, 1). The matrix (a tensor or a
+    numpy array) must be
     square, non-empty, finite and symmetric up to rounding: ``|H - H^T|`` at most 1e-8 of its
     largest entry (as :func:`exact_hessian` checks its own), or ``1000 eps`` of a lower
     precision's (1.2e-4 in float32); ``torch.linalg.eigvalsh`` would silently read only the
@@ -237,9 +239,13 @@ def hessian_rank(hessian: torch.Tensor, rtols=(1e-4, 1e-6, 1e-8, 1e-10)) -> Rank
         FlatnessError: a matrix that is not a non-empty, square, finite, symmetric tensor, or
             a tolerance that is not a number in (0, 1).
     """
+    if isinstance(hessian, np.ndarray):  # a dense Hessian often arrives from numpy or scipy
+        hessian = torch.from_numpy(hessian)
     if not torch.is_tensor(hessian) or hessian.dim() != 2 or hessian.shape[0] != hessian.shape[1]:
         shape = tuple(hessian.shape) if torch.is_tensor(hessian) else type(hessian).__name__
-        raise FlatnessError(f"hessian_rank takes a square matrix, got {shape}")
+        raise FlatnessError(
+            f"hessian_rank takes a square matrix (a torch.Tensor or numpy array), got {shape}"
+        )
     if hessian.numel() == 0:
         raise FlatnessError("hessian_rank takes a non-empty matrix, got one of shape (0, 0)")
     if not bool(torch.isfinite(hessian).all()):

@@ -150,13 +150,19 @@ _HOOKED = (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm)
 
 def hooked_layers(model: nn.Module) -> list[nn.Module] | None:
     """The layers holding the variables, if each is a Linear, a Conv2d (one group, zero
-    padding) or a BatchNorm with running statistics and none shares a parameter; else None."""
+    padding) or a BatchNorm with running statistics that computes with its own ``weight`` and
+    ``bias`` parameters, and none shares a parameter; else None."""
     owners: dict[int, nn.Module] = {}
     for module in model.modules():
-        for p in module.parameters(recurse=False):
+        for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
             if id(p) in owners or not isinstance(module, _HOOKED):
+                return None
+            if name not in ("weight", "bias") or getattr(module, name) is not p:
+                # the layer computes with a tensor derived from its variable (the hook-based
+                # spectral_norm's weight from weight_orig): delta a^T is the gradient of the
+                # derived tensor, not of the variable
                 return None
             if isinstance(module, nn.Conv2d) and (
                 module.groups != 1
