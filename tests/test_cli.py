@@ -220,6 +220,62 @@ def test_a_store_that_cannot_be_written_is_one_message_up_front(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]
 
 
+# the rest of a valid command line, per command, to which one empty path option is added
+VALID = {
+    "run": ("logreg", "--profile", "smoke"),
+    "plan": ("logreg", "--profile", "smoke", "--device", "cpu"),
+    "ls": (),
+    "chapter": ("logreg", "--profile", "smoke"),
+    "book": ("--profile", "smoke"),
+    "sweep": ("{grid}", "--profile", "smoke"),
+    "sweep-status": ("{grid}", "--profile", "smoke"),
+    "publish": ("{grid}", "--profile", "smoke"),
+}
+
+
+def _path_options() -> list[tuple[str, str]]:
+    """(command, option) for every option of every command that names a file or folder."""
+    import argparse
+
+    from flatness.cli import PATH_OPTIONS, _parser
+
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return [
+        (command, action.option_strings[-1])
+        for command, parser in sub.choices.items()
+        for action in parser._actions
+        if action.dest in PATH_OPTIONS
+    ]
+
+
+def test_every_command_with_a_path_option_is_tried_empty():
+    options = _path_options()
+    assert {c for c, _ in options} == set(VALID)
+    assert {o for _, o in options} == {
+        "--results", "--published", "--to", "--data-root", "--out", "--step-times",
+        "--save-step-times",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("empty", ["", " "])
+@pytest.mark.parametrize("command,option", _path_options())
+def test_an_empty_path_option_is_one_message_and_writes_nothing(
+    tmp_path, capsys, monkeypatch, command, option, empty
+):
+    # neither the working directory (an empty path) nor the default (an empty option read as
+    # unset) is used: both are here, and must stay empty
+    monkeypatch.chdir(tmp_path)
+    for name in ("RESULTS", "PUBLISHED", "DATA"):
+        monkeypatch.setenv(f"FLATNESS_{name}", str(tmp_path / name.lower()))
+    (tmp_path / "g.yaml").write_text(GRID)
+    args = [a.format(grid=tmp_path / "g.yaml") for a in VALID[command]]
+    code, out, err = _main(capsys, command, *args, option, empty)
+    assert code == 2, (out, err)
+    assert err.startswith(f"flatness: error: {option} is empty; give a "), err
+    assert err.count("\n") == 1 and f"or leave {option} out (default: " in err
+    assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml"]
+
+
 def test_p_lists_only_the_fields_it_sets(tmp_path, capsys):
     code, _, err = _main(capsys, "run", "logreg", "-p", "lrr", "1", "--results", tmp_path / "r")
     assert code == 2 and "unknown run setting 'lrr'; valid choices: 'dataset'" in err

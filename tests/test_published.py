@@ -239,3 +239,32 @@ def test_what_a_killed_publish_left_is_never_a_run_and_goes_on_the_next_publish(
     assert pub.publish([run], layer) == [folder]
     assert sorted(p.name for p in layer.root.iterdir()) == [cfg.key()]
     assert layer.find(cfg).metrics == run.metrics
+
+
+def test_publish_to_an_empty_folder_name_is_refused_not_the_default(tmp_path, capsys, monkeypatch):
+    from flatness.cli import main
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text(json.dumps({"runs": [{**TINY, "weight_decay": 0, "seed": 0}]}))
+    load_or_run(RunConfig(weight_decay=0.0, seed=0, **TINY), store=Store(tmp_path / "local"))
+    monkeypatch.setenv(pub.PUBLISHED_ENV, str(tmp_path / "default"))
+    monkeypatch.chdir(tmp_path)
+    args = ["publish", str(grid), "--profile", "smoke", "--results", str(tmp_path / "local")]
+    for empty in (["--to", ""], ["--published", ""]):
+        assert main([*args, *empty]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"flatness: error: {empty[0]} is empty; give a folder, or leave")
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["g.yaml", "local"]
+
+
+def test_allow_collapsed_help_names_both_kinds_of_run_it_lets_through(capsys):
+    from flatness.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["publish", "--help"])
+    # argparse wraps the help at the terminal's width
+    text = " ".join(capsys.readouterr().out.split())
+    flag = text.split("--allow-collapsed ")[-1].split(" --results")[0]
+    assert "predict every class alike" in flag and "diverged" in flag, flag
+    assert f"{pub.COLLAPSED_SHARE:g} ln K" in flag and "far above ln K" in flag, flag

@@ -244,11 +244,17 @@ def test_a_rerun_says_which_failed_points_it_skipped(tmp_path):
     (tmp_path / "g.yaml").write_text(json.dumps({"runs": [bad, {**TINY, "weight_decay": 0}]}))
     args = ("sweep", str(tmp_path / "g.yaml"), "--profile", "smoke")
     args += ("--results", str(tmp_path / "s"), "--published", str(tmp_path / "none"))
-    for expected in ("1 point(s) failed (recorded", "1 failed or damaged point(s) skipped"):
+    key = RunConfig(**bad).key()
+    for expected, other in (
+        ("1 point(s) failed (recorded", "skipped"),  # failed in this sweep: reported once
+        ("1 failed or damaged point(s) skipped", "failed (recorded"),
+    ):
         p = _cli(*args, "--max-parallel", "1")
-        _, err = p.communicate(timeout=300)
+        out, err = p.communicate(timeout=300)
         assert p.returncode == 2 and expected in err, err
-        assert "diverged" in err
+        assert "diverged" in err and other not in err and err.count(key) == 1, err
+        if other == "skipped":
+            assert "1 trained or found, 1 failed, 0 skipped" in out, out
 
 
 def test_slurm_is_asked_for_by_name_and_its_absence_is_one_message(tmp_path, monkeypatch):
@@ -299,7 +305,7 @@ def test_a_dry_run_and_the_status_refuse_what_the_sweep_refuses(tmp_path, capsys
         assert code == 2 and "1 point(s) refused, so nothing was trained" in err, err
         assert refusal in err and f"{big_key}  {RunConfig(**big).label()}" in err
         assert "Traceback" not in err
-    assert "2 point(s), 2 to train" in out
+    assert "2 point(s), 1 to train, 1 refused" in out
     assert _main(capsys, "sweep", *args, "--dry-run")[1].splitlines()[-1].startswith("1 run(s)")
     code, out, _ = _main(capsys, "sweep-status", *args)
     assert code == 0 and f"{big_key}  missing   {RunConfig(**big).label()}" in out
@@ -311,6 +317,20 @@ def test_a_dry_run_and_the_status_refuse_what_the_sweep_refuses(tmp_path, capsys
     with pytest.raises(FlatnessError, match=refusal):
         sweep.sweep(grids.load(str(tmp_path / "g.yaml"), "smoke"), store=store)
     assert not (store.root / ".logs").exists()
+
+
+def test_a_refused_point_is_not_counted_as_one_to_train(tmp_path, capsys):
+    only = {**TINY, "weight_decay": 0, "seed": 0, "train_size": 100_000}  # digits holds 1077
+    (tmp_path / "g.yaml").write_text(json.dumps({"runs": [only]}))
+    args = ["sweep", tmp_path / "g.yaml", "--profile", "smoke", "--results", tmp_path / "s"]
+    args += ["--published", tmp_path / "none"]
+    for dry in (["--dry-run"], []):
+        code, out, err = _main(capsys, *args, *dry)
+        assert code == 2 and "1 point(s) refused, so nothing was trained" in err, err
+        assert "1 point(s), 0 to train, 1 refused; store: " in out, out
+    code, out, _ = _main(capsys, *args, "--dry-run")
+    assert out.splitlines()[-1].startswith("0 run(s), 0 GPU-hours")
+    assert not (tmp_path / "s").exists()
 
 
 def test_a_dry_run_names_the_failed_and_damaged_points_the_sweep_skips(tmp_path, capsys):

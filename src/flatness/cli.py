@@ -90,6 +90,37 @@ def check_folder(option: str, path: str | None, *, write: bool = False) -> None:
         raise FlatnessError(f"{option} {path}: {problem}; give {wanted}")
 
 
+#: the options that name a file or folder, by ``args`` attribute: what they name, and what
+#: leaving them out means. An empty one is refused: read as a path it is the working directory,
+#: read as unset the default, and either is a guess. (An empty $FLATNESS_RESULTS, $FLATNESS_DATA
+#: or $FLATNESS_PUBLISHED still counts as unset, as :mod:`flatness.paths` reads them.)
+PATH_OPTIONS = {
+    "results": ("a folder", "$FLATNESS_RESULTS, else <checkout>/results"),
+    "published": ("a folder", "$FLATNESS_PUBLISHED, else <checkout>/published"),
+    "to": ("a folder", "--published, else $FLATNESS_PUBLISHED, else <checkout>/published"),
+    "data_root": ("a folder", "$FLATNESS_DATA, else <checkout>/data"),
+    "out": ("a folder", "the checkout"),
+    "step_times": ("a JSON file", "none"),
+    "save_step_times": ("a JSON file", "none"),
+}
+
+
+def check_paths_given(args: argparse.Namespace) -> None:
+    """Refuse, before anything is read or written, a path option given an empty (or blank)
+    value, e.g. ``--results ""`` from an unset shell variable.
+
+    Raises:
+        FlatnessError: naming the option and the fix.
+    """
+    for dest, (what, default) in PATH_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str) and not value.strip():
+            option = "--" + dest.replace("_", "-")
+            raise FlatnessError(
+                f"{option} is empty; give {what}, or leave {option} out (default: {default})"
+            )
+
+
 def _chapter_parameters(args) -> dict:
     """The chapter parameters of ``chapter``/``book``; ``--results`` goes to the kernels' env."""
     from flatness import book
@@ -343,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     from flatness import book
 
     try:
+        check_paths_given(args)
         if cli_grids.run(args):
             pass
         elif args.command == "run":

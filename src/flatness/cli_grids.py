@@ -63,7 +63,9 @@ def add_parsers(sub) -> None:
     publish.add_argument(
         "--allow-collapsed",
         action="store_true",
-        help="publish runs that ended at the loss of predicting every class alike",
+        help="publish runs that learnt nothing (final training loss at least 0.95 ln K, K "
+        "classes), which publish otherwise refuses: both runs that predict every class alike "
+        "(loss about ln K) and runs that diverged (loss far above ln K)",
     )
     _store_options(publish)
 
@@ -110,16 +112,25 @@ def _sweep(args) -> None:
     if args.max_parallel is not None and args.max_parallel < 1:
         raise FlatnessError(f"--max-parallel must be at least 1, got {args.max_parallel}")
     points = sweep.to_train(grid, store, published, retry_failed=args.retry_failed)
+    reasons = {}
     if points:
         # an unusable store is one message up front (a dry run says so as the sweep would)
         store.check_writable()
+        # points the sweep refuses (data not readable here, a train_size beyond the data) are
+        # not to train, and the dry run's count of runs below leaves them out too
+        reasons = sweep.refused([p.config for p in points], args.data_root)
     print(
         f"grid {grid.name} at profile {args.profile}: {len(grid)} point(s), "
-        f"{len(points)} to train; store: {store.root}"
+        f"{len(points) - len(reasons)} to train"
+        + (f", {len(reasons)} refused" if reasons else "")
+        + f"; store: {store.root}"
     )
     if args.dry_run:
-        _dry_run(grid, points, store, published, args)
+        _dry_run(grid, points, reasons, store, published, args)
         return
+    refusal = sweep.refusal(reasons, [p.config for p in points])
+    if refusal:
+        raise FlatnessError(refusal)  # as sweep.sweep would, without reading the data again
     if not points:
         problems = _skipped_problems(grid, store, published, args)
         if problems:
@@ -168,20 +179,20 @@ def _sweep(args) -> None:
             f"{len(cut)} point(s) interrupted (their worker died; the same sweep again resumes "
             "them):\n" + "\n".join(f"  {k}: {m}" for k, m in cut.items())
         )
-    problems += _skipped_problems(grid, store, published, args)
+    # a point that failed in this sweep is reported once, above, not as skipped too
+    problems += _skipped_problems(grid, store, published, args, reported=set(failed) | set(cut))
     if problems:
         raise FlatnessError("\n".join(problems))
 
 
-def _dry_run(grid, points, store, published, args) -> None:
+def _dry_run(grid, points, reasons, store, published, args) -> None:
     """Print what the sweep would train, with estimated hours; then refuse, as the sweep
-    would, points it refuses (data not readable here, a ``train_size`` beyond the data) and
-    name the failed or damaged points it would skip, with the sweep's exit code."""
+    would, points it refuses (``reasons``, from :func:`flatness.sweep.refused`: data not
+    readable here, a ``train_size`` beyond the data) and name the failed or damaged points it
+    would skip, with the sweep's exit code."""
     from flatness import plan, sweep
 
-    configs = [p.config for p in points]
-    reasons = sweep.refused(configs, args.data_root)
-    configs = [c for c in configs if c.key() not in reasons]
+    configs = [p.config for p in points if p.config.key() not in reasons]
     if args.step_times:
         import torch
 
@@ -205,13 +216,18 @@ def _dry_run(grid, points, store, published, args) -> None:
         raise FlatnessError("\n".join(problems) + "\n(a dry run: nothing was trained)")
 
 
-def _skipped_problems(grid, store, published, args) -> list[str]:
-    """Failed or damaged points this sweep left alone (without --retry-failed)."""
+def _skipped_problems(grid, store, published, args, reported=frozenset()) -> list[str]:
+    """Failed or damaged points this sweep left alone (without --retry-failed); the keys in
+    ``reported`` (points that failed in this sweep, reported as such) are left out."""
     from flatness import sweep
 
     if args.retry_failed:
         return []
-    left = [p for p in sweep.status(grid, store, published) if p.state in ("failed", "damaged")]
+    left = [
+        p
+        for p in sweep.status(grid, store, published)
+        if p.state in ("failed", "damaged") and p.config.key() not in reported
+    ]
     if not left:
         return []
     return [
