@@ -299,8 +299,11 @@ class WithUnused(nn.Module):
         return self.body(x)
 
 
-def every_function(model, data, loss=ce):
-    p = sum(q.numel() for q in model.parameters())
+def every_function(model, data, loss=ce, vector=None):
+    """Each public function that checks its inputs, as a call; ``vector`` (default ones) is
+    the direction for ``pyhessian_hvp``, given where ``model`` is not a module."""
+    if vector is None:
+        vector = torch.ones(sum(q.numel() for q in model.parameters()))
     return {
         "exact_hessian": lambda: H.exact_hessian(model, loss, data),
         "operator": lambda: H.HessianOperator(model, loss, data),
@@ -310,7 +313,7 @@ def every_function(model, data, loss=ce):
         "spectral_density": lambda: H.spectral_density(model, loss, data),
         "ggn_trace": lambda: H.ggn_trace(model, loss, data),
         "pyhessian_estimate": lambda: H.pyhessian_estimate(model, loss, data),
-        "pyhessian_hvp": lambda: H.pyhessian_hvp(model, loss, data, torch.ones(p)),
+        "pyhessian_hvp": lambda: H.pyhessian_hvp(model, loss, data, vector),
     }
 
 
@@ -471,24 +474,9 @@ class ScalarFirst(nn.Module):
         return x.mean(), self.body(x)
 
 
-def calls(model, loss, data, size):
-    v = torch.ones(size, dtype=torch.float64)
-    return {
-        "exact_hessian": lambda: H.exact_hessian(model, loss, data),
-        "operator": lambda: H.HessianOperator(model, loss, data),
-        "top_eigenvalues": lambda: H.top_eigenvalues(model, loss, data),
-        "trace": lambda: H.trace(model, loss, data),
-        "frobenius_norm": lambda: H.frobenius_norm(model, loss, data),
-        "spectral_density": lambda: H.spectral_density(model, loss, data),
-        "ggn_trace": lambda: H.ggn_trace(model, loss, data),
-        "pyhessian_estimate": lambda: H.pyhessian_estimate(model, loss, data),
-        "pyhessian_hvp": lambda: H.pyhessian_hvp(model, loss, data, v),
-    }
-
-
 def test_arguments_of_the_wrong_kind_get_one_message_from_every_function():
     model, (x, y) = make("tanh")
-    size = sum(p.numel() for p in model.parameters())
+    v = torch.ones(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
     cases = [
         (None, ce, (x, y), r"model must be a torch\.nn\.Module, got NoneType"),
         (lambda t: t, ce, (x, y), r"model must be a torch\.nn\.Module, got a function"),
@@ -498,7 +486,7 @@ def test_arguments_of_the_wrong_kind_get_one_message_from_every_function():
         (ScalarFirst(model), ce, (x, y), r"shape \(\).*tuple.*output=.*one row per example"),
     ]
     for model_, loss, data, pattern in cases:
-        for name, call in calls(model_, loss, data, size).items():
+        for name, call in every_function(model_, data, loss, vector=v).items():
             with pytest.raises(FlatnessError, match=pattern):
                 call()
             assert name

@@ -13,34 +13,22 @@ def _results(train_examples, *configs):
     return SimpleNamespace(all_runs=runs, data=SimpleNamespace(y_train=np.zeros(train_examples)))
 
 
+def _config(model, lr, weight_decay, epochs=10, batch_size=100):
+    return RunConfig(
+        model=model,
+        dataset="digits",
+        seed=0,
+        lr=lr,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        batch_size=batch_size,
+    )
+
+
 def test_each_network_gets_its_own_product_of_lr_decay_and_steps():
-    small = RunConfig(
-        model="mlp-10-100",
-        dataset="digits",
-        seed=0,
-        lr=0.1,
-        weight_decay=0.01,
-        epochs=10,
-        batch_size=100,
-    )
-    wide = RunConfig(
-        model="mlp-512-256",
-        dataset="digits",
-        seed=0,
-        lr=0.3,
-        weight_decay=0.01,
-        epochs=10,
-        batch_size=100,
-    )
-    no_decay = RunConfig(
-        model="mlp-10-100",
-        dataset="digits",
-        seed=0,
-        lr=0.1,
-        weight_decay=0.0,
-        epochs=10,
-        batch_size=100,
-    )
+    small = _config("mlp-10-100", 0.1, 0.01)
+    wide = _config("mlp-512-256", 0.3, 0.01)
+    no_decay = _config("mlp-10-100", 0.1, 0.0)
     # 1,001 examples in batches of 100: 11 steps an epoch, 110 in all
     sentence = mlp.shrinkage_sentence(_results(1001, no_decay, small, wide), "cpu")
     assert "at weight decay 0.01 it is mlp-10-100 0.11, mlp-512-256 0.33, against" in sentence
@@ -49,15 +37,7 @@ def test_each_network_gets_its_own_product_of_lr_decay_and_steps():
 
 
 def test_the_paper_profile_is_not_compared_with_itself():
-    run = RunConfig(
-        model="mlp-5-200-50",
-        dataset="digits",
-        seed=0,
-        lr=0.01,
-        weight_decay=5e-4,
-        epochs=300,
-        batch_size=128,
-    )
+    run = _config("mlp-5-200-50", 0.01, 5e-4, epochs=300, batch_size=128)
     sentence = mlp.shrinkage_sentence(_results(55_000, run), "paper")
     assert sentence.endswith("at weight decay 0.0005 it is mlp-5-200-50 0.645.")
     assert "against" not in sentence
