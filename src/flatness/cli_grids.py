@@ -130,13 +130,12 @@ def _sweep(args) -> None:
         return
     refusal = sweep.refusal(reasons, [p.config for p in points])
     if refusal:
-        raise FlatnessError(refusal)  # as sweep.sweep would, without reading the data again
+        raise FlatnessError(refusal)  # as sweep.sweep would; it is told not to read the data again
     if not points:
         problems = _skipped_problems(grid, store, published, args)
         if problems:
             raise FlatnessError("\n".join(problems))
         return
-    # points whose data cannot be read here are refused by sweep.sweep before any worker starts
     outcome = sweep.sweep(
         grid,
         executor=args.executor,
@@ -151,6 +150,7 @@ def _sweep(args) -> None:
         cluster=args.cluster,
         wait=args.executor == "local" or args.wait or args.cluster in ("local", "debug"),
         progress=True,
+        checked=True,
     )
     if outcome.jobs and not outcome.count("done") and not outcome.count("failed"):
         ids = ", ".join(str(j.job_id) for j in outcome.jobs[:3])

@@ -356,6 +356,7 @@ def sweep(
     submitit_parameters: dict | None = None,
     wait: bool = True,
     progress: bool = False,
+    checked: bool = False,
 ) -> Outcome:
     """Train every point of ``grid`` that is neither published nor stored.
 
@@ -370,6 +371,8 @@ def sweep(
         submitit_parameters: more :meth:`submitit.AutoExecutor.update_parameters` arguments,
             e.g. ``{"slurm_account": "abc", "slurm_constraint": "a100"}``.
         wait: for ``slurm``, wait for the jobs and collect their outcomes.
+        checked: the caller has already refused the points :func:`refused` names (skips
+            reading every data set again).
 
     Raises:
         FlatnessError: an unknown executor or cluster, a ``max_parallel`` below 1, Slurm
@@ -394,9 +397,11 @@ def sweep(
     if not points:
         return Outcome(skipped, {}, 0.0)
     store.check_writable()  # one message, not one per point
-    problem = refusal(refused([p.config for p in points], data_root), [p.config for p in points])
-    if problem:
-        raise FlatnessError(problem)
+    if not checked:  # the command line has refused these already, reading the data once
+        configs = [p.config for p in points]
+        problem = refusal(refused(configs, data_root), configs)
+        if problem:
+            raise FlatnessError(problem)
     if executor == "local":
         gpus = _gpu_count()
         max_parallel = max_parallel or gpus or os.cpu_count() or 1
