@@ -244,7 +244,12 @@ def _run(args) -> None:
     ]
     store = Store(args.results)
     layer = Published.default()  # what load_or_run reads first
-    if any(_to_train(cfg, store, layer, args.retrain) for cfg in configs):
+    from flatness import sweep
+
+    if any(
+        sweep.trains(sweep.point_status(c, store, layer).state, retry_failed=args.retrain)
+        for c in configs
+    ):
         # an unusable store is one message up front, not one per run
         store.check_writable()
     first = configs[0]
@@ -295,20 +300,6 @@ def _run(args) -> None:
             f"{len(problems)} of {len(configs)} run(s) {head}:\n"
             + "\n".join(f"  {message}" for _, message in problems)
         )
-
-
-def _to_train(config: RunConfig, store, layer, retrain: bool) -> bool:
-    """Whether ``run`` trains ``config`` (and so writes the store): neither published in
-    ``layer`` nor stored, or stored as failed or damaged with ``--retrain``."""
-    from flatness.entries import Run
-
-    try:
-        if layer.find(config) is not None:
-            return False
-    except FlatnessError:
-        return False  # a damaged published run is refused, without training
-    found = store.inspect(config)
-    return found is None or (retrain and not isinstance(found, Run))
 
 
 def _metric(metrics: dict, name: str) -> float:

@@ -68,32 +68,37 @@ def _running(store: Store, config: RunConfig) -> bool:
 
 def status(grid: Grid, store: Store, published: Published) -> list[PointStatus]:
     """One :class:`PointStatus` per point of ``grid``, in the grid's order."""
-    out = []
-    for c in grid.configs:
-        try:
-            if published.find(c) is not None:
-                out.append(PointStatus(c, "published"))
-                continue
-        except FlatnessError as err:
-            out.append(PointStatus(c, "damaged", str(err)))
-            continue
-        found = store.inspect(c)
-        if isinstance(found, Run):
-            out.append(PointStatus(c, "done"))
-        elif isinstance(found, Failed):
-            out.append(PointStatus(c, "failed", found.message))
-        elif isinstance(found, Damaged):
-            out.append(PointStatus(c, "damaged", found.reason))
-        elif _running(store, c):
-            out.append(PointStatus(c, "running"))
-        else:
-            checkpoint = store.checkpoint_path(c)
-            note = ""
-            if checkpoint.is_file():
-                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(checkpoint.stat().st_mtime))
-                note = f"resumes from a checkpoint written {when}"
-            out.append(PointStatus(c, "missing", note))
-    return out
+    return [point_status(c, store, published) for c in grid.configs]
+
+
+def point_status(config: RunConfig, store: Store, published: Published) -> PointStatus:
+    """Where ``config`` stands: published (or damaged there), else what ``store`` holds."""
+    try:
+        if published.find(config) is not None:
+            return PointStatus(config, "published")
+    except FlatnessError as err:
+        return PointStatus(config, "damaged", str(err))
+    found = store.inspect(config)
+    if isinstance(found, Run):
+        return PointStatus(config, "done")
+    if isinstance(found, Failed):
+        return PointStatus(config, "failed", found.message)
+    if isinstance(found, Damaged):
+        return PointStatus(config, "damaged", found.reason)
+    if _running(store, config):
+        return PointStatus(config, "running")
+    checkpoint = store.checkpoint_path(config)
+    note = ""
+    if checkpoint.is_file():
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(checkpoint.stat().st_mtime))
+        note = f"resumes from a checkpoint written {when}"
+    return PointStatus(config, "missing", note)
+
+
+def trains(state: str, *, retry_failed: bool = False) -> bool:
+    """Whether a point in ``state`` is trained: missing (or partly trained) and running points
+    always, failed and damaged ones with ``retry_failed``."""
+    return state in ("missing", "running") or (retry_failed and state in ("failed", "damaged"))
 
 
 def train_point(
@@ -202,9 +207,9 @@ def refusal(reasons: dict[str, str], configs) -> str:
 
 def to_train(grid: Grid, store: Store, published: Published, *, retry_failed=False):
     """The points a sweep trains: missing (or partly trained) ones, and failed or damaged ones
-    with ``retry_failed``; published, stored and running points are skipped."""
-    wanted = {"missing", "running"} | ({"failed", "damaged"} if retry_failed else set())
-    return [p for p in status(grid, store, published) if p.state in wanted]
+    with ``retry_failed``, and running ones (the run's lock then decides: a point another
+    process trains is skipped when its turn comes); published and stored points are not."""
+    return [p for p in status(grid, store, published) if trains(p.state, retry_failed=retry_failed)]
 
 
 def _local_worker_env(slot: int, max_parallel: int, gpus: int) -> dict:
