@@ -64,6 +64,12 @@ def _orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return w
 
 
+def _orthonormal_against(q: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Rows of ``q`` orthogonalised against ``basis`` and then among themselves."""
+    q, _ = torch.linalg.qr(_orthogonalise(q, basis).T)
+    return q.T
+
+
 def _next_block(
     r: torch.Tensor, basis: torch.Tensor, size: int, gen: torch.Generator, op, scale: float
 ) -> torch.Tensor:
@@ -80,18 +86,13 @@ def _next_block(
         # small remainder, which magnifies its rounding-level overlap with the basis as much
         # (float32: hundreds of eps, then residuals the recurrence cannot see); once more,
         # as Kahan's "twice is enough" prescribes for a vector that lost over half its norm
-        q = _orthogonalise(q, basis)
-        q, _ = torch.linalg.qr(q.T)
-        q = q.T
+        q = _orthonormal_against(q, basis)
     if bool(dead.any()):
         fresh = _orthogonalise(op.gaussian(int(dead.sum()), gen), basis)
         keep = q[~dead]
         fresh = _orthogonalise(fresh, keep) if len(keep) else fresh
         fresh, _ = torch.linalg.qr(fresh.T)
-        q = torch.cat([keep, fresh.T])
-        q = _orthogonalise(q, basis)
-        q, _ = torch.linalg.qr(q.T)
-        q = q.T
+        q = _orthonormal_against(torch.cat([keep, fresh.T]), basis)
     return q
 
 
