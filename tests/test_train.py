@@ -9,7 +9,7 @@ from torch import nn
 
 from flatness import data, hessian, schedules
 from flatness.config import RunConfig
-from flatness.errors import FlatnessError
+from flatness.errors import FlatnessError, RunDiverged
 from flatness.train import SERIES, learning_rate, load_model, make_optimiser, train
 
 TINY = dict(model="logreg", dataset="digits", seed=0, epochs=4, train_size=120, batch_size=32)
@@ -66,6 +66,31 @@ def test_a_diverging_run_names_the_run_and_the_epoch():
     cfg = RunConfig(weight_decay=0.0, **{**TINY, "lr": 1e38})
     with pytest.raises(FlatnessError, match=r"logreg/digits.*epoch 1.*diverged.*Lower lr"):
         train(cfg, device="cpu")
+
+
+@pytest.mark.parametrize("lr", [1e6, 1e30])
+def test_a_run_ending_far_above_chance_loss_diverged_and_is_not_measured(lr, monkeypatch):
+    # finite but huge losses: NaN never came, yet the network is confidently wrong
+    import flatness.train as training
+
+    measured = []
+    real = training._measure
+    monkeypatch.setattr(
+        training,
+        "_measure",
+        lambda run, epoch, final: measured.append(final) or real(run, epoch, final=final),
+    )
+    cfg = RunConfig(weight_decay=0.0, **{**TINY, "lr": lr, "hessian_every": 2})
+    with pytest.raises(
+        RunDiverged, match=r"after the last epoch, above 2 x ln K = 4\.605 \(K = 10"
+    ):
+        train(cfg, device="cpu")
+    assert measured == [False]  # the epoch-2 measurement ran; the final one did not
+
+
+def test_a_run_ending_below_twice_chance_loss_is_kept():
+    result = train(RunConfig(weight_decay=0.0, **TINY), device="cpu")
+    assert result.metrics["train_loss"] < 2 * math.log(10)
 
 
 # --- optimisers: coupled and decoupled decay, one step by hand ------------------------------

@@ -14,8 +14,14 @@ def unknown(kind: str, name: object, valid) -> FlatnessError:
     return FlatnessError(f"unknown {kind} {name!r}; valid choices: {choices}")
 
 
+#: A run whose final training loss is above this multiple of ln K (K classes; ln K is the loss of
+#: predicting every class alike) has diverged: its predictions are confidently wrong.
+DIVERGED_MULTIPLE = 2.0
+
+
 class RunDiverged(FlatnessError):
-    """A training run whose loss became NaN or infinite: the store records it as failed.
+    """A training run whose loss became NaN or infinite, or ended above
+    :data:`DIVERGED_MULTIPLE` x ln K: the store records it as failed.
 
     Other errors (missing data, bad settings) are not the run's result and are not recorded.
     """

@@ -29,7 +29,7 @@ import numpy as np
 
 from flatness.config import RunConfig
 from flatness.entries import FILES, Damaged, Run, examine, folder_problem
-from flatness.errors import FlatnessError
+from flatness.errors import DIVERGED_MULTIPLE, FlatnessError
 
 PUBLISHED_ENV = "FLATNESS_PUBLISHED"
 HASHES = "hashes.json"
@@ -159,9 +159,6 @@ def _tracked_in_git(path: Path) -> bool:
 #: a run has collapsed when its final training loss is at least this share of ln(classes), the
 #: loss of predicting every class alike (dead ReLUs, a diverged lr)
 COLLAPSED_SHARE = 0.95
-#: a collapsed run whose final training loss is above this multiple of ln(classes) has diverged
-#: (its predictions are confidently wrong), rather than predicting every class alike
-DIVERGED_MULTIPLE = 2.0
 
 
 def _chance_loss(run: Run) -> float:

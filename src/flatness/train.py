@@ -37,7 +37,7 @@ from flatness import data as datasets
 from flatness import hessian, measure, models, schedules
 from flatness.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from flatness.config import RunConfig
-from flatness.errors import FlatnessError, RunDiverged
+from flatness.errors import DIVERGED_MULTIPLE, FlatnessError, RunDiverged
 
 #: Per-epoch series stored with every run; Hessian columns are NaN where not measured
 #: (BatchNorm networks also get the ``*_bn_train`` columns of :mod:`flatness.measure`).
@@ -264,8 +264,9 @@ def train(
             written in CIFAR's format by hand, as the tests do).
 
     Raises:
-        RunDiverged: when the training loss becomes NaN or infinite (names the run, the
-            epoch and the fix); the store records such a run as failed.
+        RunDiverged: when the training loss becomes NaN or infinite, or ends above
+            :data:`~flatness.errors.DIVERGED_MULTIPLE` x ln K (names the run, the epoch and
+            the fix); the store records such a run as failed.
         FlatnessError: for an unknown device; for data that cannot be loaded.
     """
     device = resolve_device(device)
@@ -306,6 +307,8 @@ def train(
         row = _evaluate_row(run, epoch, lr, averaging)
         row["epoch_seconds"] = time.perf_counter() - start
         last = epoch + 1 == config.epochs
+        if last:  # before the final measurement, the dearest of all
+            _check_not_diverged(config, row["train_loss"])
         every = config.hessian_every
         if every > 0 and ((epoch + 1) % every == 0 or last):
             values, arrays = _measure(run, epoch, final=last)
@@ -372,6 +375,17 @@ def _check_finite(config: RunConfig, loss: float, when: str) -> None:
     if not math.isfinite(loss):
         raise RunDiverged(
             f"{config.label()}: the training loss is {loss} {when}; the run diverged. "
+            f"Lower lr (now {config.lr:g}) or weight_decay ({config.weight_decay:g})."
+        )
+
+
+def _check_not_diverged(config: RunConfig, loss: float) -> None:
+    chance = math.log(datasets.num_classes(config.dataset))
+    if not loss <= DIVERGED_MULTIPLE * chance:
+        raise RunDiverged(
+            f"{config.label()}: the training loss is {loss:.4g} after the last epoch, above "
+            f"{DIVERGED_MULTIPLE:g} x ln K = {DIVERGED_MULTIPLE * chance:.4g} (K = "
+            f"{datasets.num_classes(config.dataset)} classes); the run diverged. "
             f"Lower lr (now {config.lr:g}) or weight_decay ({config.weight_decay:g})."
         )
 
