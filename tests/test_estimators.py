@@ -2,6 +2,7 @@
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -261,9 +262,14 @@ def test_float32_residuals_never_claim_more_than_float32_gives(name, k, max_step
     for dtype in (torch.float32, torch.float64):
         run_model, data = copy.deepcopy(model).to(dtype), (x.to(dtype), y)
         exact = H.exact_hessian(run_model, ce, data)
-        run = H.top_eigenvalues(
-            run_model, ce, data, k=k, tol=1e-10, eigenvectors=True, max_steps=max_steps
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run = H.top_eigenvalues(
+                run_model, ce, data, k=k, tol=1e-10, eigenvectors=True, max_steps=max_steps
+            )
+        said = [w for w in caught if issubclass(w.category, H.ConvergenceWarning)]
+        assert len(said) == (0 if run.converged else 1), said  # the user hears of a miss
+        assert not said or said[0].filename == __file__  # at the caller's line
         vectors = run.eigenvectors.double()
         true = torch.linalg.vector_norm(vectors @ exact - run.eigenvalues[:, None] * vectors, dim=1)
         assert (run.residuals >= true).all(), (dtype, run.residuals, true)
@@ -299,3 +305,44 @@ def test_a_fixed_budget_reports_the_random_probes_behind_its_standard_error(meth
         run = fn(model, ce, data, probes=12, method=method, seed=3)
         assert run.probes == behind and run.hvps == 12, fn
         assert "probes - 2 (probes // 3)" in fn.__doc__
+
+
+def test_every_method_an_estimate_reports_is_one_it_accepts():
+    model, data = make("tanh")
+    truth = torch.trace(H.exact_hessian(model, ce, data)).item()
+    ran = {
+        H.trace(model, ce, data, rtol=0.05, seed=s, method=m).method
+        for s in (0, 1)
+        for m in H.METHODS
+    }
+    assert "ggn+hutch++" in H.METHODS and ran <= set(H.METHODS) - {"auto"}, ran
+    for method in ran:
+        again = H.trace(model, ce, data, rtol=0.05, seed=3, method=method)
+        assert again.method == method
+        assert abs(again.estimate - truth) <= 4 * again.stderr + 1e-9 * abs(truth), method
+
+
+def test_a_fixed_budget_has_no_convergence_to_report():
+    model, data = make("tanh")
+    for fn in (H.trace, H.frobenius_norm):
+        for method in ("hutchinson", "hutch++"):
+            assert fn(model, ce, data, 30, method=method).converged is None
+    assert H.trace(model, ce, data, rtol=0.2).converged is True
+
+
+def test_a_gauss_newton_product_warns_of_nothing_the_user_can_change():
+    # torch loads its forward-mode decompositions through its deprecated torch.jit.script the
+    # first time a process takes a Gauss-Newton product
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from torch import nn; from flatness import hessian as H\n"
+        "m = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()\n"
+        "x = torch.randn(8, 3, dtype=torch.float64); y = torch.randint(0, 2, (8,))\n"
+        "H.top_eigenvalues(m, nn.functional.cross_entropy, (x, y), k=1, curvature='ggn')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -9,6 +9,7 @@ is also served by :mod:`flatness.chapters.estimators`, which the chapter imports
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -139,16 +140,19 @@ def adaptive_runs(
         for method in ADAPTIVE_METHODS[measure]:
             for rtol in rtols:
                 for s in seeds:
-                    r = fn(
-                        p.model,
-                        ce,
-                        p.data,
-                        rtol=rtol,
-                        max_probes=max_probes,
-                        batch=batch,
-                        method=method,
-                        seed=s,
-                    )
+                    with warnings.catch_warnings():
+                        # the table counts the runs that stopped short (``converged``)
+                        warnings.simplefilter("ignore", H.ConvergenceWarning)
+                        r = fn(
+                            p.model,
+                            ce,
+                            p.data,
+                            rtol=rtol,
+                            max_probes=max_probes,
+                            batch=batch,
+                            method=method,
+                            seed=s,
+                        )
                     base = {
                         "measure": measure,
                         "method": method,

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from flatness.hessian.checks import Output
+from flatness.hessian.checks import ConvergenceWarning, Output
 from flatness.hessian.exact import (
     MAX_EXACT_PARAMS,
     Measures,
@@ -49,6 +49,7 @@ from flatness.hessian.stochastic import METHODS, Estimate, frobenius_estimate, t
 __all__ = [
     "BN_MODES",
     "CURVATURES",
+    "ConvergenceWarning",
     "MAX_EXACT_PARAMS",
     "METHODS",
     "Eigenpairs",
@@ -134,7 +135,8 @@ def trace(
 
     By default (``probes=None``) probes are drawn in blocks of ``batch`` (one pass over the
     data each) until the standard error is at most ``rtol`` times the estimate, or until
-    ``max_probes`` (then ``converged=False``). A number of ``probes`` fixes the budget instead.
+    ``max_probes`` (then ``converged=False`` and a :class:`ConvergenceWarning`). A number of
+    ``probes`` fixes the budget instead (``converged=None``: there is no target to reach).
 
     Methods: ``"auto"`` (default) takes the Gauss-Newton part's trace exactly where that is
     about as cheap as a few products (every variable in a Linear, a small Conv2d or a
@@ -144,12 +146,13 @@ def trace(
     block of ``batch`` Hutchinson probes and keeps sampling them when their spread says at
     most four times as many reach ``rtol`` (a dominant diagonal); otherwise it reuses the
     block's products as Hutch++'s sketch and probes only the deflated rest (a few dominant
-    eigenvalues). With a fixed budget it is Hutch++. ``"ggn+hutchinson"`` forces the split
+    eigenvalues). With a fixed budget it is Hutch++. ``"ggn+hutchinson"`` (``"ggn+hutch++"``:
+    Hutch++ on the residual) forces the split
     (on any model with BatchNorm in eval mode and a per-example mean loss, through
     per-example products elsewhere); ``"hutchinson"`` and ``"hutch++"`` force one estimator.
-    The returned ``method`` says which ran; ``probes`` counts the random probes behind
-    ``stderr`` and ``hvps`` every Hessian-vector product (sketches included, the GGN's
-    Jacobian products not).
+    The returned ``method`` says which ran (and can be passed back); ``probes`` counts the
+    random probes behind ``stderr`` and ``hvps`` every Hessian-vector product (sketches
+    included, the GGN's Jacobian products not).
 
     The standard error is the spread of those ``probes`` samples, so it is itself uncertain
     when they are few: the error exceeds two standard errors about as often as Student's t

@@ -38,6 +38,11 @@ _DTYPES = (torch.float32, torch.float64)
 Output = None | int | str | Callable
 
 
+class ConvergenceWarning(UserWarning):
+    """An adaptive estimate stopped at ``max_probes``, or a Lanczos run at ``max_steps``, short
+    of the accuracy asked for; its result says ``converged=False``."""
+
+
 def _is_inputs(x) -> bool:
     return torch.is_tensor(x) or (
         isinstance(x, (Mapping, tuple, list)) and any(map(torch.is_tensor, tree_leaves(x)))

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import numbers
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from flatness.errors import FlatnessError
-from flatness.hessian.checks import check_options, with_autograd
+from flatness.hessian.checks import ConvergenceWarning, check_options, with_autograd
 from flatness.hessian.operator import HessianOperator
 
 #: the rounding error of a product H v in the operator's dtype, in machine epsilons times the
@@ -199,6 +200,15 @@ def lanczos_top(
         current = _next_block(r, basis, min(b, op.size - m), gen, op, scale)
         basis = torch.cat([basis, current])
     values = theta[top]
+    if not converged:
+        worst = (residuals / values.abs().clamp_min(1e-300)).max().item() if len(top) else math.inf
+        warnings.warn(
+            f"top_eigenvalues: {len(top)} of k={k} pairs after {steps} steps, the largest relative "
+            f"residual {worst:.3g} above tol={tol:g} (converged=False); raise max_steps or tol, "
+            "or use a float64 model",
+            ConvergenceWarning,
+            stacklevel=4,  # the caller of flatness.hessian.top_eigenvalues
+        )
     vectors = s[:, top].T.to(basis) @ basis if eigenvectors else None
     return Eigenpairs(
         eigenvalues=values,

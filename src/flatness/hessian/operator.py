@@ -14,6 +14,7 @@ change the model's parameters and build a new one.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -147,7 +148,11 @@ class HessianOperator:
             hjv = vjp(grad(lambda z: self.loss_fn(z, y)), out)[1](jv)[0]
             return vjp(logits, self.params)[1](hjv)[0]
 
-        out = vmap(ggn)(tangents)
+        with warnings.catch_warnings():
+            # torch's first forward-mode product loads decompositions through its own deprecated
+            # torch.jit.script: a warning users can do nothing about
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+            out = vmap(ggn)(tangents)
         return self.flatten([out[k] for k in self.names])
 
     def _gradient_graph(self, x: torch.Tensor, y: torch.Tensor):

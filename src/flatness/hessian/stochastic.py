@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from flatness.errors import FlatnessError, unknown
-from flatness.hessian.checks import check_options, with_autograd
+from flatness.hessian.checks import ConvergenceWarning, check_options, with_autograd
 from flatness.hessian.operator import HessianOperator
 
-METHODS = ("auto", "hutchinson", "hutch++", "ggn+hutchinson")
+METHODS = ("auto", "hutchinson", "hutch++", "ggn+hutchinson", "ggn+hutch++")
+#: the methods that take the Gauss-Newton part's trace exactly and probe the rest
+SPLIT_METHODS = ("ggn+hutchinson", "ggn+hutch++")
 #: fewest random probes behind a reported standard error
 MIN_PROBES = 32
 
@@ -37,7 +40,7 @@ class Estimate:
 
     estimate: float
     stderr: float
-    #: the estimator used ("hutchinson", "hutch++" or "ggn+hutchinson")
+    #: the estimator that ran, one of :data:`METHODS` other than "auto" (``method=`` takes it)
     method: str
     #: Hessian-vector products spent (random probes, sketch and exact products)
     hvps: int
@@ -46,8 +49,9 @@ class Estimate:
     seconds: float
     #: random probes behind the standard error
     probes: int = 0
-    #: whether the requested relative standard error was reached (always True for a budget)
-    converged: bool = True
+    #: whether the requested relative standard error was reached; None for a fixed budget of
+    #: probes, which has no target to reach
+    converged: bool | None = None
     #: the part of the estimate computed without randomness (Hutch++'s sketch, the GGN trace)
     exact_part: float = 0.0
 
@@ -79,7 +83,7 @@ def _sample(op, quadratic, project, *, exact, probes, rtol, max_probes, batch, g
             samples += quadratic(z, _products(op, z, batch)).double().tolist()
         mean, se, sd = _stats(samples)
         if probes is not None:
-            return mean, se, len(samples), True
+            return mean, se, len(samples), None
         value = abs(exact + mean)
         if se <= rtol * value:
             return mean, se, len(samples), True
@@ -162,7 +166,7 @@ def _check(method, probes, rtol, max_probes, batch, seed):
     check_options(seed=seed)
     if method not in METHODS:
         raise unknown("method", method, METHODS)
-    least = 3 if method in ("hutch++", "auto") else 2
+    least = 3 if method in ("hutch++", "ggn+hutch++", "auto") else 2
     if probes is not None and (
         not isinstance(probes, int) or isinstance(probes, bool) or probes < least
     ):
@@ -176,6 +180,19 @@ def _check(method, probes, rtol, max_probes, batch, seed):
         raise FlatnessError(f"max_probes must be an integer of at least {MIN_PROBES}")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise FlatnessError(f"batch must be a positive integer, got {batch!r}")
+
+
+def _warn_if_short(est: Estimate, name: str, rtol: float, max_probes: int) -> Estimate:
+    if est.converged is False:
+        relative = est.stderr / abs(est.estimate) if est.estimate else math.inf
+        warnings.warn(
+            f"{name}: {est.method} stopped at max_probes={max_probes} with a relative standard "
+            f"error of {relative:.3g}, above rtol={rtol:g} (converged=False); raise max_probes "
+            "or rtol",
+            ConvergenceWarning,
+            stacklevel=5,  # the caller of flatness.hessian.trace (through with_autograd)
+        )
+    return est
 
 
 def _run(op, quadratic, *, exact=0.0, extra_hvps=0, **kwargs) -> Estimate:
@@ -224,7 +241,7 @@ def trace_estimate(
     _check(method, probes, rtol, max_probes, batch, seed)
     kwargs = dict(probes=probes, rtol=rtol, max_probes=max_probes, batch=batch, seed=seed)
     if op.curvature == "hessian" and (
-        method == "ggn+hutchinson" or (method == "auto" and probes is None and _cheap_ggn(op))
+        method in SPLIT_METHODS or (method == "auto" and probes is None and _cheap_ggn(op))
     ):
         from flatness.hessian.gauss_newton import NotSeparable, ggn_trace
 
@@ -247,17 +264,19 @@ def trace_estimate(
                 residual,
                 _quadratic_form,
                 exact=exact + op.l2 * op.size,
-                method=method if method == "auto" else "hutchinson",
+                method=method.removeprefix("ggn+"),
                 **kwargs,
             )
             seconds = time.perf_counter() - start
-            return Estimate(**{**est.__dict__, "method": f"ggn+{est.method}", "seconds": seconds})
-    if method == "ggn+hutchinson":
+            est = Estimate(**{**est.__dict__, "method": f"ggn+{est.method}", "seconds": seconds})
+            return _warn_if_short(est, "trace", rtol, max_probes)
+    if method in SPLIT_METHODS:
         raise FlatnessError(
-            f"method='ggn+hutchinson' splits the Hessian itself; curvature={op.curvature!r} "
+            f"method={method!r} splits the Hessian itself; curvature={op.curvature!r} "
             "needs 'hutchinson', 'hutch++' or 'auto'"
         )
-    return _run(op, _quadratic_form, method=method, **kwargs)
+    est = _run(op, _quadratic_form, method=method, **kwargs)
+    return _warn_if_short(est, "trace", rtol, max_probes)
 
 
 @with_autograd
@@ -280,9 +299,9 @@ def frobenius_estimate(
     takes exactly, and plain Hutchinson's samples of ``||H z||^2`` are then so skewed that 32 of
     them understate their own spread (softmax regression on 5,000 MNIST images: 3.8 standard
     errors from the exact norm; ``tests/test_coverage.py``)."""
-    if method == "ggn+hutchinson":
+    if method in SPLIT_METHODS:
         raise FlatnessError(
-            "method='ggn+hutchinson' is for the trace; use 'auto', 'hutchinson' or 'hutch++'"
+            f"method={method!r} is for the trace; use 'auto', 'hutchinson' or 'hutch++'"
         )
     _check(method, probes, rtol, max_probes, batch, seed)
     method = "hutch++" if method == "auto" else method
@@ -298,7 +317,7 @@ def frobenius_estimate(
     )
     root = math.sqrt(max(est.estimate, 0.0))
     se = est.stderr / (2 * root) if root > 0 else math.inf
-    return Estimate(
+    est = Estimate(
         **{
             **est.__dict__,
             "estimate": root,
@@ -306,3 +325,4 @@ def frobenius_estimate(
             "exact_part": math.sqrt(max(est.exact_part, 0.0)),
         }
     )
+    return _warn_if_short(est, "frobenius_norm", rtol, max_probes)
