@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -91,12 +92,15 @@ def _estimated(
 ) -> dict:
     data = _data(x, y, batch_size, bn_mode == "train")
     top = hessian.top_eigenvalues(model, _loss, data, k=1, tol=1e-3, seed=seed, bn_mode=bn_mode)
-    tr = hessian.trace(
-        model, _loss, data, rtol=rtol, max_probes=max_probes, seed=seed, bn_mode=bn_mode
-    )
-    fro = hessian.frobenius_norm(
-        model, _loss, data, rtol=rtol, max_probes=max_probes, seed=seed, bn_mode=bn_mode
-    )
+    with warnings.catch_warnings():
+        # a stop at max_probes is in the standard errors the run records beside the estimates
+        warnings.simplefilter("ignore", hessian.ConvergenceWarning)
+        tr = hessian.trace(
+            model, _loss, data, rtol=rtol, max_probes=max_probes, seed=seed, bn_mode=bn_mode
+        )
+        fro = hessian.frobenius_norm(
+            model, _loss, data, rtol=rtol, max_probes=max_probes, seed=seed, bn_mode=bn_mode
+        )
     return {
         "lambda_max": float(top.eigenvalues[0]),
         "trace": tr.estimate,
