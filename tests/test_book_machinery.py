@@ -50,6 +50,7 @@ import time
 print("PARAMETERS", repr((profile, seeds, dataset, data_root)))
 print("INTERPRETER", sys.executable)
 print("RESULTS", os.environ.get("FLATNESS_RESULTS"))
+print("PROGRESS", os.environ.get("FLATNESS_PROGRESS"))
 ```
 
 ```{code-cell} ipython3
@@ -152,6 +153,7 @@ def test_parameters_are_read_as_papermill_reads_them():
 def test_the_command_line_and_plain_papermill_hand_a_chapter_the_same_values(tmp_path):
     root = make_checkout(tmp_path / "checkout")
     data = str(tmp_path / "data")
+    os.mkdir(data)  # a data root given must exist
     pairs = ["-p", "dataset", "None", "-p", "seeds", "7", "-p", "data_root", data]
     env = {"FLATNESS_RESULTS": str(tmp_path / "results")}
     done = flatness("chapter", "fake", "--profile", "smoke", *pairs, cwd=root, env=env)
@@ -174,7 +176,7 @@ def test_the_command_line_and_plain_papermill_hand_a_chapter_the_same_values(tmp
 def test_data_root_and_results_given_relative_mean_the_callers_folder(tmp_path):
     # chapters run in the checkout; plain papermill runs them where it is called
     caller = make_checkout(tmp_path / "checkout") / "notes"  # a folder under the checkout
-    caller.mkdir()
+    (caller / "data").mkdir(parents=True)  # a data root given must exist
     command = ["chapter", "fake", "--profile", "smoke", "--out", str(tmp_path / "out")]
     done = flatness(*command, "--data-root", "data", "--results", "store", cwd=caller)
     assert done.returncode == 0, done.stderr
@@ -253,6 +255,8 @@ def test_chapters_run_on_this_interpreter_whatever_python3_kernelspec_a_user_has
     done = flatness("chapter", "fake", "--profile", "smoke", cwd=root, env=env)
     assert done.returncode == 0, done.stderr
     assert printed(root / "_build" / "executed" / "fake.ipynb", "INTERPRETER") == sys.executable
+    # training in a chapter's kernel draws no progress bars (the notebook would keep each redraw)
+    assert printed(root / "_build" / "executed" / "fake.ipynb", "PROGRESS") == "0"
 
 
 def test_plain_text_of_a_caption():
@@ -420,3 +424,178 @@ def test_a_chapter_kernel_dies_with_the_process_executing_the_chapter():
     finally:
         reaper.kill()
         reaper.wait()
+
+
+class FakePapermill:
+    """Stands in for ``papermill.execute_notebook``: writes the notebook it is given, marked
+    with the execution's number, to the output path, then fails as told (``fail``: an exception
+    name, or an exception to raise). No kernel starts."""
+
+    def __init__(self, monkeypatch):
+        import papermill
+
+        self.calls, self.fail = [], None
+        monkeypatch.setattr(papermill, "execute_notebook", self)
+
+    def __call__(self, notebook, output, parameters, **kwargs):
+        import nbformat
+        import papermill
+
+        self.calls.append(parameters)
+        notebook = nbformat.from_dict(json.loads(nbformat.writes(notebook)))
+        notebook.metadata["execution"] = len(self.calls)
+        nbformat.write(notebook, output)
+        if isinstance(self.fail, BaseException):
+            raise self.fail
+        if self.fail:
+            raise papermill.PapermillExecutionError(
+                3, 3, "boom()", self.fail, "it went wrong", ["Traceback", f"{self.fail}: boom"]
+            )
+
+
+def executed_number(notebook: Path) -> int:
+    return json.loads(notebook.read_text())["metadata"]["execution"]
+
+
+@pytest.fixture
+def fake_checkout(tmp_path, monkeypatch):
+    root = make_checkout(tmp_path / "checkout")
+    monkeypatch.setenv("FLATNESS_RESULTS", str(root / "results"))
+    monkeypatch.chdir(root)
+    return root
+
+
+def test_a_failed_execution_leaves_the_last_good_notebook_and_keeps_its_own_apart(
+    fake_checkout, monkeypatch
+):
+    executed = fake_checkout / "_build" / "executed"
+    good, failed = executed / "fake.ipynb", executed / "fake.failed.ipynb"
+    papermill = FakePapermill(monkeypatch)
+    run = dict(profile="smoke", progress=False)
+    first = book.execute_chapter("fake", reuse=True, **run)
+    assert first.notebook == good and not first.error and executed_number(good) == 1
+    kept = good.read_bytes()
+
+    papermill.fail = "ZeroDivisionError"
+    broken = book.execute_chapter("fake", **run)
+    assert broken.error and "ZeroDivisionError: boom" in broken.error
+    assert broken.notebook == failed and executed_number(failed) == 2  # kept, to debug it
+    # the last good notebook, with the fingerprint a later build reuses it by
+    assert good.read_bytes() == kept and b'"fingerprint"' in kept
+    assert sorted(p.name for p in executed.iterdir()) == ["fake.failed.ipynb", "fake.ipynb"]
+
+    # bad input met in the chapter, and an interrupted execution: nothing replaced, no leftovers
+    papermill.fail = "FlatnessError"
+    with pytest.raises(FlatnessError, match="chapter fake: it went wrong"):
+        book.execute_chapter("fake", **run)
+    papermill.fail = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        book.execute_chapter("fake", **run)
+    assert good.read_bytes() == kept and executed_number(failed) == 2
+    assert sorted(p.name for p in executed.iterdir()) == ["fake.failed.ipynb", "fake.ipynb"]
+
+    papermill.fail = None  # the next success replaces the notebook and drops the failed one
+    fixed = book.execute_chapter("fake", **run)
+    assert fixed.notebook == good and executed_number(good) == len(papermill.calls) == 5
+    assert sorted(p.name for p in executed.iterdir()) == ["fake.ipynb"]
+    assert json.loads(good.read_text())["metadata"]["flatness"]["fingerprint"]
+
+
+def test_the_book_says_which_chapters_it_executes_and_which_it_reuses(
+    fake_checkout, monkeypatch, capsys
+):
+    papermill = FakePapermill(monkeypatch)
+    monkeypatch.setattr(book, "render", lambda stage, build: build / "html" / "index.html")
+    # the package's code is part of a fingerprint: an edit elsewhere must not make this flaky
+    monkeypatch.setattr(book, "fingerprint", lambda *args, **kwargs: "unchanged")
+    book.build_book(profile="smoke", progress=False)
+    assert "executing fake (profile smoke)" in capsys.readouterr().err
+    book.build_book(profile="smoke", progress=False)
+    err = capsys.readouterr().err
+    assert "executing" not in err and len(papermill.calls) == 1
+    assert re.search(r"reusing fake \(profile smoke, executed \d{4}-\d\d-\d\d \d\d:\d\d UTC\)", err)
+    papermill.fail = "ValueError"
+    with pytest.raises(book.ChapterError) as failure:
+        book.build_book(profile="smoke", progress=False, rerun=True)
+    failed = fake_checkout / "_build" / "executed" / "fake.failed.ipynb"
+    assert f"the partly executed notebook: {failed}" in str(failure.value)
+    assert "executing fake (profile smoke)" in capsys.readouterr().err
+
+
+SETTINGS_CELL = """
+```{code-cell} ipython3
+from flatness.chapters import logreg as chapter
+
+settings = chapter.settings(profile, seeds=seeds, dataset=dataset)
+```
+"""
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"seeds": [-1]}, "chapter fake: seeds must be non-negative integers, got -1"),
+        ({"dataset": "imagenet"}, "chapter fake: unknown dataset 'imagenet'"),
+        ({"data_root": "nowhere"}, "the data root {nowhere} (data_root) does not exist"),
+    ],
+)
+def test_parameters_the_chapter_would_refuse_are_refused_before_any_kernel_starts(
+    fake_checkout, monkeypatch, parameters, message
+):
+    source = fake_checkout / "book" / "fake.md"
+    source.write_text(source.read_text() + SETTINGS_CELL)
+    papermill = FakePapermill(monkeypatch)
+    message = message.format(nowhere=fake_checkout / "nowhere")
+    with pytest.raises(FlatnessError, match=re.escape(message)):
+        book.execute_chapter("fake", profile="smoke", parameters=parameters, progress=False)
+    with pytest.raises(FlatnessError, match=re.escape(message)):
+        book.build_book(profile="smoke", parameters=parameters, progress=False)
+    assert papermill.calls == [] and not (fake_checkout / "_build" / "executed").exists()
+    # what the chapter accepts goes through, as the chapter is handed it
+    (fake_checkout / "nowhere").mkdir()
+    fine = {"seeds": [0, 2], "dataset": "digits", "data_root": "nowhere"}
+    book.execute_chapter("fake", profile="smoke", parameters=fine, progress=False)
+    assert papermill.calls[0]["seeds"] == [0, 2]
+    assert papermill.calls[0]["data_root"] == str(fake_checkout / "nowhere")
+
+
+def test_bad_chapter_settings_are_one_line_from_the_command_line_without_a_kernel(tmp_path):
+    root = make_checkout(tmp_path / "checkout")
+    source = root / "book" / "fake.md"
+    source.write_text(source.read_text() + SETTINGS_CELL)
+    env = {"FLATNESS_RESULTS": str(tmp_path / "results")}
+    done = flatness("chapter", "fake", "--profile", "smoke", "-y", "seeds: [-1]", cwd=root, env=env)
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == "flatness: error: chapter fake: seeds must be non-negative integers, got -1\n"
+    )
+    assert not (root / "_build" / "executed").exists()
+
+
+def test_chapter_kernels_train_without_progress_bars(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from flatness.config import RunConfig
+    from flatness.store import PROGRESS_ENV, load_or_run
+
+    assert book._this_python()().kernel_spec.env == {PROGRESS_ENV: "0"}
+    asked = []
+
+    def train(config, *, data_root, device, progress, checkpoint):
+        asked.append(progress)
+        return SimpleNamespace(metrics={"test_acc": 0.5}, arrays={"x": np.zeros(2)})
+
+    tiny = dict(model="logreg", dataset="digits", weight_decay=0.0, epochs=1, train_size=60)
+    for seed, value in enumerate([None, "0"]):
+        if value is None:
+            monkeypatch.delenv(PROGRESS_ENV, raising=False)
+        else:
+            monkeypatch.setenv(PROGRESS_ENV, value)
+        config = RunConfig(**tiny, seed=seed)
+        load_or_run(
+            config, store=tmp_path, device="cpu", published=False, train_fn=train, progress=True
+        )
+    assert asked == [True, False]  # the command line keeps its bars

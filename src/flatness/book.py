@@ -3,7 +3,12 @@
 Chapters are MyST Markdown notebooks under ``book/``; papermill runs each one with a profile's
 parameters, and Jupyter Book renders the executed notebooks (its own execution is off).
 Everything produced goes under ``<out>/_build``: ``executed/`` (notebooks), ``stage/`` (the
-book's sources as rendered) and ``html/``.
+book's sources as rendered) and ``html/``. A chapter executes into a temporary notebook beside
+``executed/NAME.ipynb`` that replaces it only on success; a failed execution leaves the last good
+notebook as it was and its own as ``executed/NAME.failed.ipynb`` (removed by the next success).
+Parameters the chapter would refuse are refused before a kernel starts (:func:`check_parameters`).
+Chapter kernels train without progress bars (:data:`flatness.store.PROGRESS_ENV`): every redraw
+would be kept in the executed notebook.
 
 ``python -m flatness chapter -p KEY VALUE`` and ``papermill -p KEY VALUE`` read values alike
 (:func:`flatness.parameters.read_parameter`); chapters run on the interpreter that runs flatness, whatever
@@ -16,6 +21,7 @@ import ast
 import datetime as dt
 import functools
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -24,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,13 +142,129 @@ def parameters_cells(notebook) -> list:
     return [c for c in notebook.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
 
 
-def chapter_parameters(name: str, root: Path | None = None) -> list[str]:
-    """The names a chapter's ``parameters`` cell assigns."""
-    cells = parameters_cells(read_chapter(chapter_source(name, root)))
+def _parameters_cell(notebook, name: str) -> list[ast.Assign]:
+    """The assignments of a chapter's one ``parameters`` cell."""
+    cells = parameters_cells(notebook)
     if len(cells) != 1:
         raise FlatnessError(f"chapter {name} must have exactly one cell tagged 'parameters'")
-    tree = ast.parse(cells[0].source)
-    return [t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets]
+    return [node for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign)]
+
+
+def chapter_parameters(name: str, root: Path | None = None) -> list[str]:
+    """The names a chapter's ``parameters`` cell assigns."""
+    cell = _parameters_cell(read_chapter(chapter_source(name, root)), name)
+    return [t.id for node in cell for t in node.targets]
+
+
+def check_parameters(
+    name: str, profile: str, parameters: dict | None = None, root: Path | None = None
+) -> dict:
+    """Chapter ``name``'s parameters, refused before a kernel starts where the chapter would
+    refuse them; returned with ``data_root`` absolute.
+
+    Besides the names its ``parameters`` cell assigns, two checks the chapter itself makes are
+    made here with the chapter's own functions: a ``data_root`` given must be an existing folder
+    (:func:`flatness.data.load`'s check), and each ``MODULE.settings(...)`` call the chapter
+    makes on a module of :mod:`flatness.chapters` is made with the same arguments (so
+    ``seeds: [-1]`` is refused as the chapter would refuse it, in a second, not after the
+    kernel has started).
+
+    Raises:
+        FlatnessError: an unknown chapter or parameter, a ``data_root`` that is not a path or
+            None or not an existing folder, or a value the chapter's settings refuse (the
+            message starts ``chapter NAME:``, as when the chapter itself refuses it).
+    """
+    root = root or checkout()
+    parameters = dict(parameters or {})
+    notebook = read_chapter(chapter_source(name, root))
+    valid = [t.id for node in _parameters_cell(notebook, name) for t in node.targets]
+    for key in parameters:
+        if key == "profile" or key not in valid:
+            raise unknown(
+                f"parameter for chapter {name}", key, [v for v in valid if v != "profile"]
+            )
+    if "data_root" in parameters:
+        parameters["data_root"] = _data_root(parameters["data_root"])
+    if parameters.get("data_root") is not None:
+        from flatness import data as datasets
+
+        datasets._data_root(parameters["data_root"])  # the loader's own check: it must exist
+    values = {**_defaults(_parameters_cell(notebook, name)), "profile": profile, **parameters}
+    for function, args, kwargs in _settings_calls(notebook, values):
+        try:
+            function(*args, **kwargs)
+        except FlatnessError as err:
+            raise FlatnessError(f"chapter {name}: {err}") from None
+        except Exception:  # not bad input: the execution reports it, with its traceback
+            pass
+    return parameters
+
+
+def _defaults(cell: list[ast.Assign]) -> dict:
+    """The values a ``parameters`` cell assigns, where they are literals."""
+    found = {}
+    for node in cell:
+        try:
+            value = ast.literal_eval(node.value)
+        except (ValueError, TypeError, SyntaxError):
+            continue
+        found.update({t.id: value for t in node.targets if isinstance(t, ast.Name)})
+    return found
+
+
+def _settings_calls(notebook, values: dict):
+    """``(settings, args, kwargs)`` for each ``MODULE.settings(...)`` call of the chapter's code
+    on a module it imports from :mod:`flatness.chapters`, whose arguments are parameters (as
+    ``values`` gives them) or literals; calls with other arguments are left out."""
+    trees = []
+    for cell in notebook.cells:
+        if cell.cell_type != "code":
+            continue
+        try:
+            trees.append(ast.parse(cell.source))
+        except SyntaxError:  # IPython syntax (magics): such a cell is not read
+            continue
+    modules = {}
+    for node in (n for tree in trees for n in ast.walk(tree)):
+        if isinstance(node, ast.ImportFrom) and node.module == "flatness.chapters":
+            for alias in node.names:
+                modules[alias.asname or alias.name] = f"flatness.chapters.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("flatness.chapters.") and alias.asname:
+                    modules[alias.asname] = alias.name
+    for node in (n for tree in trees for n in ast.walk(tree)):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "settings"
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id in modules
+        ):
+            continue
+        try:
+            args = [_argument(a, values) for a in node.args]
+            kwargs = {k.arg: _argument(k.value, values) for k in node.keywords if k.arg}
+        except (ValueError, TypeError, SyntaxError):
+            continue
+        if any(k.arg is None for k in node.keywords):  # **mapping
+            continue
+        try:
+            module = importlib.import_module(modules[node.func.value.id])
+        except ImportError:
+            continue
+        if callable(getattr(module, "settings", None)):
+            yield module.settings, args, kwargs
+
+
+def _argument(node: ast.expr, values: dict):
+    if isinstance(node, ast.Starred):
+        raise ValueError("a starred argument")
+    if isinstance(node, ast.Name):
+        if node.id not in values:
+            raise ValueError(f"{node.id} is not a parameter")
+        return values[node.id]
+    return ast.literal_eval(node)
 
 
 _ROLE = re.compile(r"\{[\w:.-]+\}`([^`]*)`")  # {numref}`fig-x` -> fig-x
@@ -182,16 +305,20 @@ def _this_python():
 
     papermill looks ``python3`` up among the kernelspecs, where a user-level one (e.g. left by
     another Python install) wins over the virtual environment's and starts a Python without
-    flatness ("Kernel died"). This builds the spec as jupyter_client does for its native kernel.
+    flatness ("Kernel died"). This builds the spec as jupyter_client does for its native kernel,
+    with :data:`flatness.store.PROGRESS_ENV` set to ``0`` in the kernel's environment: training
+    in a chapter draws no progress bars, whose every redraw the executed notebook would keep.
     """
     from ipykernel.kernelspec import RESOURCES, get_kernel_dict
     from jupyter_client import AsyncKernelManager  # nbclient's default manager
     from jupyter_client.kernelspec import KernelSpec
 
+    from flatness.store import PROGRESS_ENV
+
     class ThisPython(AsyncKernelManager):
         @property
         def kernel_spec(self):
-            return KernelSpec(resource_dir=RESOURCES, **get_kernel_dict())
+            return KernelSpec(resource_dir=RESOURCES, env={PROGRESS_ENV: "0"}, **get_kernel_dict())
 
     return ThisPython
 
@@ -241,6 +368,7 @@ def execute_chapter(
     progress: bool = True,
     reuse: bool = False,
     train_missing: bool | None = None,
+    announce: bool = False,
 ) -> Execution:
     """Execute one chapter with papermill; the notebook lands in ``<out>/_build/executed``.
 
@@ -250,28 +378,29 @@ def execute_chapter(
     without, or with none at hand, becomes its opening and a note
     (:mod:`flatness.availability`); both pages start with the list of missing runs.
 
-    ``parameters`` are values, e.g. from :func:`flatness.parameters.read_parameters`. Captioned
-    figures get their caption as alt text (:func:`describe_figures`). The kernel runs on this
-    interpreter.
+    ``parameters`` are values, e.g. from :func:`flatness.parameters.read_parameters`, checked
+    before any kernel starts (:func:`check_parameters`). Captioned figures get their caption as
+    alt text (:func:`describe_figures`). The kernel runs on this interpreter.
+
+    The chapter executes into a temporary notebook beside ``NAME.ipynb``, which it replaces
+    only on success: a failed execution leaves the last good notebook (and the fingerprint
+    it carries) as it was, and its own notebook as ``NAME.failed.ipynb``, which is then
+    :attr:`Execution.notebook`; the next success removes it. With ``announce``, one line on
+    stderr says whether the chapter is executed or its notebook reused.
 
     Raises:
         ChapterError: when a cell fails (the message holds the chapter, cell and traceback).
-        FlatnessError: for an unknown or missing chapter, an unknown profile or parameter, or a
-            ``data_root`` that is not a path or None.
+        FlatnessError: for an unknown or missing chapter, an unknown profile or parameter, a
+            ``data_root`` that is not a path or None or not an existing folder, or a value the
+            chapter refuses.
     """
+    import nbformat
     import papermill
 
     root = checkout()
     get_profile(profile)
-    parameters = dict(parameters or {})
+    parameters = check_parameters(name, profile, parameters, root)
     valid = chapter_parameters(name, root)
-    for key in parameters:
-        if key == "profile" or key not in valid:
-            raise unknown(
-                f"parameter for chapter {name}", key, [v for v in valid if v != "profile"]
-            )
-    if "data_root" in parameters:
-        parameters["data_root"] = _data_root(parameters["data_root"])
     if train_missing is None:
         train_missing = get_profile(profile).train_missing
     if "train_missing" in valid:
@@ -281,12 +410,15 @@ def execute_chapter(
     notebook = read_chapter(chapter_source(name, root))
     describe_figures(notebook)
     target = Path(out or root) / "_build" / "executed" / f"{name}.ipynb"
+    failed = failed_notebook(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     stamp = fingerprint(name, profile, parameters, root, at_hand.present_keys)
     counts = dict(missing=len(at_hand.missing), grid=len(at_hand.grid))
     partial = at_hand.missing and not train_missing
     executable = "train_missing" in valid and len(at_hand.missing) < len(at_hand.grid)
+    say = functools.partial(print, file=sys.stderr, flush=True) if announce else lambda _: None
     if reuse and _reusable(target, stamp):
+        say(f"reusing {name} (profile {profile}, executed {_executed_at(target)})")
         return Execution(
             name,
             profile,
@@ -297,48 +429,75 @@ def execute_chapter(
             placeholder=bool(partial and not executable),
         )
     if partial and not executable:
+        say(
+            f"not executing {name} (profile {profile}): {len(at_hand.missing)} of "
+            f"{len(at_hand.grid)} runs missing, its page is a note"
+        )
         text = availability.note(at_hand, executed=False)
         _write(availability.placeholder(notebook, text), target, stamp)
+        failed.unlink(missing_ok=True)
         return Execution(name, profile, target, 0.0, **counts, placeholder=True)
+    say(f"executing {name} (profile {profile})")
+    # papermill writes its output as it goes: into a notebook of this execution's own
+    temporary = target.with_name(f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.executing.ipynb")
     start = time.perf_counter()
-    error = None
     try:
-        papermill.execute_notebook(
-            notebook,
-            str(target),
-            parameters={"profile": profile, **parameters},
-            kernel_name="python3",
-            kernel_manager_class=_this_python(),
-            cwd=str(root),
-            progress_bar=progress,
-        )
-    except papermill.PapermillExecutionError as err:
-        if err.ename == "FlatnessError":  # bad input reached the chapter: say so, no traceback
-            raise FlatnessError(f"chapter {name}: {err.evalue}") from None
-        trace = _ANSI.sub("", "\n".join(err.traceback))
-        error = f"chapter {name} failed (profile {profile}) in cell {err.exec_count}:\n{trace}"
-    if error is None:
+        try:
+            papermill.execute_notebook(
+                notebook,
+                str(temporary),
+                parameters={"profile": profile, **parameters},
+                kernel_name="python3",
+                kernel_manager_class=_this_python(),
+                cwd=str(root),
+                progress_bar=progress,
+            )
+        except papermill.PapermillExecutionError as err:
+            if err.ename == "FlatnessError":  # bad input reached the chapter: say so, no traceback
+                raise FlatnessError(f"chapter {name}: {err.evalue}") from None
+            trace = _ANSI.sub("", "\n".join(err.traceback))
+            error = f"chapter {name} failed (profile {profile}) in cell {err.exec_count}:\n{trace}"
+            if temporary.is_file():
+                os.replace(temporary, failed)  # kept to debug it; the good notebook stays
+            else:
+                failed.unlink(missing_ok=True)  # an earlier failure's: not this one's
+            return Execution(name, profile, failed, time.perf_counter() - start, error, **counts)
+        seconds = time.perf_counter() - start
         note = availability.note(at_hand, executed=True) if partial else None
         # the runs it trained are at hand now: the next build with nothing changed reuses it
         present = availability.availability(name, profile).present_keys
-        _stamp(target, fingerprint(name, profile, parameters, root, present), note)
-    return Execution(name, profile, target, time.perf_counter() - start, error, **counts)
+        executed = nbformat.read(temporary, as_version=4)
+        _write(executed, target, fingerprint(name, profile, parameters, root, present), note)
+        failed.unlink(missing_ok=True)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return Execution(name, profile, target, seconds, **counts)
 
 
-def _stamp(target: Path, stamp: str, note: str | None = None) -> None:
-    import nbformat
+def failed_notebook(executed: Path) -> Path:
+    """Where the notebook of a failed execution of ``executed`` (``NAME.ipynb``) is kept."""
+    return executed.with_name(f"{executed.stem}.failed.ipynb")
 
-    _write(nbformat.read(target, as_version=4), target, stamp, note)
+
+def _executed_at(notebook: Path) -> str:
+    when = dt.datetime.fromtimestamp(notebook.stat().st_mtime, dt.UTC)
+    return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _write(notebook, target: Path, stamp: str, note: str | None = None) -> None:
-    """Write ``notebook`` with its fingerprint and the note on missing runs its page starts with."""
+    """Write ``notebook`` with its fingerprint and the note on missing runs its page starts
+    with; it replaces ``target`` in one step, so a reader never sees half a notebook."""
     import nbformat
 
     notebook.metadata["flatness"] = {"fingerprint": stamp}
     if note:
         notebook.metadata["flatness"]["note"] = note
-    nbformat.write(notebook, target)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.ipynb")
+    try:
+        nbformat.write(notebook, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _status_table(runs: list[Execution]) -> str:
@@ -354,9 +513,7 @@ def _status_table(runs: list[Execution]) -> str:
         elif r.missing:
             status += f" ({r.missing} of {r.grid} runs missing)"
         if r.reused:  # its notebook's fingerprint matched: code, source and store unchanged
-            executed = dt.datetime.fromtimestamp(r.notebook.stat().st_mtime, dt.UTC)
-            status, seconds = f"{status}, reused", "0"
-            stamp = executed.strftime("%Y-%m-%d %H:%M UTC")
+            status, seconds, stamp = f"{status}, reused", "0", _executed_at(r.notebook)
         else:
             seconds, stamp = f"{r.seconds:.1f}", when
         lines.append(
@@ -430,17 +587,21 @@ def build_book(
     """Execute every chapter and render the book; returns the path of ``index.html``.
 
     A chapter whose executed notebook carries the same :func:`fingerprint` (source, profile,
-    parameters, package code, requirements, results store) is reused unless ``rerun``.
+    parameters, package code, requirements, results store) is reused unless ``rerun``; one line
+    on stderr per chapter says which. Every chapter's parameters are checked
+    (:func:`check_parameters`) before the first executes.
 
     Raises:
-        ChapterError: after executing every chapter, if any failed (all failures are listed).
+        ChapterError: after executing every chapter, if any failed (all failures are listed,
+            each with the path of its failed notebook).
+        FlatnessError: before executing any chapter, for bad input (see :func:`check_parameters`).
     """
     root = checkout()
     get_profile(profile)
     for page in toc_files(root):  # a missing page is bad input: say so before any execution
         page_source(page, root)
-    if "data_root" in (parameters or {}):
-        _data_root(parameters["data_root"])
+    for name in chapters(root):
+        check_parameters(name, profile, parameters, root)
     build = Path(out or root) / "_build"
     stage = build / "stage"
     shutil.rmtree(stage, ignore_errors=True)
@@ -449,7 +610,6 @@ def build_book(
         shutil.copy2(root / name, stage / name)
     executions = []
     for name in chapters(root):
-        print(f"executing {name} (profile {profile})", file=sys.stderr, flush=True)
         run = execute_chapter(
             name,
             profile=profile,
@@ -458,12 +618,15 @@ def build_book(
             progress=progress,
             reuse=not rerun,
             train_missing=train_missing,
+            announce=True,
         )
         executions.append(run)
         (stage / "book" / f"{name}.md").unlink()
         if not run.error:
             _stage_notebook(run.notebook, stage / "book" / f"{name}.ipynb")
-    failures = [r.error for r in executions if r.error]
+    failures = [
+        f"{r.error}\nthe partly executed notebook: {r.notebook}" for r in executions if r.error
+    ]
     if failures:
         raise ChapterError("\n\n".join(failures))
     status = stage / "book" / "status.md"

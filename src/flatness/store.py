@@ -378,7 +378,13 @@ def recording(*, dry: bool = False):
         _RECORDERS.remove(entry)
 
 
+#: ``0`` here trains without progress bars whatever ``progress`` says: chapter kernels set it
+#: (:func:`flatness.book._this_python`), as their notebooks would keep every redraw
+PROGRESS_ENV = "FLATNESS_PROGRESS"
+
+
 def _train_and_save(config, store, data_root, device, progress, train_fn) -> Run:
+    progress = progress and os.environ.get(PROGRESS_ENV) != "0"
     if train_fn is None:
         from flatness.train import train as train_fn
     if device is None:
