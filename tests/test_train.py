@@ -246,3 +246,9 @@ def test_batchnorm_networks_are_measured_in_both_modes():
     for suffix in ("", "_bn_train"):
         assert math.isfinite(m[f"lambda_max{suffix}"]) and m[f"trace_se{suffix}"] >= 0
     assert m["lambda_max"] != m["lambda_max_bn_train"]
+
+
+def test_the_progress_bar_says_when_it_measures_the_hessian(capsys):
+    train(RunConfig(weight_decay=0.0, **{**TINY, "hessian_every": 2}), device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert "measuring the Hessian after epoch 2" in err and "after epoch 4" in err, err[-500:]

@@ -311,6 +311,8 @@ def train(
             _check_not_diverged(config, row["train_loss"])
         every = config.hessian_every
         if every > 0 and ((epoch + 1) % every == 0 or last):
+            # a measurement can take longer than many epochs: say so rather than seem to hang
+            bar.set_postfix_str(f"measuring the Hessian after epoch {epoch + 1}")
             values, arrays = _measure(run, epoch, final=last)
             final_arrays |= arrays
         else:
