@@ -307,6 +307,8 @@ def test_a_dry_run_and_the_status_refuse_what_the_sweep_refuses(tmp_path, capsys
         assert "Traceback" not in err
     assert "2 point(s), 1 to train, 1 refused" in out
     assert _main(capsys, "sweep", *args, "--dry-run")[1].splitlines()[-1].startswith("1 run(s)")
+    # the refused sweep created no store, and sweep-status refuses a --results that is missing
+    store.root.mkdir()
     code, out, _ = _main(capsys, "sweep-status", *args)
     assert code == 0 and f"{big_key}  missing   {RunConfig(**big).label()}" in out
     assert "\n      the sweep refuses it (reason 1)\n" in out

@@ -1,7 +1,7 @@
 """``python -m flatness``: train runs, list the store, execute chapters, build the book.
 
-Bad input (an unknown profile, model, data set, chapter or parameter; a wrong type; missing
-data offline) prints one message and exits with code 2, leaving the store untouched.
+Bad input (an unknown profile, model, data set, chapter, option or parameter; a wrong type;
+missing data offline) prints one message and exits with code 2, leaving the store untouched.
 A failing chapter prints its name and traceback and exits with code 1.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import json
 import os
@@ -19,7 +20,7 @@ import yaml
 
 from flatness import cli_grids
 from flatness.chapters import logreg as logreg_chapter
-from flatness.config import PROFILES, RunConfig, get_profile, strict_loader, yaml_number
+from flatness.config import RunConfig, get_profile, strict_loader, yaml_number
 from flatness.errors import FlatnessError, RunDiverged, unknown
 from flatness.recipes import RECIPES, run_config
 
@@ -46,7 +47,7 @@ def _parameter_option(parser: argparse.ArgumentParser, key: str, help: str) -> N
 
 def _execution_options(parser: argparse.ArgumentParser, out_help: str) -> None:
     # -p and -y read values as papermill's -p and -y do, so both documented routes agree
-    parser.add_argument("--profile", choices=list(PROFILES), default="cpu")
+    cli_grids.profile_option(parser, "cpu")
     _parameter_option(
         parser,
         "KEY",
@@ -141,8 +142,30 @@ def _chapter_parameters(args) -> dict:
     return parameters
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are the command line's one line ``flatness: error:``
+    (exit code 2, as for all bad input), naming the subcommand; abbreviated options are refused.
+
+    Subparsers are made of this class too (``add_subparsers`` uses the parent's class).
+    """
+
+    def __init__(self, *args, **kwargs):
+        # an abbreviation would take --epoch for --epochs silently, and a later option with the
+        # same prefix would change what an old command line means
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        # raised, not printed: main reports it as every FlatnessError, and tests calling main
+        # get the exit code back rather than a SystemExit
+        command = self.prog.removeprefix("flatness").split()  # "flatness run" names run
+        where = f"{' '.join(command)}: " if command else ""
+        help_line = " ".join(["python -m flatness", *command, "--help"])
+        raise FlatnessError(f"{where}{' '.join(message.split())}; see `{help_line}`")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flatness", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="flatness", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser(
@@ -152,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--optimiser", "--optimizer", default="sgd", help=f"one of {', '.join(RECIPES)}"
     )
-    run.add_argument("--profile", choices=list(PROFILES), default="cpu")
+    cli_grids.profile_option(run, "cpu")
     run.add_argument("--wd", type=float, nargs="+", help="weight decays (default: the recipe's)")
     run.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the profile's)")
     run.add_argument("--dataset", help="data set (default: the profile's)")
@@ -173,10 +196,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="GRID",
         help="a chapter, all, or a YAML file (default: the paper's networks and optimisers)",
     )
-    plan.add_argument("--profile", choices=list(PROFILES), default="paper")
+    cli_grids.profile_option(plan, "paper")
     plan.add_argument("--device", help="where steps are timed (default: cuda if available)")
     plan.add_argument("--step-times", help="JSON of step times saved by an earlier plan")
     plan.add_argument("--save-step-times", help="write the measured step times here (JSON)")
+    # the grid commands' options, so that one command line can go from plan to sweep to publish
+    cli_grids.store_options(plan)
 
     ls = sub.add_parser("ls", help="list the stored runs")
     ls.add_argument("--results", help="the results store's folder ($FLATNESS_RESULTS)")
@@ -266,6 +291,7 @@ def _run(args) -> None:
         f"{'||w||':>8}"
     )
     problems: list[tuple[bool, str]] = []  # (diverged now, message), one per run without result
+    learnt_nothing = []  # (run, what its loss says), one per run that learnt nothing
     for cfg in configs:
         try:
             run = load_or_run(
@@ -290,6 +316,16 @@ def _run(args) -> None:
             f"{run.key:16}  {cfg.weight_decay:8g} {cfg.seed:4d} {m['test_acc']:8.4f} "
             f"{m['lambda_max']:10.4g} {m['trace']:10.4g} {m['weight_norm']:8.3g}"
         )
+        if reason := _collapse(run):
+            learnt_nothing.append((run, reason))
+    sys.stdout.flush()  # the table first, then its warnings (on stderr, so the table parses)
+    for run, reason in learnt_nothing:
+        # its row looks like any other; a network that learnt nothing is no result to report
+        print(
+            f"flatness: warning: {run.key} ({run.config.label()}) learnt nothing: {reason}; "
+            "`python -m flatness publish` refuses it (without --allow-collapsed)",
+            file=sys.stderr,
+        )
     if problems:
         head = (
             "diverged and are recorded as failed"
@@ -302,6 +338,21 @@ def _run(args) -> None:
         )
 
 
+def _collapse(run) -> str:
+    """What :func:`flatness.published.collapse_reason` says of ``run`` where it learnt nothing
+    (its final training loss is about or above ln K, so publish refuses it), else ``""``."""
+    from flatness import published
+
+    try:
+        if published.collapsed(run):
+            return published.collapse_reason(run)
+    except (FlatnessError, TypeError, ValueError):
+        # a metrics.json edited by hand, or a data set this installation does not know: the
+        # listing still shows the run, unjudged
+        pass
+    return ""
+
+
 def _metric(metrics: dict, name: str) -> float:
     """``metrics[name]`` as a float; NaN where it is absent or not a number (a run trained
     by another ``train_fn``, or a metrics.json edited by hand)."""
@@ -312,7 +363,7 @@ def _metric(metrics: dict, name: str) -> float:
 
 
 def _plan(args) -> None:
-    from flatness import plan, recipes
+    from flatness import plan, recipes, sweep
     from flatness.train import resolve_device
 
     device = resolve_device(args.device)
@@ -327,8 +378,16 @@ def _plan(args) -> None:
         configs = list(grids.load(args.grid, args.profile).configs)
     else:
         configs = recipes.grid(args.profile)
+    # plan reads no data; --data-root is checked as the grid commands check it
+    store, layer = cli_grids.layers(args)
+    states = [sweep.point_status(c, store, layer).state for c in configs]
     estimates, times = plan.estimate(configs, device, known)
-    print(plan.table(estimates, device))
+    # a plan is often made before the store exists (as is a sweep's dry run), so a missing
+    # store is said, not refused: every run is then missing
+    note = "" if store.root.is_dir() else " (no such folder yet: nothing stored there)"
+    where = layer.root if layer.root is not None else "none"
+    print(f"store: {store.root}{note}; published: {where}")
+    print(plan.table(estimates, device, states))
     if save is not None:
         try:
             save.write_text(json.dumps(times, indent=2))
@@ -340,6 +399,7 @@ def _ls(args) -> None:
     from flatness.store import Store, describe_store
 
     store = Store(args.results)
+    cli_grids.check_store_exists(store, args)
     runs = store.runs()
     print(f"{len(runs)} run(s) in {store.root}")
     if runs:
@@ -347,21 +407,58 @@ def _ls(args) -> None:
             f"{'key':16}  {'model':14} {'optimiser':9} {'dataset':13} {'lr':>7} {'wd':>7} "
             f"{'seed':>4} {'epochs':>6} {'test acc':>8} {'lambda_max':>10} {'finished':25}"
         )
+    learnt_nothing = 0
     for r in runs:
         c: RunConfig = r.config
         opt = c.optimiser + ("+avg" if c.averaging else "")
+        finished = str(r.provenance.get("finished", ""))
+        reason = _collapse(r)
+        if reason:
+            learnt_nothing += 1
+            finished = f"{finished:25}  collapsed: {reason}"
         print(
             f"{r.key:16}  {c.model:14} {opt:9} {c.dataset:13} {c.lr:7g} {c.weight_decay:7g} "
             f"{c.seed:4d} {c.epochs:6d} {_metric(r.metrics, 'test_acc'):8.4f} "
-            f"{_metric(r.metrics, 'lambda_max'):10.4g} {r.provenance.get('finished', '')}"
+            f"{_metric(r.metrics, 'lambda_max'):10.4g} {finished}"
+        )
+    if learnt_nothing:
+        print(
+            f"{learnt_nothing} run(s) marked collapsed learnt nothing (a final training loss "
+            "about or above ln K, K classes): `python -m flatness publish` refuses them "
+            "(without --allow-collapsed)"
         )
     extra = describe_store(store)
     if extra:
         print(extra)
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse leaves a subcommand's unknown options to the top-level parser, whose message
+        # would point at the top-level usage rather than the subcommand's options
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = sub.choices[args.command]
+        # abbreviations are refused, so a near miss (--epoch) names the option it resembles
+        options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+        near = [
+            match
+            for arg in extra
+            if arg.startswith("--")
+            for match in difflib.get_close_matches(arg.split("=")[0], options, n=1)
+        ]
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parse(argv)
+    except FlatnessError as err:
+        print(f"flatness: error: {err}", file=sys.stderr)
+        return 2
     from flatness import book
 
     try:

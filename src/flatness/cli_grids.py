@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from flatness.config import PROFILES
@@ -15,7 +16,7 @@ GRID_HELP += "estimators), all, or a YAML file of points"
 def add_parsers(sub) -> None:
     sweep = sub.add_parser("sweep", help="train a grid's missing runs, here or on Slurm")
     sweep.add_argument("grid", metavar="GRID", help=GRID_HELP)
-    sweep.add_argument("--profile", choices=list(PROFILES), default="paper", help="default: paper")
+    profile_option(sweep, "paper")
     sweep.add_argument("--executor", choices=("local", "slurm"), default="local")
     sweep.add_argument(
         "--max-parallel",
@@ -38,27 +39,26 @@ def add_parsers(sub) -> None:
     sweep.add_argument("--retry-failed", action="store_true", help="train failed points again")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     sweep.add_argument("--step-times", help="step times measured on a GPU (plan's JSON)")
-    _store_options(sweep)
+    store_options(sweep)
 
     status = sub.add_parser("sweep-status", help="done / running / failed / missing per point")
     status.add_argument("grid", metavar="GRID", help=GRID_HELP)
-    status.add_argument("--profile", choices=list(PROFILES), default="paper", help="default: paper")
+    profile_option(status, "paper")
     status.add_argument(
         "--retry-failed",
         action="store_true",
         help="clear the failed points' records, so that the next sweep trains them",
     )
-    _store_options(status)
+    store_options(status)
 
     publish = sub.add_parser("publish", help="copy a grid's stored runs into published/")
     publish.add_argument("grid", metavar="GRID", help=GRID_HELP)
-    publish.add_argument(
-        "--profile", choices=list(PROFILES), default="paper", help="default: paper"
-    )
+    profile_option(publish, "paper")
     publish.add_argument(
         "--to",
         help="the published folder to write: the same as --published, which may be given "
-        "instead (both, naming different folders, are refused)",
+        "instead (both, naming different folders, are refused); needed for a profile other "
+        "than paper, as the default folder is committed with the paper's runs",
     )
     publish.add_argument(
         "--allow-collapsed",
@@ -67,10 +67,23 @@ def add_parsers(sub) -> None:
         "classes), which publish otherwise refuses: both runs that predict every class alike "
         "(loss about ln K) and runs that diverged (loss far above ln K)",
     )
-    _store_options(publish)
+    store_options(publish)
 
 
-def _store_options(parser: argparse.ArgumentParser) -> None:
+def profile_option(parser: argparse.ArgumentParser, default: str) -> None:
+    # commands differ in their default (those that train here: cpu; the grid commands: paper),
+    # so every help says which
+    parser.add_argument(
+        "--profile",
+        choices=list(PROFILES),
+        default=default,
+        help="the scale of the runs: %(choices)s (default: %(default)s)",
+    )
+
+
+def store_options(parser: argparse.ArgumentParser) -> None:
+    """The options naming the results store, the data and the published layer, alike on every
+    grid command (and plan)."""
     parser.add_argument("--results", help="the results store's folder ($FLATNESS_RESULTS)")
     parser.add_argument("--data-root", help="where torchvision data sets live ($FLATNESS_DATA)")
     parser.add_argument(
@@ -79,7 +92,7 @@ def _store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _layers(args):
+def layers(args):
     """The results store and the published layer the options name, each refused up front
     where it can never be a folder (as is a ``--data-root`` that cannot)."""
     from flatness.cli import check_folder
@@ -89,6 +102,31 @@ def _layers(args):
     check_folder("--data-root", args.data_root)
     published = Published(Path(args.published)) if args.published else Published.default()
     return Store(args.results), published
+
+
+def check_store_exists(store, args) -> None:
+    """Refuse, for a command that reads the results store but never creates it (ls,
+    sweep-status, publish), a store folder named by ``--results`` or ``$FLATNESS_RESULTS`` that
+    does not exist. The default store may be missing: a fresh checkout has trained nothing.
+
+    Raises:
+        FlatnessError: naming the option or variable, the path and the fix.
+    """
+    from flatness.paths import RESULTS_ENV
+
+    if store.root.is_dir():
+        return
+    # read as an empty store, a mistyped path would list no runs and pass unseen
+    if args.results is not None:
+        named = f"--results {args.results}"
+    elif os.environ.get(RESULTS_ENV):
+        named = f"${RESULTS_ENV}={os.environ[RESULTS_ENV]}"
+    else:
+        return
+    raise FlatnessError(
+        f"{named}: no such folder; `{args.command}` only reads a results store, so give the "
+        "folder of an existing one (run, sweep, chapter and book create a store)"
+    )
 
 
 def _hours(estimates) -> str:
@@ -108,7 +146,7 @@ def _sweep(args) -> None:
     from flatness import grids, sweep
 
     grid = grids.load(args.grid, args.profile)
-    store, published = _layers(args)
+    store, published = layers(args)
     if args.max_parallel is not None and args.max_parallel < 1:
         raise FlatnessError(f"--max-parallel must be at least 1, got {args.max_parallel}")
     points = sweep.to_train(grid, store, published, retry_failed=args.retry_failed)
@@ -250,7 +288,8 @@ def _status(args) -> None:
     from flatness import grids, sweep
 
     grid = grids.load(args.grid, args.profile)
-    store, published = _layers(args)
+    store, published = layers(args)
+    check_store_exists(store, args)
     if args.retry_failed:
         store.check_writable()
     points = sweep.status(grid, store, published)
@@ -308,10 +347,21 @@ def _publish(args) -> None:
             f"--to {args.to} and --published {args.published} name different folders; both "
             "name the published folder publish writes, so give one of them"
         )
+    if args.profile != "paper" and not (
+        args.to or args.published or os.environ.get(published.PUBLISHED_ENV)
+    ):
+        # the default layer is committed with the book, whose paper-profile pages read it
+        default = published.published_root() or "<checkout>/published"
+        raise FlatnessError(
+            f"publish --profile {args.profile}: the default published folder {default} holds "
+            f"the paper profile's runs only; to publish {args.profile}-profile runs give --to "
+            f"FOLDER (or --published FOLDER, or ${published.PUBLISHED_ENV})"
+        )
     grid = grids.load(args.grid, args.profile)
-    store, layer = _layers(args)
+    store, layer = layers(args)
     if args.to:
         layer = published.Published(Path(args.to))
+    check_store_exists(store, args)
     runs = [r for r in (store.load(c) for c in grid.configs) if r is not None]
     # a damaged published copy is written again
     written = published.publish(runs, layer, allow_collapsed=args.allow_collapsed)

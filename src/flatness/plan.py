@@ -39,6 +39,8 @@ HVPS_PER_MEASUREMENT = 100
 TRAIN_SIZES = {"digits": 1077, "mnist": 55_000, "fashion-mnist": 55_000}
 TRAIN_SIZES |= {"cifar10": 45_000, "cifar100": 45_000}
 CPU_TIMING_BATCH = 8
+#: the states of :func:`flatness.sweep.point_status` whose runs need no training
+DONE = ("published", "done")
 
 
 @dataclass(frozen=True)
@@ -145,23 +147,37 @@ def estimate(configs: list[RunConfig], device: torch.device, step_times: dict | 
     return out, cache
 
 
-def table(estimates: list[Estimate], device: torch.device) -> str:
-    """The plan as text: one line per run and the total."""
+def table(estimates: list[Estimate], device: torch.device, states: list[str] | None = None) -> str:
+    """The plan as text: one line per run and the total.
+
+    ``states`` (one per estimate, as :func:`flatness.sweep.point_status` names them) adds a
+    column, and the total then says too what is left to train: the runs neither published nor
+    done (missing, running, failed or damaged), counted whole.
+    """
     unit = "GPU-hours" if device.type == "cuda" else "CPU-hours on this machine"
     lines = [
-        f"{'model':15} {'optimiser':10} {'wd':>7} {'seed':>4} {'epochs':>6} {'width':>6} "
-        f"{'step s':>8} {'HVP s':>8} {'train h':>8} {'hessian h':>9} {'total h':>8}"
+        f"{'model':15} {'optimiser':10} {'lr':>7} {'wd':>7} {'seed':>4} {'epochs':>6} "
+        f"{'width':>6} {'step s':>8} {'HVP s':>8} {'train h':>8} {'hessian h':>9} {'total h':>8}"
+        + ("  state" if states is not None else "")
     ]
-    for e in estimates:
+    for i, e in enumerate(estimates):
         c = e.config
         opt = c.optimiser + ("+avg" if c.averaging else "")
         lines.append(
-            f"{c.model:15} {opt:10} {c.weight_decay:7g} {c.seed:4d} {c.epochs:6d} {c.width:6g} "
-            f"{e.step_seconds:8.4f} {e.hvp_seconds:8.4f} {e.train_hours:8.3f} "
+            f"{c.model:15} {opt:10} {c.lr:7g} {c.weight_decay:7g} {c.seed:4d} {c.epochs:6d} "
+            f"{c.width:6g} {e.step_seconds:8.4f} {e.hvp_seconds:8.4f} {e.train_hours:8.3f} "
             f"{e.hessian_hours:9.3f} {e.hours:8.3f}"
+            + (f"  {states[i]}" if states is not None else "")
         )
     total = sum(e.hours for e in estimates)
-    lines.append(f"{len(estimates)} run(s); total {total:.1f} {unit}")
+    line = f"{len(estimates)} run(s); total {total:.1f} {unit}"
+    if states is not None:
+        left = [e for e, state in zip(estimates, states, strict=True) if state not in DONE]
+        line += (
+            f"; left to train (not published or done): {len(left)} run(s), "
+            f"{sum(e.hours for e in left):.1f} {unit.split()[0]}"
+        )
+    lines.append(line)
     lines.append(
         f"(steps and HVPs timed on {device}; the Hessian cost assumes {HVPS_PER_MEASUREMENT} "
         "HVPs per measurement and BatchNorm mode, plus the SLQ steps at the end)"
