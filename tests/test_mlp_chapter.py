@@ -8,9 +8,10 @@ from flatness.chapters import mlp
 from flatness.config import RunConfig
 
 
-def _results(train_examples, *configs):
+def _results(train_examples, *configs, missing=()):
     runs = [SimpleNamespace(config=c) for c in configs]
-    return SimpleNamespace(all_runs=runs, data=SimpleNamespace(y_train=np.zeros(train_examples)))
+    data = SimpleNamespace(y_train=np.zeros(train_examples))
+    return SimpleNamespace(all_runs=runs, data=data, missing=tuple(missing))
 
 
 def _config(model, lr, weight_decay, epochs=10, batch_size=100):
@@ -41,3 +42,10 @@ def test_the_paper_profile_is_not_compared_with_itself():
     sentence = mlp.shrinkage_sentence(_results(55_000, run), "paper")
     assert sentence.endswith("at weight decay 0.0005 it is mlp-5-200-50 0.645.")
     assert "against" not in sentence
+
+
+def test_a_network_whose_decayed_runs_are_missing_gets_their_product_not_zero():
+    small = _config("mlp-10-100", 0.1, 0.01)
+    wide, wide_decayed = _config("mlp-512-256", 0.3, 0.0), _config("mlp-512-256", 0.3, 0.01)
+    sentence = mlp.shrinkage_sentence(_results(1001, small, wide, missing=[wide_decayed]), "cpu")
+    assert "at weight decay 0.01 it is mlp-10-100 0.11, mlp-512-256 0.33, against" in sentence

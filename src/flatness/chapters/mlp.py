@@ -67,8 +67,10 @@ def shrinkage_sentence(results: Results, profile: str) -> str:
     their own product is unknown). Returns one Markdown sentence.
     """
     here = {}
-    for run in results.all_runs:  # the largest decay's product, one per network
-        c = run.config
+    # the product is set by a run's config: the missing runs' count too (a network whose
+    # decayed runs are not at hand would otherwise show its undecayed runs' 0)
+    configs = [r.config for r in results.all_runs] + list(getattr(results, "missing", ()))
+    for c in configs:  # the largest decay's product, one per network
         if c.model not in here or c.weight_decay > here[c.model][0]:
             here[c.model] = (c.weight_decay, shrinkage(c, len(results.data.y_train)))
     paper = {c.model: shrinkage(c, 55_000) for c in SETTINGS["paper"].runs() if c.weight_decay}
