@@ -177,7 +177,8 @@ def check_parameters(
     root = root or checkout()
     parameters = dict(parameters or {})
     notebook = read_chapter(chapter_source(name, root))
-    valid = [t.id for node in _parameters_cell(notebook, name) for t in node.targets]
+    cell = _parameters_cell(notebook, name)
+    valid = [t.id for node in cell for t in node.targets]
     for key in parameters:
         if key == "profile" or key not in valid:
             raise unknown(
@@ -189,7 +190,7 @@ def check_parameters(
         from flatness import data as datasets
 
         datasets._data_root(parameters["data_root"])  # the loader's own check: it must exist
-    values = {**_defaults(_parameters_cell(notebook, name)), "profile": profile, **parameters}
+    values = {**_defaults(cell), "profile": profile, **parameters}
     for function, args, kwargs in _settings_calls(notebook, values):
         try:
             function(*args, **kwargs)
