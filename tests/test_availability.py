@@ -64,6 +64,12 @@ def test_a_chapter_with_some_runs_at_hand_executes_on_them_and_says_which_are_mi
     results = common.train(s, train_missing=False)
     assert [a.label for a in results.settings.arms] == list(arms)[:2]
     assert len(results.settings.comparisons) == 1 and len(results.missing) == done.missing
+    # and lists each comparison it could not judge as such, not silently dropped
+    assert results.unjudged == s.comparisons[1:] and results.unjudged
+    outputs = str([c.get("outputs") for c in nb.cells if c.cell_type == "code"])
+    for arm, base in s.comparisons[1:]:
+        assert f"*not yet judged*: {arm} vs {base}" in outputs
+    assert outputs.count("not yet judged") == len(s.comparisons) - 1
 
 
 def test_a_run_published_or_stored_since_makes_the_page_execute_again(empty_layers):

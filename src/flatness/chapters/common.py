@@ -119,7 +119,8 @@ class Results:
 
     ``settings`` keeps only the arms with at least one run and the comparisons between such
     arms; ``missing`` lists the runs found neither published nor stored (only when
-    :func:`train` was told not to train them).
+    :func:`train` was told not to train them) and ``unjudged`` the comparisons left out
+    because an arm of theirs has no run at hand.
     """
 
     settings: TrainingSettings
@@ -128,6 +129,7 @@ class Results:
     data: datasets.Dataset | None
     device: torch.device
     missing: tuple[RunConfig, ...] = ()
+    unjudged: tuple[tuple[str, str], ...] = ()
 
     @property
     def all_runs(self) -> list[Run]:
@@ -175,13 +177,14 @@ def train(
         if runs
         else None
     )
+    unjudged = tuple(c for c in s.comparisons if c[0] not in runs or c[1] not in runs)
     if missing:
         s = dataclasses.replace(
             s,
             arms=tuple(a for a in s.arms if a.label in runs),
-            comparisons=tuple(c for c in s.comparisons if c[0] in runs and c[1] in runs),
+            comparisons=tuple(c for c in s.comparisons if c not in unjudged),
         )
-    return Results(s, runs, data, device, tuple(missing))
+    return Results(s, runs, data, device, tuple(missing), unjudged)
 
 
 def final_table(results: Results) -> pd.DataFrame:
@@ -520,9 +523,16 @@ def summary_table(results: Results, columns=("test_acc", "weight_norm", *MEASURE
     return pd.DataFrame(rows)
 
 
-def claims_markdown(found: list[Claim]) -> str:
-    """A Markdown list: one item per claim with its outcome and both halves' evidence."""
-    return "\n".join(f"- **{c.arm.split(',')[0]}**: *{c.outcome}*. {c.text}" for c in found)
+def claims_markdown(found: list[Claim], unjudged: tuple[tuple[str, str], ...] = ()) -> str:
+    """A Markdown list: one item per claim with its outcome and both halves' evidence, then
+    one per comparison in ``unjudged`` (:attr:`Results.unjudged`) saying it is not yet judged."""
+    lines = [f"- **{c.arm.split(',')[0]}**: *{c.outcome}*. {c.text}" for c in found]
+    lines += [
+        f"- **{arm.split(',')[0]}**: *not yet judged*: {arm} vs {base} has an arm without "
+        "runs at hand (the runs missing are listed at the top of the page)."
+        for arm, base in unjudged
+    ]
+    return "\n".join(lines)
 
 
 def _describe_runs(configs: list[RunConfig]) -> str:

@@ -252,8 +252,8 @@ def _chapter_rows(chapter, s, profile, c3, used, fetch, train_missing, only=None
         c3.append(c)
         out += _claim_rows(c, chapter, profile, dataset, len(s.seeds))
     configs = s.run_configs()
-    for arm, base in s.comparisons:
-        if (arm, base) in results.settings.comparisons or (only is not None and arm != only):
+    for arm, base in results.unjudged:
+        if only is not None and arm != only:
             continue
         missing = sum(1 for c in configs[arm] + configs[base] if not _present(c))
         dataset = configs[arm][0].dataset
