@@ -157,7 +157,12 @@ def chapter_parameters(name: str, root: Path | None = None) -> list[str]:
 
 
 def check_parameters(
-    name: str, profile: str, parameters: dict | None = None, root: Path | None = None
+    name: str,
+    profile: str,
+    parameters: dict | None = None,
+    root: Path | None = None,
+    *,
+    notebook=None,
 ) -> dict:
     """Chapter ``name``'s parameters, refused before a kernel starts where the chapter would
     refuse them; returned with ``data_root`` absolute.
@@ -167,7 +172,8 @@ def check_parameters(
     (:func:`flatness.data.load`'s check), and each ``MODULE.settings(...)`` call the chapter
     makes on a module of :mod:`flatness.chapters` is made with the same arguments (so
     ``seeds: [-1]`` is refused as the chapter would refuse it, in a second, not after the
-    kernel has started).
+    kernel has started). ``notebook`` is the chapter already read (:func:`read_chapter`), if
+    the caller has it.
 
     Raises:
         FlatnessError: an unknown chapter or parameter, a ``data_root`` that is not a path or
@@ -176,7 +182,8 @@ def check_parameters(
     """
     root = root or checkout()
     parameters = dict(parameters or {})
-    notebook = read_chapter(chapter_source(name, root))
+    if notebook is None:
+        notebook = read_chapter(chapter_source(name, root))
     cell = _parameters_cell(notebook, name)
     valid = [t.id for node in cell for t in node.targets]
     for key in parameters:
@@ -400,15 +407,15 @@ def execute_chapter(
 
     root = checkout()
     get_profile(profile)
-    parameters = check_parameters(name, profile, parameters, root)
-    valid = chapter_parameters(name, root)
+    notebook = read_chapter(chapter_source(name, root))
+    parameters = check_parameters(name, profile, parameters, root, notebook=notebook)
+    valid = [t.id for node in _parameters_cell(notebook, name) for t in node.targets]
     if train_missing is None:
         train_missing = get_profile(profile).train_missing
     if "train_missing" in valid:
         parameters.setdefault("train_missing", train_missing)
     train_missing = parameters.get("train_missing", train_missing)
     at_hand = availability.availability(name, profile)
-    notebook = read_chapter(chapter_source(name, root))
     describe_figures(notebook)
     target = Path(out or root) / "_build" / "executed" / f"{name}.ipynb"
     failed = failed_notebook(target)
