@@ -337,6 +337,46 @@ def test_dtype_mismatches_get_one_message_from_every_function():
         assert name
 
 
+# -- non-finite data and labels out of range --------------------------------------------------
+def test_an_infinite_input_that_keeps_the_loss_finite_is_refused_everywhere():
+    model, (x, y) = make("tanh")
+    bad = x.clone()
+    bad[0, 0] = math.inf
+    # the kind: tanh saturates, so the loss stays finite while its Hessian is NaN
+    assert torch.isfinite(ce(model(bad), y))
+    first, last = model[0], model[2]
+
+    def loss(w):  # the loss as a function of the first layer's weights, by hand
+        hidden = torch.tanh(nn.functional.linear(bad, w, first.bias))
+        return ce(nn.functional.linear(hidden, last.weight, last.bias), y)
+
+    dense = torch.autograd.functional.hessian(loss, first.weight.detach().clone())
+    assert torch.isnan(dense).any()
+    for name, call in every_function(model, (bad, y)).items():
+        with pytest.raises(FlatnessError, match=r"inputs of the batch have 1 inf or NaN entry"):
+            call()
+        assert name
+    # in a later batch of a loader (the first is checked with the model), named by its index
+    loader = DataLoader(TensorDataset(bad.flip(0), y.flip(0)), batch_size=10)
+    for call in (lambda: H.trace(model, ce, loader), lambda: H.exact_hessian(model, ce, loader)):
+        with pytest.raises(FlatnessError, match=r"inputs of the loader's batch 4 have 1 inf"):
+            call()
+
+
+def test_labels_out_of_range_name_the_labels_and_the_output_shape():
+    model, (x, y) = make("tanh")
+    wrong = y.clone()
+    wrong[3] = 7  # four classes
+    for name, call in every_function(model, (x, wrong)).items():
+        with pytest.raises(
+            FlatnessError,
+            match=r"loss_fn fails on the first batch \(model output of shape \(50, 4\), "
+            r"targets of shape \(50,\) torch\.int64, labels 0 to 7\)",
+        ):
+            call()
+        assert name
+
+
 # -- the exact GGN trace ----------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["logreg", "tanh", "relu", "cnn"])
 def test_ggn_trace_equals_the_dense_gauss_newton_trace(name):

@@ -209,6 +209,7 @@ def test_bad_data_and_options_get_one_message():
         (lambda: H.top_eigenvalues(model, ce, (x, y), seed=None), "seed"),
         (lambda: H.top_eigenvalues(model, ce, (x, y), max_steps=0), "max_steps"),
         (lambda: H.trace(model, ce, (x, y), l2=float("nan")), "l2"),
+        (lambda: H.top_eigenvalues(model, ce, (x, y), l2=-1.0), r"l2 must be >= 0.*-1\.0"),
         (lambda: H.pyhessian_estimate(model, ce, (x, y), max_iter=0), "max_iter"),
         (lambda: H.pyhessian_hvp(model, ce, (x, y), torch.ones(3)), r"shape \(92,\)"),
         (lambda: H.hessian_rank(torch.ones(3, 2)), "square"),

@@ -11,7 +11,7 @@ loss, mismatched dtypes, unused parameters) is refused with a FlatnessError befo
   ``J^T H_z J``) or ``"residual"`` (the rest, Hessian minus GGN);
 - ``bn_mode``: BatchNorm with running statistics (``"eval"``, PyHessian's convention) or with
   each batch's statistics (``"train"``, the authors'); the model's modes are restored after;
-- ``l2``: add ``l2 * I``, the Hessian of ``l2/2 ||w||^2`` (default 0: the data loss alone);
+- ``l2``: add ``l2 * I``, the Hessian of ``l2/2 ||w||^2`` (``l2 >= 0``; default 0: the data loss alone);
 - ``output``: which model output the loss is taken of, for models returning a tuple or a
   dict (default: the tensor, a tuple's first element, a mapping's ``"logits"``).
 

@@ -132,15 +132,36 @@ def select_output(outputs, output: Output) -> torch.Tensor:
     return chosen
 
 
+def require_finite(inputs, targets: torch.Tensor, where: str) -> None:
+    """Refuse inf or NaN in a batch: a saturating model (tanh, sigmoid) can keep the loss
+    finite on an infinite input while every second derivative through it is NaN."""
+    for name, t in (("inputs", inputs), ("targets", targets)):
+        for leaf in tree_leaves(t):
+            if torch.is_tensor(leaf) and leaf.is_floating_point():
+                bad = int((~torch.isfinite(leaf)).sum())
+                if bad:
+                    raise FlatnessError(
+                        f"the {name} of {where} have {bad} inf or NaN entr"
+                        f"{'y' if bad == 1 else 'ies'} (shape {tuple(leaf.shape)}): the "
+                        "Hessian is defined on finite data only; clean or drop those examples"
+                    )
+
+
 def batches(data, device) -> Iterator[tuple[object, torch.Tensor, int]]:
     """(inputs, targets, batch size) on ``device`` for a batch or every batch of a loader.
 
-    A loader's passes leave the global random state as it was (DataLoader draws a seed)."""
+    A loader's passes leave the global random state as it was (DataLoader draws a seed).
+
+    Raises:
+        FlatnessError: a batch with inf or NaN in its inputs or floating targets.
+    """
     if is_batch(data):
-        yield tensors(_on(device), data[0]), usable(data[1].to(device)), len(data[1])
+        x, y = tensors(_on(device), data[0]), usable(data[1].to(device))
+        require_finite(x, y, "the batch")
+        yield x, y, len(data[1])
         return
     with all_random_states_kept():
-        for item in data:
+        for index, item in enumerate(data):
             if not is_batch(item):
                 raise FlatnessError(
                     "each batch must be an (inputs, targets) pair of tensors; the loader "
@@ -154,7 +175,9 @@ def batches(data, device) -> Iterator[tuple[object, torch.Tensor, int]]:
                     "the loader yields single examples (DataLoader(batch_size=None) over a data "
                     "set of examples): give it a batch_size"
                 )
-            yield tensors(_on(device), inputs), usable(targets.to(device)), len(targets)
+            x, y = tensors(_on(device), inputs), usable(targets.to(device))
+            require_finite(x, y, f"the loader's batch {index}")
+            yield x, y, len(targets)
 
 
 def check_data(data, bn_mode: str = "eval", model: nn.Module | None = None) -> None:
@@ -255,7 +278,20 @@ def check_mean_loss(
     their sizes) it must also be the plain mean of per-example losses, which a loss with
     class weights or ignored labels is not."""
     outputs = outputs.detach()
-    single = _scalar(loss_fn(outputs, targets), "")
+    try:
+        value = loss_fn(outputs, targets)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        # where the model's outputs first meet the targets: a label out of range, a shape
+        labels = (
+            f", labels {int(targets.min())} to {int(targets.max())}"
+            if not targets.is_floating_point() and targets.numel()
+            else ""
+        )
+        raise FlatnessError(
+            f"loss_fn fails on the first batch (model output of shape {tuple(outputs.shape)}, "
+            f"targets of shape {tuple(targets.shape)} {targets.dtype}{labels}): {err}"
+        ) from err
+    single = _scalar(value, "")
     if not torch.isfinite(single):
         raise FlatnessError(f"the loss is {single.item()} (not finite) at these parameters")
     double = _scalar(loss_fn(torch.cat([outputs, outputs]), torch.cat([targets, targets])), "")
@@ -443,8 +479,13 @@ def check_rows(out: torch.Tensor, raw, inputs, n: int, output: Output) -> None:
 
 
 def check_options(*, seed=0, l2=0.0) -> None:
-    """The options every function shares: an integer seed and a finite l2."""
+    """The options every function shares: an integer seed and a finite l2 >= 0 (a
+    regulariser's coefficient; training refuses a negative weight decay alike)."""
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise FlatnessError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     if not isinstance(l2, (int, float)) or isinstance(l2, bool) or not math.isfinite(l2):
         raise FlatnessError(f"l2 must be a finite number, got {l2!r}")
+    if l2 < 0:
+        raise FlatnessError(
+            f"l2 must be >= 0 (the coefficient of the penalty (l2 / 2) ||w||^2), got {l2!r}"
+        )
