@@ -203,8 +203,8 @@ def test_a_refusal_says_by_its_loss_whether_a_run_diverged_or_predicts_classes_a
     )
     alike = "about ln K = 2.303: it predicts every class alike"
     assert f"{labels[1]} ({runs[1].key}, training loss 2.31, {alike})" in message
-    # 4.0 is below 2 ln 10 = 4.6: near ln K, not diverged
-    assert f"({runs[2].key}, training loss 4, about ln K = 2.303: it predicts" in message
+    # 4.0 is below 2 ln 10 = 4.6, so not diverged, but well above ln K: not "about" it
+    assert f"({runs[2].key}, training loss 4, above ln K = 2.303 (the loss of predicting" in message
     assert "(choose it on validation data)" in message and "train on validation" not in message
     assert not (tmp_path / "published").exists()
 

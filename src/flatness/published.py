@@ -177,11 +177,17 @@ def collapsed(run: Run) -> bool:
 
 def collapse_reason(run: Run) -> str:
     """What a :func:`collapsed` run's final training loss says, by how it compares with ln K:
-    far above it (diverged), or about it (every class predicted alike)."""
+    far above it (diverged), above it (worse than predicting every class alike), or about it
+    (within 5 %: every class predicted alike)."""
     loss = float(run.metrics.get("train_loss", 0.0))
     chance = _chance_loss(run)
     if not loss <= DIVERGED_MULTIPLE * chance:
         return f"training loss {loss:.4g}, far above ln K = {chance:.4g}: it diverged"
+    if loss > 1.05 * chance:
+        return (
+            f"training loss {loss:.4g}, above ln K = {chance:.4g} (the loss of predicting "
+            "every class alike): it learnt nothing"
+        )
     return f"training loss {loss:.4g}, about ln K = {chance:.4g}: it predicts every class alike"
 
 
