@@ -222,6 +222,21 @@ def test_plan_gives_each_runs_lr_and_state_and_the_hours_left_to_train(tmp_path,
     )
 
 
+@pytest.mark.parametrize("load", [0.1, 3.0])
+def test_plan_says_when_it_timed_on_a_busy_machine(tmp_path, capsys, monkeypatch, grid, load):
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    base = ["plan", grid, "--profile", "smoke", "--device", "cpu", "--results", tmp_path / "s"]
+    code, out, err = _main(capsys, *base)
+    assert code == 0 and "total" in out, err
+    busy = f"warning: the machine was busy while timing (load average {load:.1f} on "
+    assert (busy in err) == (load >= 0.5), err
+    # step times read from a file were not taken here: no warning
+    times = tmp_path / "times.json"
+    times.write_text(json.dumps({"logreg|1|digits|64": 1.0, "logreg|1|digits|64|hvp": 1.0}))
+    code, out, err = _main(capsys, *base, "--step-times", times)
+    assert code == 0 and "busy" not in err, err
+
+
 @pytest.fixture
 def checkout(tmp_path, monkeypatch):
     """A checkout of the book (its default published layer is ``checkout/published``), as the

@@ -381,6 +381,7 @@ def _plan(args) -> None:
     # plan reads no data; --data-root is checked as the grid commands check it
     store, layer = cli_grids.layers(args)
     states = [sweep.point_status(c, store, layer).state for c in configs]
+    load = os.getloadavg()[0]  # before timing: plan's own steps would count otherwise
     estimates, times = plan.estimate(configs, device, known)
     # a plan is often made before the store exists (as is a sweep's dry run), so a missing
     # store is said, not refused: every run is then missing
@@ -388,6 +389,9 @@ def _plan(args) -> None:
     where = layer.root if layer.root is not None else "none"
     print(f"store: {store.root}{note}; published: {where}")
     print(plan.table(estimates, device, states))
+    busy = plan.busy_note(load, len(os.sched_getaffinity(0)), device) if known is None else ""
+    if busy:  # times read from --step-times were not taken here
+        print(f"flatness: warning: {busy}", file=sys.stderr)
     if save is not None:
         try:
             save.write_text(json.dumps(times, indent=2))

@@ -185,6 +185,27 @@ def table(estimates: list[Estimate], device: torch.device, states: list[str] | N
     return "\n".join(lines)
 
 
+def busy_note(load: float, cores: int, device: torch.device) -> str:
+    """A line saying that CPU timings were taken on a busy machine ('' on an idle one or a GPU):
+    other jobs take a share of each timed step, so the hours are upper bounds.
+
+    ``load`` is the one-minute load average (:func:`os.getloadavg`) before timing, ``cores``
+    the CPUs this process may use. The machine counts as busy when other work fills at least
+    half a core.
+
+    >>> busy_note(0.2, 2, torch.device("cpu"))
+    ''
+    >>> busy_note(3.1, 2, torch.device("cpu"))[:52]
+    'the machine was busy while timing (load average 3.1 '
+    """
+    if device.type != "cpu" or load < 0.5:
+        return ""
+    return (
+        f"the machine was busy while timing (load average {load:.1f} on {cores} core(s)): "
+        "these hours are upper bounds; time on an idle machine for a fair plan"
+    )
+
+
 def _unique_keys(pairs: list) -> dict:
     """A JSON object's pairs as a dict; a key given twice is refused (json keeps the last)."""
     found: dict = {}
