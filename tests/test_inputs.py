@@ -383,9 +383,10 @@ def test_ggn_trace_equals_the_dense_gauss_newton_trace(name):
     model, data = make(name)
     dense = torch.trace(H.exact_hessian(model, ce, data, curvature="ggn")).item()
     assert H.ggn_trace(model, ce, data, chunk_bytes=2**12) == pytest.approx(dense, rel=1e-10)
-    estimate = H.trace(model, ce, data, method="ggn+hutchinson", rtol=0.02, seed=1)
+    # an rtol the probe budget reaches: the check below is then at the stated accuracy
+    estimate = H.trace(model, ce, data, method="ggn+hutchinson", rtol=0.05, seed=1)
     truth = torch.trace(H.exact_hessian(model, ce, data)).item()
-    assert estimate.exact_part == pytest.approx(dense, rel=1e-10)
+    assert estimate.converged and estimate.exact_part == pytest.approx(dense, rel=1e-10)
     assert abs(estimate.estimate - truth) <= 4 * estimate.stderr + 1e-12 * abs(truth)
 
 
