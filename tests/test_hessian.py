@@ -152,8 +152,13 @@ def test_exact_hessian_rejects_bad_input(generic_batch):
         hessian.exact_hessian(model, ce, (x[:0], y[:0]))
     with pytest.raises(FlatnessError, match="scalar"):
         hessian.exact_hessian(model, lambda out, t: ce(out, t, reduction="none"), (x, y))
-    with pytest.raises(FlatnessError, match="not finite"):
+    with pytest.raises(FlatnessError, match=r"inputs of the batch have \d+ inf or NaN entries"):
         hessian.exact_hessian(model, ce, (x * float("nan"), y))
+    broken = random_softmax_regression()
+    with torch.no_grad():
+        broken.weight[0, 0] = float("nan")
+    with pytest.raises(FlatnessError, match="the loss is nan .not finite."):
+        hessian.exact_hessian(broken, ce, (x, y))
     with pytest.raises(FlatnessError, match="pair"):
         hessian.exact_hessian(model, ce, x)
 
