@@ -345,3 +345,36 @@ def test_paper_profile_builds_on_real_mnist():
         theory.settings("paper", train_size=2000, mlp_size=100), data_root=SHARED_MNIST
     )
     assert x.shape == (2000, 784) and x.dtype == torch.float64 and set(y.tolist()) == set(range(10))
+
+
+def test_a_dead_network_is_refused_not_divided_by_zero(sample):
+    x, y = sample
+    model = theory.mlp(5, 4, 3, seed=6)
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)  # every pre-activation below zero on these inputs
+    with pytest.raises(FlatnessError, match=r"seed 6\) has all 4 hidden ReLUs dead on its 30"):
+        theory.require_alive(model, x, seed=6)
+    full = theory.autograd_hessian(model, x, y)
+    assert torch.count_nonzero(full[:24, :24]) == 0  # the first layer's block: nothing flows
+    with pytest.raises(FlatnessError, match="no minimiser"):
+        theory.trace_minimiser(model, full)
+
+
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_each_profiles_mlp_learns_with_its_lr_and_keeps_relus_alive(profile):
+    # at paper, Adam at lr 0.01 left seeds 0 and 1 with every ReLU dead (loss ln 10)
+    s = theory.settings(profile)
+    root = None
+    if s.dataset == "mnist":
+        if not (SHARED_MNIST / "MNIST" / "raw").is_dir():
+            pytest.skip("the real MNIST is not at ../shared/data")
+        root = SHARED_MNIST
+    x, y = theory.load(s, data_root=root)
+    x, y = x[: s.mlp_size], y[: s.mlp_size]
+    chance = float(np.log(int(y.max()) + 1))
+    for seed in s.seeds:
+        net = theory.train(theory.mlp(x.shape[1], s.hidden, int(y.max()) + 1, seed=seed), x, y,
+                           s.train_steps, lr=s.train_lr)  # fmt: skip
+        theory.require_alive(net, x, seed=seed)
+        with torch.no_grad():
+            assert cross_entropy(net(x), y).item() < 0.8 * chance, seed

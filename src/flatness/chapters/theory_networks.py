@@ -18,6 +18,7 @@ from scipy import linalg
 from torch import nn
 
 from flatness import hessian
+from flatness.errors import FlatnessError
 
 #: BatchNorm's eps in fact 5: torch refuses 0 in training, and its default 1e-5 would break the
 #: invariance L(alpha u) = L(u) once alpha^2 var(u x) nears it; 1e-30 is below any variance here.
@@ -188,6 +189,24 @@ def dinh_rescaling(model: nn.Sequential, h: torch.Tensor, x, y, a_values) -> pd.
     return pd.DataFrame(rows)
 
 
+def require_alive(model: nn.Sequential, x: torch.Tensor, *, seed: int) -> None:
+    """Refuse a ReLU MLP (:func:`mlp`, without BatchNorm) whose hidden units are all dead on
+    ``x`` (N, d): it computes a constant, its first two layers have a zero Hessian block, and
+    facts 1, 5 and 6 would be about nothing.
+
+    Raises:
+        FlatnessError: every hidden ReLU is zero on every example.
+    """
+    with torch.no_grad():
+        active = model[1](model[0](x)) > 0
+    if not bool(active.any()):
+        raise FlatnessError(
+            f"the trained MLP (seed {seed}) has all {active.shape[1]} hidden ReLUs dead on its "
+            f"{len(x):,} examples: it predicts a constant; train it with a smaller lr "
+            "(the chapter's TheorySettings.train_lr) or more hidden units"
+        )
+
+
 def trace_minimiser(model: nn.Sequential, h: torch.Tensor) -> dict[str, float]:
     """Where Dinh et al.'s rescaling makes the trace smallest, in closed form.
 
@@ -200,6 +219,11 @@ def trace_minimiser(model: nn.Sequential, h: torch.Tensor) -> dict[str, float]:
     diag = h.diagonal()
     t1, t2 = diag[:first].sum().item(), diag[first : first + second].sum().item()
     t3 = diag[first + second :].sum().item()
+    if not (t1 > 0 and t2 > 0):  # a dead network (see require_alive): no minimiser
+        raise FlatnessError(
+            f"the rescaling's trace has no minimiser: the first layer's block trace is {t1:.3g} "
+            f"and the second layer's weights' {t2:.3g} (both must be > 0; all ReLUs dead?)"
+        )
     return {
         "a_star": (t1 / t2) ** 0.25,
         "trace_min": 2 * math.sqrt(t1 * t2) + t3,
