@@ -150,10 +150,13 @@ def _parameters_cell(notebook, name: str) -> list[ast.Assign]:
     return [node for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign)]
 
 
+def _names(cell: list[ast.Assign]) -> list[str]:
+    return [t.id for node in cell for t in node.targets]
+
+
 def chapter_parameters(name: str, root: Path | None = None) -> list[str]:
     """The names a chapter's ``parameters`` cell assigns."""
-    cell = _parameters_cell(read_chapter(chapter_source(name, root)), name)
-    return [t.id for node in cell for t in node.targets]
+    return _names(_parameters_cell(read_chapter(chapter_source(name, root)), name))
 
 
 def check_parameters(
@@ -185,7 +188,7 @@ def check_parameters(
     if notebook is None:
         notebook = read_chapter(chapter_source(name, root))
     cell = _parameters_cell(notebook, name)
-    valid = [t.id for node in cell for t in node.targets]
+    valid = _names(cell)
     for key in parameters:
         if key == "profile" or key not in valid:
             raise unknown(
@@ -409,7 +412,7 @@ def execute_chapter(
     get_profile(profile)
     notebook = read_chapter(chapter_source(name, root))
     parameters = check_parameters(name, profile, parameters, root, notebook=notebook)
-    valid = [t.id for node in _parameters_cell(notebook, name) for t in node.targets]
+    valid = _names(_parameters_cell(notebook, name))
     if train_missing is None:
         train_missing = get_profile(profile).train_missing
     if "train_missing" in valid:
