@@ -28,8 +28,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from fixtures import write_cifar100, write_mnist_files  # noqa: E402
 
 from flatness import data as datasets  # noqa: E402
-from flatness import hessian, plan, recipes  # noqa: E402
-from flatness.train import load_model, train  # noqa: E402
+from flatness import hessian  # noqa: E402
+from flatness.results import plan  # noqa: E402
+from flatness.training import recipes  # noqa: E402
+from flatness.training.loop import load_model, train  # noqa: E402
 
 MODELS = recipes.paper_models()
 

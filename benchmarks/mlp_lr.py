@@ -19,8 +19,9 @@ import argparse
 
 import numpy as np
 
-from flatness.recipes import run_config
-from flatness.store import Store, load_or_run
+from flatness.results.runs import load_or_run
+from flatness.results.store import Store
+from flatness.training.recipes import run_config
 
 MODELS = ("mlp-10-100", "mlp-5-200-50", "mlp-512-256")
 LRS = (0.1, 0.03, 0.01)

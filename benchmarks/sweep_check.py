@@ -25,9 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from flatness import grids
-from flatness.published import Published, publish
-from flatness.store import Store, load_or_run
+from flatness.chapters import grids
+from flatness.results.published import Published, publish
+from flatness.results.runs import load_or_run
+from flatness.results.store import Store
 
 TINY = dict(model="logreg", dataset="digits", train_size=600, batch_size=32, hessian_every=0)
 
@@ -94,7 +95,7 @@ def kill_and_resume(tmp: Path, epochs: int) -> None:
         time.sleep(0.1)
     time.sleep(1.0)
     found = subprocess.run(
-        ["pgrep", "-f", f"flatness[.]sweep .*{store.root}"], capture_output=True, text=True
+        ["pgrep", "-f", f"flatness[.]results[.]sweep .*{store.root}"], capture_output=True, text=True
     )
     os.kill(int(found.stdout.split()[0]), signal.SIGKILL)
     _, err = first.communicate()

@@ -4,7 +4,7 @@ Both loops train the same network (same width, same initial weights) on the same
 images with the same recipe: SGD with momentum, random crop 32 with padding 4 and horizontal
 flip, per-channel normalisation, batch 128. flatness keeps the images on the device as one
 tensor, draws batches by index and augments whole batches on the device
-(:func:`flatness.train.train`'s inner loop); the plain loop is torchvision's ``CIFAR10`` with
+(:func:`flatness.training.loop.train`'s inner loop); the plain loop is torchvision's ``CIFAR10`` with
 ``RandomCrop``, ``RandomHorizontalFlip``, ``ToTensor`` and ``Normalize`` behind a
 ``DataLoader``, with 0 and with 2 worker processes. Images per second are measured side by
 side in one run, after one warm-up epoch each, as the median of ``--repeats`` epochs.

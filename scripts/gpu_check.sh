@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A short check of every paper-profile network on a CUDA GPU: a few epochs of training through
-# flatness.train (bf16 autocast, channels-last, data and augmentation on the device) on CIFAR-format
+# flatness.training.loop (bf16 autocast, channels-last, data and augmentation on the device) on CIFAR-format
 # images written here, images per second, one Hessian measurement each, and the training-throughput
 # benchmark against a plain DataLoader loop. Writes report.md, report.json and step_times.json (for
 # `python -m flatness plan --step-times`) into the folder given (default _build/gpu_check).

@@ -30,7 +30,7 @@ def generic_batch():
 @pytest.fixture(scope="session")
 def smoke_book(tmp_path_factory):
     """Build the whole book once on the smoke profile, into a temporary folder."""
-    from flatness import book
+    from flatness.book import build as book
 
     out = tmp_path_factory.mktemp("book")
     with pytest.MonkeyPatch.context() as mp:

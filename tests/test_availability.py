@@ -4,10 +4,12 @@ and nothing trained unless asked."""
 import nbformat
 import pytest
 
-from flatness import availability, book, grids
-from flatness.chapters import common, mlp
-from flatness.config import get_profile
-from flatness.store import Store, load_or_run
+from flatness.book import availability
+from flatness.book import build as book
+from flatness.chapters import common, grids, mlp
+from flatness.profiles import get_profile
+from flatness.results.runs import load_or_run
+from flatness.results.store import Store
 
 
 @pytest.fixture

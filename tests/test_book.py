@@ -10,7 +10,7 @@ import nbformat
 import pytest
 from conftest import ROOT
 
-from flatness import book
+from flatness.book import build as book
 
 
 def test_every_chapter_is_a_myst_notebook_with_one_parameters_cell():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from flatness import book
+from flatness.book import build as book
 from flatness.errors import FlatnessError
 
 FAKE_CHAPTER = """---
@@ -377,7 +377,7 @@ def test_an_unchanged_chapter_is_reused_and_a_changed_one_executed_again(tmp_pat
 KERNEL_PARENT = """
 import time
 from jupyter_client.utils import run_sync
-from flatness import book
+from flatness.book import build as book
 manager = book._this_python()()
 run_sync(manager.start_kernel)()
 print(manager.provisioner.process.pid, flush=True)
@@ -578,8 +578,8 @@ def test_chapter_kernels_train_without_progress_bars(tmp_path, monkeypatch):
 
     import numpy as np
 
-    from flatness.config import RunConfig
-    from flatness.store import PROGRESS_ENV, load_or_run
+    from flatness.results.runs import PROGRESS_ENV, load_or_run
+    from flatness.training.config import RunConfig
 
     assert book._this_python()().kernel_spec.env == {PROGRESS_ENV: "0"}
     asked = []

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from flatness.checkpoint import (
+from flatness.errors import FlatnessError
+from flatness.training.checkpoint import (
     CheckpointWarning,
     load_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from flatness.errors import FlatnessError
 
 UNPICKLED = []
 

@@ -10,10 +10,10 @@ import pytest
 from conftest import ROOT
 
 from flatness.cli import main
-from flatness.config import RunConfig
 from flatness.errors import FlatnessError
 from flatness.models import names
-from flatness.store import Store
+from flatness.results.store import Store
+from flatness.training.config import RunConfig
 
 MODELS = set(names())
 
@@ -132,7 +132,7 @@ def test_run_fields_read_like_numbers_and_any_optimiser_trains(tmp_path):
 
 
 def test_parameter_values_are_numbers_where_they_look_like_numbers():
-    from flatness.cli import parse_value
+    from flatness.cli.commands import parse_value
 
     assert parse_value("lr", "1e-2") == 0.01
     assert parse_value("weight_decays", "[0, 1e-2, 5e-4]") == [0, 0.01, 0.0005]
@@ -206,7 +206,7 @@ def test_a_store_that_cannot_be_written_is_one_message_up_front(
 ):
     from types import SimpleNamespace
 
-    from flatness import entries
+    from flatness.results import entries
 
     # as for a user without permission (root may write anywhere)
     monkeypatch.setattr(entries, "os", SimpleNamespace(access=lambda *a: False, W_OK=2, X_OK=1))
@@ -237,7 +237,7 @@ def _path_options() -> list[tuple[str, str]]:
     """(command, option) for every option of every command that names a file or folder."""
     import argparse
 
-    from flatness.cli import PATH_OPTIONS, _parser
+    from flatness.cli.commands import PATH_OPTIONS, _parser
 
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     return [
@@ -297,7 +297,7 @@ def test_ls_names_each_runs_lr(tmp_path, capsys):
 
 
 def test_step_times_that_give_a_key_twice_are_refused(tmp_path):
-    from flatness.plan import read_step_times
+    from flatness.results.plan import read_step_times
 
     path = tmp_path / "times.json"
     path.write_text('{"logreg|digits|1|128": 0.001, "logreg|digits|1|128": 0.002}')

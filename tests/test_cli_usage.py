@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from flatness import published as pub
-from flatness.cli import _parser, main
-from flatness.config import RunConfig
-from flatness.recipes import run_config
-from flatness.store import Store
+from flatness.cli import main
+from flatness.cli.commands import _parser
+from flatness.results import published as pub
+from flatness.results.store import Store
+from flatness.training.config import RunConfig
+from flatness.training.recipes import run_config
 
 TINY = dict(
     model="logreg", dataset="digits", epochs=2, train_size=200, batch_size=64, hessian_every=0
@@ -253,7 +254,7 @@ def checkout(tmp_path, monkeypatch):
 def test_publish_refuses_another_profile_than_paper_into_the_default_layer(
     tmp_path, capsys, monkeypatch, checkout, grid, profile
 ):
-    from flatness import grids
+    from flatness.chapters import grids
 
     grid.write_text(json.dumps({"runs": [{**TINY, "weight_decay": 0, "seed": 0}]}))
     (config,) = grids.load(str(grid), profile).configs
@@ -279,7 +280,7 @@ def test_publish_refuses_another_profile_than_paper_into_the_default_layer(
 def test_publish_of_the_paper_profile_still_writes_the_default_layer(
     tmp_path, capsys, checkout, grid
 ):
-    from flatness import grids
+    from flatness.chapters import grids
 
     grid.write_text(json.dumps({"runs": [{**TINY, "weight_decay": 0, "seed": 0}]}))
     (config,) = grids.load(str(grid), "paper").configs

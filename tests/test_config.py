@@ -5,8 +5,9 @@ import dataclasses
 import pytest
 
 from flatness.chapters import logreg
-from flatness.config import RunConfig, get_profile
 from flatness.errors import FlatnessError
+from flatness.profiles import get_profile
+from flatness.training.config import RunConfig
 
 
 def test_unknown_profile_lists_the_valid_ones():

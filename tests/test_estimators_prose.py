@@ -6,7 +6,7 @@ import pytest
 from scipy import stats as sps
 
 from flatness.chapters import estimators as E
-from flatness.chapters import estimators_prose as P
+from flatness.chapters.estimators import prose as P
 from flatness.hessian.stochastic import MIN_PROBES
 
 RTOL = 0.01

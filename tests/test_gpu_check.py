@@ -20,7 +20,7 @@ def test_gpu_check_writes_a_report_and_step_times_plan_can_read(tmp_path):
     for r in rows.values():
         assert r["images_per_s"] > 0 and r["lambda_max"] > 0 and r["trace_se"] >= 0
     assert rows["logreg"]["parameters"] == 7850  # the paper's MNIST logistic regression
-    from flatness.plan import read_step_times
+    from flatness.results.plan import read_step_times
 
     times = read_step_times(tmp_path / "step_times.json")
     keys = {"logreg|0.0625|mnist|128", "lenet5|0.0625|mnist|128"}

@@ -4,22 +4,23 @@ import pytest
 from test_recipes import HAVE_MNIST, SHARED_DATA
 
 from flatness import data as datasets
-from flatness import grids, recipes
 from flatness.chapters import (
     adaptive,
     cnn,
     common,
     estimators,
+    grids,
     logreg,
     mlp,
     rank,
-    rank_slq,
     resnets,
     spectra,
     verdicts,
 )
+from flatness.chapters.rank import slq as rank_slq
 from flatness.errors import FlatnessError, RunMissing
-from flatness.store import load_or_run, recording
+from flatness.results.runs import load_or_run, recording
+from flatness.training import recipes
 
 PROFILES = ("smoke", "cpu", "paper")
 

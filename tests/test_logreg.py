@@ -5,7 +5,7 @@ import pytest
 
 from flatness import data
 from flatness.chapters import logreg
-from flatness.store import Store
+from flatness.results.store import Store
 
 
 def test_summary_and_scaling_on_real_runs(tmp_path):

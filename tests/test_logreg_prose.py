@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from flatness.chapters import logreg_prose as P
+from flatness.chapters.logreg import prose as P
 
 
 def scaling(trace=(4.0, 2.0, 1.0), ratio=(0.5, 0.5, 0.5)):

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from flatness.chapters import mlp
-from flatness.config import RunConfig
+from flatness.training.config import RunConfig
 
 
 def _results(train_examples, *configs, missing=()):

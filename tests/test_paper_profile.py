@@ -16,7 +16,7 @@ from torch import nn
 from flatness import data, models
 from flatness.chapters import adaptive, cnn, logreg, mlp, resnets
 from flatness.hessian import HessianOperator
-from flatness.train import make_optimiser
+from flatness.training.loop import make_optimiser
 
 CHAPTERS = {"mlp": mlp, "cnn": cnn, "resnets": resnets, "adaptive": adaptive}
 

@@ -8,13 +8,14 @@ import subprocess
 import numpy as np
 import pytest
 
-from flatness import published as pub
 from flatness.chapters import common
-from flatness.config import RunConfig
 from flatness.data import load
 from flatness.errors import FlatnessError
-from flatness.store import Store, load_or_run
-from flatness.train import load_model
+from flatness.results import published as pub
+from flatness.results.runs import load_or_run
+from flatness.results.store import Store
+from flatness.training.config import RunConfig
+from flatness.training.loop import load_model
 
 TINY = dict(
     model="logreg", dataset="digits", epochs=2, train_size=200, batch_size=64, hessian_every=0

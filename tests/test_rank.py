@@ -12,7 +12,8 @@ from torch import nn
 
 from flatness import data as datasets
 from flatness import hessian, models
-from flatness.chapters import rank, rank_slq
+from flatness.chapters import rank
+from flatness.chapters.rank import slq as rank_slq
 from flatness.errors import FlatnessError
 
 MNIST_ROOT = Path("/work/shared/data")

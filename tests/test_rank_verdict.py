@@ -3,8 +3,8 @@ is known: bounds that hold everywhere, fail everywhere, fail only for random ReL
 
 import pandas as pd
 
-from flatness.chapters import rank_tables as T
 from flatness.chapters.rank import BOUNDS
+from flatness.chapters.rank import tables as T
 
 
 def case(activation, state, tolerance, rank, holds, parameters=100):

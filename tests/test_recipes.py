@@ -12,10 +12,11 @@ import torch
 from fixtures import write_cifar100
 from torch import nn
 
-from flatness import data, models, recipes
+from flatness import data, models
 from flatness.chapters import logreg
 from flatness.hessian import HessianOperator
-from flatness.train import make_optimiser, train
+from flatness.training import recipes
+from flatness.training.loop import make_optimiser, train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HAVE_MNIST = (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()

@@ -9,9 +9,9 @@ import time
 
 import numpy as np
 
-from flatness.checkpoint import load_checkpoint
-from flatness.config import RunConfig
-from flatness.store import Store
+from flatness.results.store import Store
+from flatness.training.checkpoint import load_checkpoint
+from flatness.training.config import RunConfig
 
 # dropout, augmentation, averaging and measurements: every random state in play
 CONFIG = dict(
@@ -32,9 +32,10 @@ CONFIG = dict(
 
 SCRIPT = """
 import json, sys, time
-from flatness.config import RunConfig
-from flatness.store import Store, load_or_run
-from flatness.train import train
+from flatness.training.config import RunConfig
+from flatness.results.runs import load_or_run
+from flatness.results.store import Store
+from flatness.training.loop import train
 
 def slow_train(config, **kwargs):
     # a pause after every epoch, so that the kill lands in the middle of the run
@@ -96,7 +97,7 @@ class _Stop(Exception):
 
 
 def test_a_resumed_run_counts_the_wall_time_of_its_earlier_sittings(tmp_path):
-    from flatness.train import train
+    from flatness.training.loop import train
 
     config = RunConfig(model="logreg", dataset="digits", train_size=64, batch_size=32, epochs=5,
                        hessian_every=0, seed=0, weight_decay=0.0)  # fmt: skip

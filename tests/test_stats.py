@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from flatness import stats
+from flatness.analysis import stats
 from flatness.chapters import common
 from flatness.errors import FlatnessError
 

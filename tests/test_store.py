@@ -14,11 +14,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from flatness import entries
-from flatness import store as store_module
-from flatness.config import RunConfig
 from flatness.errors import FlatnessError, RunDiverged
-from flatness.store import Damaged, Failed, Store, describe_store, load_or_run
+from flatness.results import entries
+from flatness.results import store as store_module
+from flatness.results.entries import Damaged, Failed
+from flatness.results.runs import load_or_run
+from flatness.results.store import Store, describe_store
+from flatness.training.config import RunConfig
 
 TINY = dict(model="logreg", dataset="digits", weight_decay=1e-3, seed=0, epochs=2, train_size=60)
 ARRAYS = {"epoch": np.arange(1.0, 3.0), "param.weight": np.ones((64, 10), dtype=np.float32)}
@@ -61,7 +63,7 @@ def test_config_key_is_stable():
     cfg = RunConfig(**TINY)
     # the key of this config must never change by accident: stored runs would be orphaned
     assert cfg.key() == "55cdfbca50820bec"  # RUN_FORMAT 3
-    code = f"from flatness.config import RunConfig;print(RunConfig(**{TINY!r}).key())"
+    code = f"from flatness.training.config import RunConfig;print(RunConfig(**{TINY!r}).key())"
     other_process = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
@@ -94,7 +96,7 @@ def test_interrupted_write_leaves_no_run(tmp_path, monkeypatch):
 
 
 def test_stored_run_is_not_trained_again(store_root, monkeypatch):
-    from flatness import train as train_module
+    from flatness.training import loop as train_module
 
     cfg = RunConfig(**TINY)
     calls = []
@@ -349,7 +351,7 @@ def test_processes_racing_for_one_run_train_it_once(tmp_path):
     root, counter = tmp_path / "results", tmp_path / "counter"
     # fresh processes, not forks of this one; the server imports flatness (and torch) once
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["flatness.store"])
+    ctx.set_forkserver_preload(["flatness.results.store"])
     start, results = ctx.Barrier(8), ctx.Queue()
     procs = [ctx.Process(target=_racer, args=(root, counter, start, results)) for _ in range(8)]
     for p in procs:

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flatness import grids, sweep
-from flatness.config import RunConfig
+from flatness.chapters import grids
 from flatness.errors import FlatnessError
-from flatness.published import Published
-from flatness.store import Store
+from flatness.results import sweep
+from flatness.results.published import Published
+from flatness.results.store import Store
+from flatness.training.config import RunConfig
 
 TINY = dict(
     model="logreg", dataset="digits", epochs=2, train_size=200, batch_size=64, hessian_every=0
@@ -169,7 +170,7 @@ def _sweep_until_checkpoint(tmp_path):
     args = _sweep_args(tmp_path, store)
     first = _cli(*args)
     _wait_for(store.checkpoint_path(cfg))
-    return store, cfg, args, first, f"flatness[.]sweep .*{store.root}"
+    return store, cfg, args, first, f"flatness[.]results[.]sweep .*{store.root}"
 
 
 def _rerun_resumes(store, cfg, args):

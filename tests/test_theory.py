@@ -11,6 +11,7 @@ from torch.autograd.functional import hessian as autograd_hessian
 from torch.autograd.functional import jacobian
 
 from flatness.chapters import theory
+from flatness.chapters.theory import softmax
 from flatness.errors import FlatnessError
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data
@@ -166,7 +167,7 @@ def test_scaling_a_separating_solution_flattens_it_under_the_trace_bound():
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(24) % 3
     x = centres[y] + 0.3 * torch.randn(24, 2, generator=gen, dtype=torch.float64)
-    model = theory._linear(centres, torch.zeros(3, dtype=torch.float64))
+    model = softmax._linear(centres, torch.zeros(3, dtype=torch.float64))
     assert (model(x).argmax(1) == y).all()
     alphas = [0.5, 1.0, 2.0, 5.0, 20.0]
     table = theory.scaling(model, x, y, alphas)

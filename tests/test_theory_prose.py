@@ -4,7 +4,7 @@ where it fails must give opposite sentences."""
 import pandas as pd
 import pytest
 
-from flatness.chapters import theory_prose as P
+from flatness.chapters.theory import prose as P
 
 
 def split_table(split_error=1e-16, trained_ratio=0.1, trace_r=1e-17):

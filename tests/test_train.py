@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from flatness import data, hessian, schedules
-from flatness.config import RunConfig
+from flatness import data, hessian
 from flatness.errors import FlatnessError, RunDiverged
-from flatness.train import SERIES, learning_rate, load_model, make_optimiser, train
+from flatness.training import schedules
+from flatness.training.config import RunConfig
+from flatness.training.loop import SERIES, learning_rate, load_model, make_optimiser, train
 
 TINY = dict(model="logreg", dataset="digits", seed=0, epochs=4, train_size=120, batch_size=32)
 
@@ -71,7 +72,7 @@ def test_a_diverging_run_names_the_run_and_the_epoch():
 @pytest.mark.parametrize("lr", [1e6, 1e30])
 def test_a_run_ending_far_above_chance_loss_diverged_and_is_not_measured(lr, monkeypatch):
     # finite but huge losses: NaN never came, yet the network is confidently wrong
-    import flatness.train as training
+    import flatness.training.loop as training
 
     measured = []
     real = training._measure

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from flatness import cli
-from flatness.store import Store
+from flatness.results.store import Store
 
 
 def _cli(capsys, *args):
@@ -77,9 +77,9 @@ def test_ls_and_run_print_a_hand_edited_metrics_file_without_crashing(tmp_path, 
 
 
 def test_averaging_from_epoch_zero_runs_every_epoch_at_the_averaging_rate():
-    from flatness.recipes import run_config
-    from flatness.schedules import factor
-    from flatness.train import learning_rate
+    from flatness.training.loop import learning_rate
+    from flatness.training.recipes import run_config
+    from flatness.training.schedules import factor
 
     cfg = run_config("mlp-10-100", "swa", "smoke", average_start=0, epochs=3)
     assert [learning_rate(cfg, e) for e in range(3)] == [0.02] * 3
@@ -91,7 +91,7 @@ def test_averaging_from_epoch_zero_runs_every_epoch_at_the_averaging_rate():
 @pytest.mark.parametrize("model", [3, None, ["mlp"]])
 def test_a_model_that_is_not_a_name_is_one_message(model):
     from flatness.errors import FlatnessError
-    from flatness.recipes import run_config
+    from flatness.training.recipes import run_config
 
     with pytest.raises(FlatnessError, match="unknown model .* valid choices: 'logreg'"):
         run_config(model, "sgd", "smoke")
@@ -102,8 +102,8 @@ def test_a_batch_of_one_that_batchnorm_cannot_take_is_refused_before_training(
     train_size, batch_size
 ):
     from flatness.errors import FlatnessError
-    from flatness.recipes import run_config
-    from flatness.train import train
+    from flatness.training.loop import train
+    from flatness.training.recipes import run_config
 
     # VGG's last BatchNorm sees a 1x1 map on 8x8 digits: one value per channel in a batch of one
     cfg = run_config(
@@ -114,8 +114,8 @@ def test_a_batch_of_one_that_batchnorm_cannot_take_is_refused_before_training(
 
 
 def test_batches_of_one_train_where_batchnorm_takes_them():
-    from flatness.recipes import run_config
-    from flatness.train import train
+    from flatness.training.loop import train
+    from flatness.training.recipes import run_config
 
     # PreResNet's smallest map on 8x8 digits is 2x2 (four values per channel); no BN in the MLP
     for model in ("preresnet-8", "mlp-10-100"):
@@ -148,7 +148,7 @@ def test_plan_refuses_a_step_times_file_it_could_not_write_before_timing(tmp_pat
 @pytest.mark.parametrize("optimiser", ["swa", "gadam"])
 def test_one_epoch_of_an_averaging_recipe_names_the_epochs(optimiser):
     from flatness.errors import FlatnessError
-    from flatness.recipes import run_config
+    from flatness.training.recipes import run_config
 
     with pytest.raises(FlatnessError, match=f"^{optimiser} averages .* epochs must be at least 2"):
         run_config("mlp-10-100", optimiser, "smoke", epochs=1)
@@ -157,8 +157,8 @@ def test_one_epoch_of_an_averaging_recipe_names_the_epochs(optimiser):
 
 
 def test_a_failed_record_without_its_config_is_damaged_naming_the_entry(tmp_path):
-    from flatness.recipes import run_config
-    from flatness.store import Damaged
+    from flatness.results.entries import Damaged
+    from flatness.training.recipes import run_config
 
     store = Store(tmp_path)
     cfg = run_config("mlp-10-100", "sgd", "smoke")
@@ -174,7 +174,7 @@ def test_run_compile_reaches_training(tmp_path, capsys, monkeypatch, flag, compi
 
     import numpy as np
 
-    import flatness.train
+    import flatness.training.loop
 
     seen = []
 
@@ -182,7 +182,7 @@ def test_run_compile_reaches_training(tmp_path, capsys, monkeypatch, flag, compi
         seen.append(compile)
         return SimpleNamespace(metrics={"test_acc": 0.5}, arrays={"x": np.zeros(1)})
 
-    monkeypatch.setattr(flatness.train, "train", fake_train)
+    monkeypatch.setattr(flatness.training.loop, "train", fake_train)
     code, out, err = _cli(capsys, "run", "logreg", *SMOKE, "--results", str(tmp_path), *flag)
     assert code == 0, err
     # the smoke profile trains logreg at two decays with two seeds
@@ -190,8 +190,8 @@ def test_run_compile_reaches_training(tmp_path, capsys, monkeypatch, flag, compi
 
 
 def test_load_or_run_takes_the_store_as_a_folder(tmp_path):
-    from flatness.recipes import run_config
-    from flatness.store import load_or_run
+    from flatness.results.runs import load_or_run
+    from flatness.training.recipes import run_config
 
     cfg = run_config("logreg", "sgd", "smoke", epochs=1, hessian_every=0, weight_decay=0.0)
     run = load_or_run(cfg, store=str(tmp_path), device="cpu")
@@ -210,8 +210,8 @@ def test_a_seed_beyond_the_generators_range_is_one_message(tmp_path, capsys, see
 
 
 def test_the_largest_seed_trains_and_is_measured():
-    from flatness.recipes import run_config
-    from flatness.train import train
+    from flatness.training.loop import train
+    from flatness.training.recipes import run_config
 
     cfg = run_config("mlp-10-100", "sgd", "smoke", seed=2**32 - 1, epochs=1, train_size=20)
     result = train(cfg, device="cpu")

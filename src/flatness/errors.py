@@ -30,7 +30,7 @@ class RunDiverged(FlatnessError):
 class RunMissing(FlatnessError):
     """Runs that are neither published nor stored, asked for without leave to train them.
 
-    ``configs`` lists every missing run's :class:`~flatness.config.RunConfig` (a lookup of
+    ``configs`` lists every missing run's :class:`~flatness.training.config.RunConfig` (a lookup of
     several runs says all of them at once); ``config`` is the first.
     """
 

@@ -1,7 +1,7 @@
 """The chapter "Adaptive optimisers with iterate averaging": claim C5 on VGG-16-BN.
 
 ``paper``: VGG-16-BN on CIFAR-100 with the authors' five recipes (``../shared/paper-notes.md``
-section 4; :mod:`flatness.recipes`): SGD (lr 0.1, wd 5e-4), SWA (SGD + averaging from epoch
+section 4; :mod:`flatness.training.recipes`): SGD (lr 0.1, wd 5e-4), SWA (SGD + averaging from epoch
 161 at lr 0.02), Adam (lr 5e-4, coupled L2 0), AdamW (lr 5e-4, decoupled 0.25) and Gadam
 (AdamW + averaging at lr 5e-4). ``cpu`` keeps the recipes and trains VGG-16-BN at an eighth of
 its width on scikit-learn's digits for 30 epochs, averaging from the same fraction of training,
@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from flatness.chapters.common import BN_MEASURES, Arm, TrainingSettings
-from flatness.config import get_profile
+from flatness.profiles import get_profile
 
 OPTIMISERS = ("sgd", "swa", "adam", "adamw", "gadam")
 NAMES = {"sgd": "SGD", "swa": "SWA", "adam": "Adam", "adamw": "AdamW", "gadam": "Gadam"}
@@ -69,7 +69,7 @@ def settings(profile: str, **overrides) -> TrainingSettings:
 
 
 def grid(profile: str) -> list:
-    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.config.RunConfig`)."""
+    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.training.config.RunConfig`)."""
     return settings(profile).runs()
 
 

@@ -12,7 +12,7 @@ product costs about 0.3 s on all 1,077 here).
 from __future__ import annotations
 
 from flatness.chapters.common import TrainingSettings, decay_arms, decay_comparisons
-from flatness.config import get_profile
+from flatness.profiles import get_profile
 
 PAPER_DECAYS = (0.0, 5e-4)
 CPU_DECAYS = (0.0, 1e-2)
@@ -64,5 +64,5 @@ def settings(profile: str, **overrides) -> TrainingSettings:
 
 
 def grid(profile: str) -> list:
-    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.config.RunConfig`)."""
+    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.training.config.RunConfig`)."""
     return settings(profile).runs()

@@ -6,9 +6,9 @@ arms and how a profile scales them, :func:`train` trains (or loads) every run, a
 :func:`judge_claim` turns two arms into a verdict on the two halves of a claim:
 
 - *sharper*: the ratio of each Hessian measure between the arms, with Welch's t interval on the
-  logs over seeds (:func:`flatness.stats.ratio`);
+  logs over seeds (:func:`flatness.analysis.stats.ratio`);
 - *generalises better*: the difference in test accuracy, with a bootstrap over seeds and,
-  paired, over test examples (:func:`flatness.stats.paired_bootstrap`).
+  paired, over test examples (:func:`flatness.analysis.stats.paired_bootstrap`).
 
 Every word of the verdict is chosen here from those intervals.
 """
@@ -24,12 +24,17 @@ import pandas as pd
 import torch
 
 from flatness import data as datasets
-from flatness import recipes, stats
-from flatness.config import RunConfig, as_int, check_choice
+from flatness.analysis import stats
+from flatness.analysis.plotting import name as plain_name
+from flatness.data import DATASETS
 from flatness.errors import RunMissing
-from flatness.plotting import name as plain_name
-from flatness.store import Run, Store, load_or_run
-from flatness.train import default_device, load_model
+from flatness.results.entries import Run
+from flatness.results.runs import load_or_run
+from flatness.results.store import Store
+from flatness.training import recipes
+from flatness.training.config import RunConfig
+from flatness.training.loop import default_device, load_model
+from flatness.validation import as_float, as_int, as_tuple, check_choice
 
 MEASURES = ("lambda_max", "trace", "frobenius")
 BN_MEASURES = tuple(f"{m}_bn_train" for m in MEASURES)
@@ -41,7 +46,7 @@ OUTCOMES = ("reproduced", "partly reproduced", "not reproduced", "opposite", "ca
 
 @dataclass(frozen=True)
 class Arm:
-    """Runs of one model and recipe (:func:`flatness.recipes.run_config`) that differ by seed."""
+    """Runs of one model and recipe (:func:`flatness.training.recipes.run_config`) that differ by seed."""
 
     label: str
     model: str
@@ -64,7 +69,7 @@ class Arm:
 class TrainingSettings:
     """Arms, seeds and the profile's changes to the recipes, for one training chapter.
 
-    ``overrides`` are :class:`~flatness.config.RunConfig` fields applied to every run (e.g. a
+    ``overrides`` are :class:`~flatness.training.config.RunConfig` fields applied to every run (e.g. a
     cpu profile's epochs and width); ``model_overrides`` apply to one model only.
     ``comparisons`` are (arm, baseline) label pairs judged as claims; ``claim`` names it.
     """
@@ -488,7 +493,7 @@ def shrinkage(config: RunConfig, train_examples: int) -> float:
 
 
 def effect_rows(found: list[Claim], half: str = "sharper") -> pd.DataFrame:
-    """Rows for :func:`flatness.plotting.forest`: one per claim and measure of ``half``."""
+    """Rows for :func:`flatness.analysis.plotting.forest`: one per claim and measure of ``half``."""
     rows = []
     for c in found:
         h = c.sharper if half == "sharper" else c.better
@@ -596,3 +601,24 @@ def compare_with_authors(found: list[Claim], authors: pd.DataFrame) -> str:
     if not lines:
         return "No optimiser of this page has a counterpart in the authors' table."
     return "; ".join(lines) + "."
+
+
+def parameter_changes(*, dataset=None, seeds=None, weight_decays=None, epochs=None) -> dict:
+    """The chapter parameters that are not ``None``, validated, as settings fields.
+
+    Raises:
+        FlatnessError: an unknown data set, duplicate or negative seeds, a negative weight
+            decay, or epochs below 1.
+    """
+    changes: dict = {}
+    if dataset is not None:
+        changes["dataset"] = check_choice("dataset", dataset, DATASETS)
+    if seeds is not None:
+        changes["seeds"] = stats.check_seeds(seeds)
+    if weight_decays is not None:
+        changes["weight_decays"] = as_tuple(
+            "weight_decays", weight_decays, lambda n, v: as_float(n, v, minimum=0.0)
+        )
+    if epochs is not None:
+        changes["epochs"] = as_int("epochs", epochs, minimum=1)
+    return changes

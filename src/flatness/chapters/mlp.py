@@ -3,7 +3,7 @@
 The paper trains 784-10-100-10, 784-512-256-10 and 784-5-200-50-10 ReLU networks on MNIST with
 SGD, with and without weight decay (``../shared/paper-notes.md`` section 4). ``paper`` does the
 same (weight decay 0 and 5e-4, 300 epochs, SGD's lr chosen on validation data:
-:data:`flatness.recipes.MLP_PAPER_LR`); ``cpu`` trains them on scikit-learn's digits (64
+:data:`flatness.training.recipes.MLP_PAPER_LR`); ``cpu`` trains them on scikit-learn's digits (64
 inputs), where 100 epochs of about 9 steps give weight decay 5e-4 almost no time to act, so it
 compares 0 with 1e-2, whose lr x wd x steps is of the order of the paper's (the page shows both).
 Networks of at most 2,000 parameters get exact Hessians, larger ones Lanczos and Hutch++.
@@ -18,7 +18,7 @@ from flatness.chapters.common import (
     decay_comparisons,
     shrinkage,
 )
-from flatness.config import get_profile
+from flatness.profiles import get_profile
 
 MODELS = ("mlp-10-100", "mlp-512-256", "mlp-5-200-50")
 PAPER_DECAYS = (0.0, 5e-4)
@@ -53,7 +53,7 @@ def settings(profile: str, **overrides) -> TrainingSettings:
 
 
 def grid(profile: str) -> list:
-    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.config.RunConfig`)."""
+    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.training.config.RunConfig`)."""
     return settings(profile).runs()
 
 
@@ -63,7 +63,7 @@ def shrinkage_sentence(results: Results, profile: str) -> str:
     Per network, lr x wd x steps (:func:`~flatness.chapters.common.shrinkage`) of this page's
     largest weight decay; unless the page is the ``paper`` profile, the same product for the
     ``paper`` runs (the authors' 5e-4 and 300 epochs of MNIST's 55,000 training images, at the
-    lr chosen on validation, :data:`flatness.recipes.MLP_PAPER_LR`: the authors give none, so
+    lr chosen on validation, :data:`flatness.training.recipes.MLP_PAPER_LR`: the authors give none, so
     their own product is unknown). Returns one Markdown sentence.
     """
     here = {}

@@ -19,7 +19,7 @@ from flatness.chapters.common import (
     decay_arms,
     decay_comparisons,
 )
-from flatness.config import get_profile
+from flatness.profiles import get_profile
 
 PAPER_DECAYS = (0.0, 5e-4)
 CPU_DECAYS = (0.0, 1e-2)
@@ -76,5 +76,5 @@ def settings(profile: str, **overrides):
 
 
 def grid(profile: str) -> list:
-    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.config.RunConfig`)."""
+    """The runs this chapter's figures read at ``profile`` (:class:`~flatness.training.config.RunConfig`)."""
     return settings(profile).runs()

@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 from flatness.chapters import adaptive, cnn, logreg, mlp, resnets
-from flatness.config import RunConfig, get_profile
 from flatness.errors import RunMissing
-from flatness.store import Run, load_or_run
+from flatness.profiles import get_profile
+from flatness.results.entries import Run
+from flatness.results.runs import load_or_run
+from flatness.training.config import RunConfig
 
 CHAPTERS = {"mlp": mlp, "cnn": cnn, "resnets": resnets, "adaptive": adaptive}
 

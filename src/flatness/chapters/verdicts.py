@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 
 from flatness import data as datasets
-from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, rank_tables, resnets, theory
-from flatness.config import get_profile
+from flatness.analysis.plotting import name as plain_name
+from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, resnets, theory
+from flatness.chapters.rank import tables as rank_tables
 from flatness.errors import FlatnessError, RunMissing
-from flatness.plotting import name as plain_name
+from flatness.profiles import get_profile
 
 TRAINING = {"mlp": mlp, "cnn": cnn, "resnets": resnets}
 
@@ -166,7 +167,7 @@ def c6_rows(profile: str, *, data_root=None, train_missing=True) -> list[dict]:
 
 def grid(profile: str) -> list:
     """The runs this chapter reads at ``profile``: every training chapter's and the rank
-    chapter's small nets (:class:`~flatness.config.RunConfig`)."""
+    chapter's small nets (:class:`~flatness.training.config.RunConfig`)."""
     out = logreg.grid(profile)
     for module in (*TRAINING.values(), adaptive):
         out += module.grid(profile)
@@ -229,8 +230,8 @@ def rows(
 
 
 def _present(config) -> bool:
-    from flatness.published import Published
-    from flatness.store import Store
+    from flatness.results.published import Published
+    from flatness.results.store import Store
 
     try:
         return Published.default().find(config) is not None or Store().load(config) is not None

@@ -1,0 +1,286 @@
+"""The sentences of "Can we trust the estimates?" that judge the adaptive estimators.
+
+Every judgement (cheapest, quickest, tied, covered, gave up) is chosen here from the data of
+:func:`~flatness.chapters.estimators.trace.adaptive_runs` and its
+:func:`~flatness.chapters.estimators.trace.adaptive_summary`, so the page's prose cannot
+disagree with its table.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+
+from flatness.chapters.estimators.trace import NOMINAL, Z, coverage_table
+from flatness.hessian.stochastic import MIN_PROBES
+
+#: wall-clock times closer than this (relative) are not told apart
+TIME_TIE = 0.2
+NAMES = {"trace": "trace", "frobenius": "Frobenius norm"}
+
+
+def pct(x: float) -> str:
+    """``0.01`` -> ``"1 %"`` (three significant digits)."""
+    return f"{100 * x:.3g} %"
+
+
+def _share(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def listed(items) -> str:
+    """``["a", "b", "c"]`` -> ``"a, b and c"``."""
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _names(methods) -> str:
+    return listed(f"`{m}`" for m in methods)
+
+
+def _at_tight(summary: pd.DataFrame, measure: str) -> pd.DataFrame:
+    return summary[(summary.measure == measure) & (summary.rtol == summary.rtol.min())]
+
+
+def _cheapest(summary: pd.DataFrame, measure: str):
+    """The methods that reached the tightest ``rtol`` in every run with the fewest HVPs (ties
+    together; ``None`` if no method did), and all that reached it."""
+    done = _at_tight(summary, measure)
+    done = done[done.converged == 1]
+    if done.empty:
+        return None, done
+    return done[done.hvps <= done.hvps.min() * (1 + 1e-9)], done
+
+
+def cheapest_sentence(summary: pd.DataFrame, measure: str, max_probes: int) -> str:
+    """Which methods reached the tightest ``rtol`` of ``summary`` in every run with the fewest
+    HVPs (ties named together), against the others, and whether the clock agrees (times within
+    :data:`TIME_TIE` of each other are not told apart)."""
+    tight = summary.rtol.min()
+    best, done = _cheapest(summary, measure)
+    if best is None:
+        rows = _at_tight(summary, measure)
+        most = rows.loc[rows.converged.idxmax()]
+        return (
+            f"Asked for {pct(tight)}, no method reached it for the {NAMES[measure]} in every run "
+            f"within {max_probes} probes; `{most.method}` did most often "
+            f"({_share(most.converged)} of runs)."
+        )
+    tie = " (tied)" if len(best) > 1 else ""
+    text = (
+        f"Asked for {pct(tight)}, the {NAMES[measure]} was cheapest with {_names(best.method)}"
+        f"{tie}: {best.hvps.iloc[0]:.0f} HVPs on average"
+    )
+    if "ggn+hutchinson" in set(best.method):
+        text += " (not counting the per-example products of the exact Gauss-Newton part)"
+    others = done[~done.method.isin(best.method)]
+    if len(others):
+        text += f", against {others.hvps.min():.0f}"
+        spread = f"{others.hvps.max():.0f}" != f"{others.hvps.min():.0f}"
+        text += f" to {others.hvps.max():.0f}" if spread else ""
+        text += f" for {_names(others.method)}"
+    quick, mine = done.loc[done.seconds.idxmin()], best.seconds.min()
+    if quick.method in set(best.method):
+        who = "it" if len(best) == 1 else f"`{quick.method}`"
+        text += f"; {who} was also the quickest ({quick.seconds:.2g} s)"
+    elif mine <= (1 + TIME_TIE) * quick.seconds:
+        text += (
+            f"; by the clock it was within {_share(TIME_TIE)} of the quickest, `{quick.method}` "
+            f"({mine:.2g} s against {quick.seconds:.2g} s)"
+        )
+    else:
+        text += (
+            f"; by the clock `{quick.method}` was quickest ({quick.seconds:.2g} s against "
+            f"{mine:.2g} s)"
+        )
+    return text + "."
+
+
+def _ran_as(text: str, n_seeds: int) -> str:
+    """The ``ran as`` column in words: "hutch++ (7), hutchinson (3)" -> "`hutch++` on 7 of 10
+    seeds and `hutchinson` on 3 of 10 seeds"."""
+    split = re.findall(r"([^,(]+?) \((\d+)\)", text)
+    if not split:
+        return f"`{text}`"
+    return " and ".join(f"`{m.strip()}` on {n} of {n_seeds} seeds" for m, n in split)
+
+
+def auto_clause(summary: pd.DataFrame, measure: str, n_seeds: int) -> str:
+    """What ``method="auto"`` ran at the tightest ``rtol`` and its HVPs against the cheaper of
+    the two forced choices (within 10 % counts as "about as many")."""
+    rows = _at_tight(summary, measure).set_index("method")
+    auto, fixed = rows.loc["auto"], rows.loc[["hutchinson", "hutch++"]]
+    ratio, better = auto.hvps / fixed.hvps.min(), fixed.hvps.idxmin()
+    if auto["ran as"] == better and 0.9 <= ratio <= 1.1:
+        return (
+            f"chose `{better}` for the {NAMES[measure]}, the cheaper of the two forced choices, "
+            "and spent about as many HVPs as forcing it"
+        )
+    if ratio > 1.1:
+        how = f"{ratio:.2g} times the HVPs of"
+    elif ratio < 0.9:
+        how = f"fewer HVPs ({ratio:.2g} times) than"
+    else:
+        how = "about as many HVPs as"
+    return (
+        f"ran as {_ran_as(auto['ran as'], n_seeds)} for the {NAMES[measure]} and spent {how} "
+        f"the better forced choice, `{better}`"
+    )
+
+
+def _coverage_at_tight(summary: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    cover = coverage_table(runs[runs.rtol == summary.rtol.min()], ["measure", "method"])
+    cover["ok"] = cover.high >= NOMINAL
+    return cover
+
+
+def honesty_sentence(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """Whether each method's reported standard errors covered the truth as often as claimed
+    (:data:`NOMINAL` at :data:`Z` errors), by the Clopper-Pearson interval of its coverage."""
+    tight = summary.rtol.min()
+    cover = _coverage_at_tight(summary, runs)
+    if cover.ok.all():
+        return (
+            f"At {pct(tight)}, no method's coverage of the truth by {Z} reported standard errors "
+            f"is below the claimed {100 * NOMINAL:.0f} % by its Clopper-Pearson interval, but with "
+            f"{int(cover.runs.min())} runs a coverage as low as {_share(cover.low.min())} cannot "
+            "be ruled out either."
+        )
+    bad = cover[~cover.ok]
+    text = (
+        f"At {pct(tight)}, the reported standard errors were too small for "
+        + listed(
+            f"`{r.method}` on the {NAMES[r.measure]} ({r.covered} of {r.runs} covered, interval "
+            f"{_share(r.low)} to {_share(r.high)})"
+            for r in bad.itertuples()
+        )
+        + f": their coverage is below the claimed {100 * NOMINAL:.0f} %."
+    )
+    at_tight = summary[summary.rtol == tight].merge(bad[["measure", "method"]])
+    if (at_tight.probes <= 1.5 * MIN_PROBES).all():
+        text += (
+            f" Each of these stopped after (nearly) the fewest random probes allowed, {MIN_PROBES}, "
+            "whose spread, and so the standard error, is itself poorly known."
+        )
+    return text
+
+
+def error_sentence(summary: pd.DataFrame) -> str:
+    """Whether the mean |relative error| stayed below the requested ``rtol``, and the worst case."""
+    ratio = summary["abs rel error"] / summary.rtol
+    if (ratio <= 1).all():
+        return (
+            f"The mean |relative error| stayed below the requested `rtol` in all {len(summary)} "
+            f"cases (at most {ratio.max():.2g} times it)."
+        )
+    worst = summary.loc[ratio.idxmax()]
+    return (
+        f"The mean |relative error| stayed below the requested `rtol` in {int((ratio <= 1).sum())} "
+        f"of {len(summary)} cases; it was furthest above for `{worst.method}` "
+        f"({NAMES[worst.measure]}, `rtol` {pct(worst.rtol)}), at {ratio.max():.2g} times `rtol`."
+    )
+
+
+def gave_up_sentence(summary: pd.DataFrame, max_probes: int) -> str:
+    """Which (method, measure, rtol) stopped at ``max_probes`` short of their ``rtol``."""
+    missed = summary[summary.converged < 1]
+    if missed.empty:
+        return f"Every run reached its `rtol` within {max_probes} probes."
+    return (
+        f"Some runs stopped at {max_probes} probes short of their `rtol`, and said so "
+        "(`converged=False`): "
+        + "; ".join(
+            f"`{r.method}` for the {NAMES[r.measure]} at {pct(r.rtol)} in "
+            f"{_share(1 - r.converged)} of runs"
+            for r in missed.itertuples()
+        )
+        + "."
+    )
+
+
+def adaptive_sentences(summary: pd.DataFrame, runs: pd.DataFrame, max_probes: int) -> dict:
+    """The page's glue keys for the adaptive estimators, each a Markdown sentence.
+
+    ``summary`` is :func:`~flatness.chapters.estimators.trace.adaptive_summary` of ``runs``;
+    ``max_probes`` the probe limit the runs were given.
+    """
+    n_seeds = runs.seed.nunique()
+    return {
+        "adaptive_cheapest_trace": cheapest_sentence(summary, "trace", max_probes),
+        "adaptive_cheapest_frobenius": cheapest_sentence(summary, "frobenius", max_probes),
+        "adaptive_auto": (
+            f"At {pct(summary.rtol.min())}, `auto` {auto_clause(summary, 'trace', n_seeds)}; "
+            f"it {auto_clause(summary, 'frobenius', n_seeds)}."
+        ),
+        "adaptive_honest": honesty_sentence(summary, runs),
+        "adaptive_error": error_sentence(summary),
+        "adaptive_gave_up": gave_up_sentence(summary, max_probes),
+    }
+
+
+def ours_vs_pyhessian(summary: pd.DataFrame, pyhessian: pd.DataFrame) -> str:
+    """``flatness.hessian.trace`` (``auto``, tightest ``rtol``) against PyHessian's trace runs
+    (:func:`~flatness.chapters.estimators.trace.pyhessian_trace_runs`): HVPs and mean error."""
+    ours = _at_tight(summary, "trace").set_index("method").loc["auto"]
+    err, hvps = float(pyhessian["rel error"].abs().mean()), float(pyhessian["probes used"].mean())
+    closer = "closer to" if ours["abs rel error"] < err else "no closer to"
+    return (
+        f"Asked for {pct(summary.rtol.min())} instead, the book's `flatness.hessian.trace` spent "
+        f"{ours.hvps:.0f} HVPs on average ({ours.hvps / hvps:.2g} times PyHessian's) and was "
+        f"{closer} the truth: off by {100 * ours['abs rel error']:.2g} % on average, against "
+        f"PyHessian's {100 * err:.2g} %."
+    )
+
+
+def trust_cheapest(summary: pd.DataFrame, max_probes: int) -> str:
+    """The cheapest methods at the tightest ``rtol``, trace and Frobenius norm, in one sentence."""
+    parts = []
+    for measure in ("trace", "frobenius"):
+        best, _ = _cheapest(summary, measure)
+        if best is None:
+            parts.append(f"none for the {NAMES[measure]} within {max_probes} probes")
+        else:
+            parts.append(
+                f"{_names(best.method)} for the {NAMES[measure]}, {best.hvps.iloc[0]:.0f} HVPs "
+                "on average"
+            )
+    return (
+        f"Cheapest at {pct(summary.rtol.min())} among the methods that reached it in every run: "
+        f"{parts[0]}; {parts[1]}."
+    )
+
+
+def trust_coverage(fixed: pd.DataFrame, summary: pd.DataFrame, runs: pd.DataFrame) -> str:
+    """Coverage of the fixed-budget methods (``fixed``, a
+    :func:`~flatness.chapters.estimators.trace.coverage_table`) and the adaptive ones at the
+    tightest ``rtol``: how many are clearly below :data:`NOMINAL`."""
+    adaptive = _coverage_at_tight(summary, runs)
+    fixed_low, adaptive_low = fixed[fixed.high < NOMINAL], adaptive[~adaptive.ok]
+    if fixed_low.empty and adaptive_low.empty:
+        low = min(fixed.low.min(), adaptive.low.min())
+        return (
+            f"No coverage was clearly below the claimed {100 * NOMINAL:.0f} %, but with "
+            f"{runs.seed.nunique()} seeds per method a coverage as low as {_share(low)} cannot be "
+            "ruled out either."
+        )
+    return (
+        f"Coverage clearly below the claimed {100 * NOMINAL:.0f} % for {len(fixed_low)} "
+        f"fixed-budget and {len(adaptive_low)} adaptive methods: their standard errors are too "
+        "small."
+    )
+
+
+def slq_trust(z1: float, z2: float) -> str:
+    """Advice on SLQ's density from how many of its own standard errors its trace (``z1``) and
+    its Tr H^2 (``z2``) lie from the exact values."""
+    told = (
+        f"SLQ's trace is {z1:.1f} and its $\\operatorname{{Tr}} H^2$ {z2:.1f} standard errors "
+        "from the exact values"
+    )
+    if max(z1, z2) <= Z:
+        return told + "; read its density for the shape of the bulk and the outliers."
+    return (
+        told + f", more than the {Z} an honest standard error allows: read its density for the "
+        "rough shape only, and its moments not beyond their order of magnitude."
+    )

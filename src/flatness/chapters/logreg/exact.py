@@ -1,0 +1,94 @@
+"""The logistic-regression chapter's own exact Hessians of its final models: the scaled model,
+PyHessian's estimates beside the exact measures, and the Hessian's blocks by class.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from flatness import data as datasets
+from flatness import hessian
+from flatness.chapters import theory
+from flatness.chapters.logreg.design import (
+    LogregSettings,
+)
+from flatness.results.entries import Run
+from flatness.training.loop import default_device, load_model
+
+
+def trained_model(run: Run, data: datasets.Dataset) -> nn.Linear:
+    return load_model(run.config, run.arrays, data.input_shape, data.num_classes)
+
+
+def train_accuracy(model: nn.Linear, data: datasets.Dataset) -> float:
+    """The fraction of ``data``'s training examples that ``model`` classifies correctly."""
+    w = model.weight
+    with torch.no_grad():
+        predicted = model(data.x_train.flatten(1).to(w)).argmax(1).cpu()
+    return float((predicted == data.y_train).double().mean())
+
+
+def scaled_measures(
+    model: nn.Linear, data: datasets.Dataset, alphas, *, device=None
+) -> pd.DataFrame:
+    """Training loss, the exact Hessian measures and the trace bound of the model with W and b
+    scaled by each alpha, in float64 on the whole training split of ``data``: the columns of
+    :func:`flatness.chapters.theory.scaling` (``bound`` = 2 L max_i ||x~_i||^2, every pixel of
+    an image counted; ``ratio`` = Tr H / bound)."""
+    device = device if device is not None else default_device()
+    x, y = data.x_train.flatten(1).to(device).double(), data.y_train.to(device)
+    return theory.scaling(copy.deepcopy(model).to(device), x, y, alphas)  # the caller's stays put
+
+
+def pyhessian_comparison(
+    runs: list[Run], data: datasets.Dataset, settings: LogregSettings, *, device=None
+) -> pd.DataFrame:
+    """PyHessian's top eigenvalue and trace beside the exact ones, for each run's final model."""
+    device = device if device is not None else default_device()
+    x, y = data.x_train.to(device), data.y_train.to(device)
+    rows = []
+    seeds = settings.pyhessian_seeds
+    for run in [r for r in runs if seeds is None or r.config.seed in seeds]:
+        model = trained_model(run, data).to(device)
+        exact = hessian.Measures.of(hessian.softmax_regression_hessian(model, x))
+        est = hessian.pyhessian_estimate(
+            model,
+            nn.functional.cross_entropy,
+            (x, y),
+            max_iter=settings.pyhessian_max_iter,
+            tol=settings.pyhessian_tol,
+            seed=run.config.seed,
+        )
+        rows.append(
+            {
+                "weight_decay": run.config.weight_decay,
+                "seed": run.config.seed,
+                "lambda_max exact": exact.lambda_max,
+                "lambda_max PyHessian": est.top_eigenvalue,
+                "lambda_max rel. error": abs(est.top_eigenvalue / exact.lambda_max - 1),
+                "trace exact": exact.trace,
+                "trace PyHessian": est.trace,
+                "trace rel. error": abs(est.trace / exact.trace - 1),
+                "trace probes used": est.trace_probes,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def class_blocks(run: Run, data: datasets.Dataset) -> np.ndarray:
+    """The exact Hessian of a run's final model with parameters grouped by class.
+
+    Returns:
+        ``(K (d + 1), K (d + 1))`` float64: for each class its d weights then its bias, so the
+        ``(d + 1) x (d + 1)`` block ``(k, l)`` couples classes k and l.
+    """
+    model = trained_model(run, data)
+    h = hessian.softmax_regression_hessian(model, data.x_train.flatten(1)).cpu().numpy()
+    k, d = model.weight.shape
+    order = np.concatenate([np.r_[c * d : (c + 1) * d, k * d + c] for c in range(k)])
+    return h[np.ix_(order, order)]
