@@ -95,7 +95,9 @@ def kill_and_resume(tmp: Path, epochs: int) -> None:
         time.sleep(0.1)
     time.sleep(1.0)
     found = subprocess.run(
-        ["pgrep", "-f", f"flatness[.]results[.]sweep .*{store.root}"], capture_output=True, text=True
+        ["pgrep", "-f", f"flatness[.]results[.]sweep .*{store.root}"],
+        capture_output=True,
+        text=True,
     )
     os.kill(int(found.stdout.split()[0]), signal.SIGKILL)
     _, err = first.communicate()

@@ -65,17 +65,45 @@ def tensors(fn: Callable, inputs):
     return tree_map(lambda t: fn(t) if torch.is_tensor(t) else t, inputs)
 
 
+#: the device types whose autocast a measurement switches off
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def at_model_precision() -> contextlib.ExitStack:
+    """A context in which the caller's autocast is off, so that the model computes in its own
+    dtype: under ``torch.autocast(..., dtype=torch.bfloat16)`` a Hessian-vector product would
+    silently run in bf16 (about 3 significant digits) and an estimate would converge on it."""
+    stack = contextlib.ExitStack()
+    for device in AUTOCAST_DEVICES:
+        if torch.is_autocast_enabled(device):
+            stack.enter_context(torch.autocast(device, enabled=False))
+    return stack
+
+
+def in_model_precision(fn: Callable) -> Callable:
+    """``fn`` run with the caller's autocast off (:func:`at_model_precision`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with at_model_precision():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def with_autograd(fn: Callable) -> Callable:
-    """``fn`` run with gradients recorded, whatever the caller's mode.
+    """``fn`` run with gradients recorded and at the model's own precision, whatever the
+    caller's mode.
 
     A Hessian is a second derivative, so under ``torch.no_grad()`` or ``torch.inference_mode()``
     (a common way to call evaluation code) every estimator would fail with autograd's "does
-    not require grad"; this leaves inference mode and enables gradients for the call only.
+    not require grad"; this leaves inference mode and enables gradients for the call only. The
+    caller's autocast is switched off for the call (:func:`at_model_precision`).
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), at_model_precision():
             return fn(*args, **kwargs)
 
     return wrapper

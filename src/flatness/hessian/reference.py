@@ -19,6 +19,7 @@ from torch import nn
 from flatness.errors import FlatnessError
 from flatness.hessian.checks import (
     Output,
+    at_model_precision,
     check_model,
     check_options,
     is_batch,
@@ -38,12 +39,13 @@ def pyhessian_engine(
     parameters with ``requires_grad``, as flatness's are.
 
     Gradients are on inside the block (under ``torch.no_grad()`` or
-    ``torch.inference_mode()`` too): PyHessian differentiates.
+    ``torch.inference_mode()`` too): PyHessian differentiates. The caller's autocast is off
+    inside it, so that PyHessian runs at the model's own precision, as flatness does.
 
     Raises:
         FlatnessError: for any input :func:`flatness.hessian.checks.check_model` refuses.
     """
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), at_model_precision():
         with _engine(model, loss_fn, data, seed=seed, output=output) as engine:
             yield engine
 

@@ -53,6 +53,7 @@ from scipy.linalg import blas
 from torch import nn
 
 from flatness.errors import FlatnessError
+from flatness.hessian.checks import in_model_precision
 
 #: Default bound on the numbers in any one work array of a chunk of examples (128 MiB float64).
 CHUNK_ELEMENTS = 2**24
@@ -90,6 +91,7 @@ class SoftmaxSpectrum:
         return int((np.abs(self.eigenvalues) > rtol * scale).sum())
 
 
+@in_model_precision
 def softmax_regression_hessian(
     model: nn.Linear, inputs: torch.Tensor, *, max_chunk_elements: int = CHUNK_ELEMENTS
 ) -> torch.Tensor:
@@ -128,6 +130,7 @@ def softmax_regression_hessian(
     return h
 
 
+@in_model_precision
 def softmax_regression_spectrum(
     model: nn.Linear,
     inputs: torch.Tensor,
