@@ -1,9 +1,11 @@
-"""Measurements at the model's own precision whatever the caller's autocast.
+"""What the caller brings stays the caller's: autocast does not reach a measurement, and a
+model comes back as it was, a submodule registered under two names included.
 
 Inside ``torch.autocast(..., dtype=torch.bfloat16)`` a Hessian-vector product would run in bf16
-(three significant digits) and an estimate would converge on it. The right values here come
-from a hand-written float64 forward differentiated by ``torch.autograd.functional.hessian``,
-which shares no code with the package.
+(three significant digits) and an estimate would converge on it. ``torch.func.functional_call``
+left a shared submodule holding the swapped-in tensors (pytorch#164759). The right values come
+from hand-written float64 forwards differentiated by ``torch.autograd.functional.hessian``,
+which share no code with the package.
 """
 
 import pytest
@@ -99,3 +101,118 @@ def test_the_callers_autocast_is_on_again_after_a_measurement():
         H.top_eigenvalues(model, ce, data, k=1, tol=1e-3, seed=0)
         assert torch.is_autocast_enabled("cpu")
         assert model(data[0]).dtype == torch.bfloat16
+
+
+# -- a submodule registered under two names ----------------------------------------------------
+
+
+class Siamese(nn.Module):
+    """One Linear registered as ``a`` and as ``b`` (pytorch#164759)."""
+
+    def __init__(self):
+        super().__init__()
+        shared = nn.Linear(4, 4)
+        self.a = shared
+        self.b = shared
+        self.o = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.o(torch.tanh(self.a(x)) + torch.tanh(self.b(-x)))
+
+
+def siamese_reference(model, x, y) -> torch.Tensor:
+    """Its dense float64 Hessian from a hand-written forward, the shared weights used twice."""
+    shapes = [p.shape for p in model.parameters()]  # a.weight, a.bias, o.weight, o.bias
+    flat = torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
+
+    def loss(theta):
+        w, b, v, c = (
+            t.reshape(s) for t, s in zip(torch.split(theta, [s.numel() for s in shapes]), shapes)
+        )
+        xd = x.double()
+        logits = (torch.tanh(xd @ w.T + b) + torch.tanh(-xd @ w.T + b)) @ v.T + c
+        return (torch.logsumexp(logits, 1) - logits[torch.arange(len(y)), y]).mean()
+
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+def siamese(dtype):
+    torch.manual_seed(0)
+    model = Siamese().to(dtype)
+    model.o.eval()  # a mode of the user's own, which must come back as it was
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(24, 4, generator=gen).to(dtype)
+    return model, (x, torch.randint(0, 3, (24,), generator=gen))
+
+
+def _operator_products(curvature):
+    def run(model, data):
+        op = H.HessianOperator(model, ce, data, curvature=curvature)
+        return op.matmat(torch.ones(2, op.size, dtype=op.dtype))
+
+    return run
+
+
+EVERY_FUNCTION = {
+    "exact_hessian": lambda m, d: H.exact_hessian(m, ce, d),
+    "exact_hessian ggn": lambda m, d: H.exact_hessian(m, ce, d, curvature="ggn"),
+    "exact_hessian residual": lambda m, d: H.exact_hessian(m, ce, d, curvature="residual"),
+    "ggn_trace": lambda m, d: H.ggn_trace(m, ce, d),
+    "top_eigenvalues": lambda m, d: H.top_eigenvalues(m, ce, d, k=2, seed=0),
+    "top_eigenvalues ggn": lambda m, d: H.top_eigenvalues(m, ce, d, curvature="ggn", seed=0),
+    "trace": lambda m, d: H.trace(m, ce, d, rtol=0.05, seed=0),
+    "trace hutch++": lambda m, d: H.trace(m, ce, d, method="hutch++", rtol=0.05, seed=0),
+    "frobenius_norm": lambda m, d: H.frobenius_norm(m, ce, d, rtol=0.05, seed=0),
+    "spectral_density": lambda m, d: H.spectral_density(m, ce, d, steps=8, probes=2, seed=0),
+    "HessianOperator hessian": _operator_products("hessian"),
+    "HessianOperator ggn": _operator_products("ggn"),
+    "HessianOperator residual": _operator_products("residual"),
+    "pyhessian_estimate": lambda m, d: H.pyhessian_estimate(m, ce, d, max_iter=5, seed=0),
+    "pyhessian_hvp": lambda m, d: H.pyhessian_hvp(
+        m, ce, d, torch.ones(sum(p.numel() for p in m.parameters()), dtype=d[0].dtype)
+    ),
+}
+
+
+def state(model):
+    """Every registered tensor by module and name (shared modules under each name), with the
+    object itself, its class, dtype and a copy of its values; and every module's mode."""
+    tensors = [
+        (name, key, t, type(t), t.dtype, t.detach().clone())
+        for name, m in model.named_modules(remove_duplicate=False)
+        for key, t in [*m._parameters.items(), *m._buffers.items()]
+    ]
+    modes = [(name, m.training) for name, m in model.named_modules(remove_duplicate=False)]
+    return tensors, modes
+
+
+@pytest.mark.filterwarnings("ignore::flatness.hessian.ConvergenceWarning")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("function", sorted(EVERY_FUNCTION))
+def test_every_public_function_leaves_a_shared_submodule_as_it_was(function, dtype):
+    model, data = siamese(dtype)
+    (before, modes) = state(model)
+    EVERY_FUNCTION[function](model, data)
+    after, modes_after = state(model)
+    assert modes_after == modes
+    for (name, key, t, kind, dt, values), (_, _, t2, kind2, dt2, values2) in zip(before, after):
+        assert t2 is t, f"{name}.{key} was replaced by a {kind2.__name__}"
+        assert (kind2, dt2) == (kind, dt) and torch.equal(values2, values)
+    assert model.a.weight is model.b.weight and isinstance(model.a.weight, nn.Parameter)
+    assert model(data[0]).dtype == dtype  # the model still runs at its own dtype
+
+
+def test_a_shared_submodule_gets_its_hessian_with_the_weights_used_twice():
+    model, (x, y) = siamese(torch.float64)
+    truth = siamese_reference(model, x, y)
+    torch.testing.assert_close(H.exact_hessian(model, ce, (x, y)), truth, rtol=1e-10, atol=1e-12)
+    top = H.top_eigenvalues(model, ce, (x, y), k=1, tol=1e-10, seed=0)
+    assert top.eigenvalues[0].item() == pytest.approx(
+        torch.linalg.eigvalsh(truth)[-1].item(), rel=1e-8
+    )
+    run = H.trace(model, ce, (x, y), rtol=0.01, seed=0)
+    exact = torch.trace(truth).item()
+    assert abs(run.estimate - exact) <= 4 * run.stderr + 1e-9 * abs(exact)
+    # a second call, after the first, sees the same shared layer (it used to be refused)
+    again = H.trace(model, ce, (x, y), rtol=0.01, seed=0)
+    assert again.estimate == pytest.approx(run.estimate, rel=1e-12)

@@ -19,7 +19,9 @@ The L2 term is never part of "the Hessian" unless ``l2`` is given. A model that 
 ``torch.nn.Module`` or a loss that is not callable is refused with a FlatnessError too. Every
 function records gradients for itself, so it may be called under ``torch.no_grad()`` or
 ``torch.inference_mode()`` (data made in inference mode are copied; a model made there is
-refused, as autograd cannot differentiate its parameters).
+refused, as autograd cannot differentiate its parameters), and at the model's own precision,
+with the caller's autocast switched off. The model comes back as it was: the same Parameter
+objects, dtypes, values and modes, a submodule registered under two names included.
 """
 
 from __future__ import annotations

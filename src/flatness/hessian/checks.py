@@ -109,6 +109,25 @@ def with_autograd(fn: Callable) -> Callable:
     return wrapper
 
 
+def functional_forward(model: nn.Module, tensors, args: tuple):
+    """``torch.func.functional_call(model, tensors, args)``, with every module's parameters and
+    buffers left as they were.
+
+    torch swaps the tensors back by name, so a submodule registered under two names (a Siamese
+    network's ``self.a = self.b = shared``) was left holding the swapped-in tensors, float64
+    or transformed ones in place of its Parameters (pytorch#164759): a float32 model's next
+    forward failed, and the shared layer stopped training.
+    """
+    saved = [(d, dict(d)) for m in model.modules() for d in (m._parameters, m._buffers)]
+    try:
+        return torch.func.functional_call(model, tensors, args)
+    finally:
+        for store, was in saved:
+            for name, tensor in was.items():
+                if store.get(name) is not tensor:
+                    store[name] = tensor
+
+
 def usable(t: torch.Tensor) -> torch.Tensor:
     """A copy of a tensor made under ``torch.inference_mode()``, which autograd may not save
     for backward (the data are constants, so a copy is the same function); others as they are."""

@@ -32,6 +32,7 @@ from flatness.hessian.checks import (
     check_module,
     check_options,
     curvature_modes,
+    functional_forward,
     require_loss,
     require_module,
     select_output,
@@ -161,7 +162,7 @@ def exact_hessian(
             y = y.double() if y.is_floating_point() else y
 
             def call(flat, x=x):
-                outputs = torch.func.functional_call(model, unflatten(flat), (x,))
+                outputs = functional_forward(model, unflatten(flat), (x,))
                 return select_output(outputs, output)
 
             total += n * _batch_curvature(call, lambda z, y=y: loss_fn(z, y), flat0, curvature)

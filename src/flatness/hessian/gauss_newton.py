@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, vjp, vmap
+from torch.func import vjp, vmap
 
 from flatness.errors import FlatnessError
 from flatness.hessian.checks import (
@@ -31,6 +31,7 @@ from flatness.hessian.checks import (
     batches,
     check_model,
     curvature_modes,
+    functional_forward,
     select_output,
     tensors,
     with_autograd,
@@ -125,7 +126,7 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
 
     def logits(p, xi):
         one = tensors(lambda t: t[None], xi)
-        return select_output(functional_call(model, (p, buffers), (one,)), output).reshape(-1)
+        return select_output(functional_forward(model, (p, buffers), (one,)), output).reshape(-1)
 
     def norms(xi, ui):
         with torch.enable_grad():

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import grad, jvp, vjp, vmap
 
 from flatness.errors import FlatnessError, unknown
 from flatness.hessian.checks import (
@@ -30,6 +30,7 @@ from flatness.hessian.checks import (
     check_model,
     check_options,
     curvature_modes,
+    functional_forward,
     is_batch,
     select_output,
     usable,
@@ -140,7 +141,9 @@ class HessianOperator:
         buffers = dict(self.model.named_buffers())
 
         def logits(params):
-            return select_output(functional_call(self.model, (params, buffers), (x,)), self.output)
+            return select_output(
+                functional_forward(self.model, (params, buffers), (x,)), self.output
+            )
 
         def ggn(v):
             out, jv = jvp(logits, (self.params,), (v,))
