@@ -22,6 +22,14 @@ function records gradients for itself, so it may be called under ``torch.no_grad
 refused, as autograd cannot differentiate its parameters), and at the model's own precision,
 with the caller's autocast switched off. The model comes back as it was: the same Parameter
 objects, dtypes, values and modes, a submodule registered under two names included.
+
+Shortcuts are taken only where a probe justifies them: the exact Gauss-Newton part that
+``trace()`` computes example by example needs examples that do not interact (no output may
+depend on another example's input: batch statistics, centring over the batch, a contrastive
+head) and, like ``exact_hessian`` and GGN products, a model whose every use of a variable
+``torch.func.functional_call`` sees (not a weight read again through a list or a closure).
+Otherwise ``trace()`` falls back to probes of the whole-batch Hessian, and the functions that
+need ``torch.func`` refuse the model, naming the parameters and the functions that work.
 """
 
 from __future__ import annotations

@@ -128,6 +128,111 @@ def functional_forward(model: nn.Module, tensors, args: tuple):
                     store[name] = tensor
 
 
+#: the checks of a model's structure run on at most this many examples of the first batch
+PROBE_EXAMPLES = 32
+
+
+def probe_batch(x, y: torch.Tensor, size: int = PROBE_EXAMPLES):
+    """The first ``size`` examples of a batch, for checks of the model's structure (cheap on a
+    large batch); the whole batch where inputs and targets do not share one row per example
+    (a language model's flattened targets)."""
+    n = len(y)
+    leaves = [t for t in tree_leaves(x) if torch.is_tensor(t)]
+    if n <= size or any(t.dim() == 0 or len(t) != n for t in leaves):
+        return x, y
+    return tensors(lambda t: t[:size], x), y[:size]
+
+
+def check_functional(
+    model: nn.Module, loss_fn: Callable, x, y, named, output: Output, what: str, error=None
+) -> None:
+    """Refuse, for a path built on ``torch.func.functional_call`` (``what`` it computes), a
+    model it cannot run or some of whose uses of a variable it cannot see, on the batch
+    ``(x, y)``: a parameter read again through a Python list, a closure or a copy kept outside
+    its module's attributes (pytorch/functorch#904) would be held constant. Its gradient is
+    compared with the plain autograd gradient, which sees every use.
+
+    Raises:
+        FlatnessError: (or ``error``, a subclass) naming the parameters or torch's reason, and
+            the functions that differentiate the model as it runs.
+    """
+    error = error or FlatnessError
+    others = (
+        "top_eigenvalues, trace(method='hutch++'), frobenius_norm(method='hutch++') or "
+        "spectral_density, which differentiate the model as it runs"
+    )
+    params = {n: p.detach() for n, p in named}
+    buffers = dict(model.named_buffers())
+
+    def loss_of(ps):
+        return loss_fn(select_output(functional_forward(model, (ps, buffers), (x,)), output), y)
+
+    try:
+        functional = torch.func.grad(loss_of)(params)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise error(
+            f"torch.func cannot differentiate this model ({reason}), so {what} cannot be "
+            f"formed; use {others}"
+        ) from None
+    loss = loss_fn(select_output(model(x), output), y)
+    plain = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    unseen = []
+    for (name, p), g in zip(named, plain):
+        g = torch.zeros_like(p) if g is None else g.detach()
+        f = functional[name]
+        scale = max(g.abs().max().item(), f.abs().max().item())
+        if (g - f).abs().max().item() > 1e-3 * scale + 1e-30:
+            unseen.append(name)
+    if unseen:
+        raise error(
+            f"parameter(s) {', '.join(unseen)} are also read outside their module's attributes "
+            "(through a Python list, a closure or a copy), where torch.func.functional_call "
+            f"cannot replace them, so {what} would hold those uses constant; read each "
+            f"parameter through its module (self.layer.weight), or use {others}"
+        )
+
+
+def examples_interact(model: nn.Module, x, output: Output) -> bool:
+    """Does one example's output depend on another example's input, in this batch?
+
+    True for BatchNorm with batch statistics, feature centring over the batch (``h -
+    h.mean(0)``), a contrastive head (``e @ e.T``) and anything else that mixes examples,
+    whatever module does it. With floating inputs, the Jacobian of the first example's output
+    with respect to the others' inputs, and of the others' outputs with respect to the first's,
+    must be exactly zero; otherwise the first example is replaced by the second and every
+    other example's output must stay as it was."""
+    leaves = [t for t in tree_leaves(x) if torch.is_tensor(t)]
+    n = len(leaves[0]) if leaves else 0
+    if n < 2:
+        return False
+    floating = [t for t in leaves if t.is_floating_point() and t.dim() > 0 and len(t) == n]
+    if floating:
+        copies = {id(t): t.detach().clone().requires_grad_(True) for t in floating}
+        inputs = tree_map(lambda t: copies.get(id(t), t) if torch.is_tensor(t) else t, x)
+        z = select_output(model(inputs), output)
+        if z.dim() == 0 or len(z) != n:
+            return True
+        r = torch.randn(z.shape, generator=torch.Generator().manual_seed(0)).to(z)
+        leaves_in = list(copies.values())
+        first = torch.autograd.grad(
+            (r[0] * z[0]).sum(), leaves_in, retain_graph=True, allow_unused=True
+        )
+        rest = torch.autograd.grad((r[1:] * z[1:]).sum(), leaves_in, allow_unused=True)
+        return any(g is not None and g[1:].abs().max() > 0 for g in first) or any(
+            g is not None and g[0].abs().max() > 0 for g in rest
+        )
+    if n < 3:
+        return False
+    with torch.no_grad():
+        z = select_output(model(x), output)
+        swapped = tensors(lambda t: torch.cat([t[1:2], t[1:]]) if t.dim() and len(t) == n else t, x)
+        z2 = select_output(model(swapped), output)
+    if z.dim() == 0 or len(z) != n or z2.shape != z.shape:
+        return True
+    return not torch.allclose(z2[2:], z[2:], rtol=1e-5, atol=1e-7)
+
+
 def usable(t: torch.Tensor) -> torch.Tensor:
     """A copy of a tensor made under ``torch.inference_mode()``, which autograd may not save
     for backward (the data are constants, so a copy is the same function); others as they are."""

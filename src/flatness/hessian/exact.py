@@ -28,11 +28,13 @@ from flatness.errors import FlatnessError, unknown
 from flatness.hessian.checks import (
     Output,
     batches,
+    check_functional,
     check_model,
     check_module,
     check_options,
     curvature_modes,
     functional_forward,
+    probe_batch,
     require_loss,
     require_module,
     select_output,
@@ -157,6 +159,8 @@ def exact_hessian(
     total = torch.zeros(count, count, dtype=torch.float64, device=device)
     examples = 0
     with curvature_modes(model, bn_mode):
+        x, y = probe_batch(*next(batches(data, device))[:2])
+        check_functional(model, loss_fn, x, y, named, output, f"the exact {curvature}")
         for x, y, n in batches(data, device):
             x = tensors(lambda t: t.double() if t.is_floating_point() else t, x)
             y = y.double() if y.is_floating_point() else y

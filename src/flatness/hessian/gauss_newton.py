@@ -29,9 +29,12 @@ from flatness.errors import FlatnessError
 from flatness.hessian.checks import (
     Output,
     batches,
+    check_functional,
     check_model,
     curvature_modes,
+    examples_interact,
     functional_forward,
+    probe_batch,
     select_output,
     tensors,
     with_autograd,
@@ -65,7 +68,10 @@ def ggn_trace(
             about this many bytes.
 
     Raises:
-        NotSeparable: BatchNorm with batch statistics, more than ``MAX_LOGITS`` logits per
+        NotSeparable: examples that interact (BatchNorm with batch statistics, centring over
+            the batch, a contrastive head: any output that depends on another example's
+            input), a parameter read outside its module's attributes (which
+            ``torch.func.functional_call`` cannot see), more than ``MAX_LOGITS`` logits per
             example, a loss that is not a mean of per-example terms, or a model or a loss
             that ``torch.func.vmap`` cannot run one example at a time (a loss calling
             ``F.one_hot`` or ``.item()``).
@@ -79,15 +85,31 @@ def ggn_trace(
             "BatchNorm uses batch statistics here (bn_mode='train', or no running statistics): "
             "an example's logits depend on its whole batch"
         )
-    named = [(n, p.detach()) for n, p in model.named_parameters() if p.requires_grad]
+    variables = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named = [(n, p.detach()) for n, p in variables]
     params = dict(named)
     device = named[0][1].device
+    with curvature_modes(model, bn_mode):
+        _check_separable(model, loss_fn, data, device, variables, output)
     total, examples = 0.0, 0
     with curvature_modes(model, bn_mode), torch.no_grad():
         for x, y, n in batches(data, device):
             total += _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes)
             examples += n
     return total / examples
+
+
+def _check_separable(model, loss_fn, data, device, variables, output) -> None:
+    """On the first batch: the examples must not interact, and torch.func must see every use
+    of every variable; otherwise the per-example sum is not the GGN's trace."""
+    x, y = probe_batch(*next(batches(data, device))[:2])
+    if examples_interact(model, x, output):
+        raise NotSeparable(
+            "an example's output depends on other examples' inputs in this model (batch "
+            "statistics, centring over the batch, a contrastive head), or its output has not one "
+            "row per input example, so the GGN is no sum over examples"
+        )
+    check_functional(model, loss_fn, x, y, variables, output, "the per-example GGN", NotSeparable)
 
 
 def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:

@@ -27,11 +27,13 @@ from flatness.hessian.checks import (
     Output,
     batches,
     check_data,
+    check_functional,
     check_model,
     check_options,
     curvature_modes,
     functional_forward,
     is_batch,
+    probe_batch,
     select_output,
     usable,
     with_autograd,
@@ -113,6 +115,11 @@ class HessianOperator:
         self.device, self.dtype = first.device, first.dtype
         self.size = sum(p.numel() for _, p in named)
         self._graph = (self._variables, grads) if keep else None
+        if curvature == "ggn":
+            # GGN products are built on torch.func, which must see every use of a variable
+            with curvature_modes(model, bn_mode):
+                x, y = probe_batch(*next(batches(data, self.device))[:2])
+                check_functional(model, loss_fn, x, y, named, output, "the GGN's products")
         if curvature == "residual" and is_batch(data):
             with curvature_modes(model, bn_mode):
                 self._graph = self._gradient_graph(*next(batches(data, self.device))[:2])
