@@ -280,3 +280,113 @@ def test_a_function_torch_func_cannot_run_is_estimated_and_refused_only_where_ne
             match="^torch.func cannot differentiate this model .* use top_eigenvalues",
         ):
             refused()
+
+
+# -- sparse embeddings, a forward that fixes its dtype, a language model's flattened logits -------
+
+
+class Bag(nn.Module):
+    """Token embeddings averaged per example; ``sparse`` as the user made them."""
+
+    def __init__(self, sparse: bool):
+        super().__init__()
+        self.e, self.o = nn.Embedding(7, 4, sparse=sparse), nn.Linear(4, 3)
+
+    def forward(self, t):
+        return self.o(torch.tanh(self.e(t).mean(1)))
+
+    @staticmethod
+    def reference(p, t):
+        e, v, c = p
+        return torch.tanh(e[t].mean(1)) @ v.T + c
+
+
+def tokens(seed=1, n=N, length=3, vocab=7, classes=3):
+    gen = torch.Generator().manual_seed(seed)
+    return (
+        torch.randint(0, vocab, (n, length), generator=gen),
+        torch.randint(0, classes, (n,), generator=gen),
+    )
+
+
+def test_sparse_embeddings_are_measured_and_stay_sparse():
+    torch.manual_seed(0)
+    model, (t, y) = Bag(sparse=True).double(), tokens()
+    truth = reference_hessian(model, Bag.reference, t, y)
+    torch.testing.assert_close(H.exact_hessian(model, ce, (t, y)), truth, rtol=1e-10, atol=1e-12)
+    top = H.top_eigenvalues(model, ce, (t, y), k=1, tol=1e-10, seed=0)
+    assert top.eigenvalues[0].item() == pytest.approx(
+        torch.linalg.eigvalsh(truth)[-1].item(), rel=1e-8
+    )
+    run = H.trace(model, ce, (t, y), rtol=0.01, seed=0)
+    exact = torch.trace(truth).item()
+    assert abs(run.estimate - exact) <= 4 * run.stderr + 1e-9 * abs(exact)
+    ggn = torch.trace(H.exact_hessian(model, ce, (t, y), curvature="ggn")).item()
+    assert H.ggn_trace(model, ce, (t, y)) == pytest.approx(ggn, rel=1e-10)
+    H.pyhessian_estimate(model, ce, (t, y), max_iter=3, seed=0)
+    assert model.e.sparse is True
+    ce(model(t), y).backward()
+    assert model.e.weight.grad.is_sparse  # the user's training still gets sparse gradients
+
+
+class FixesDtype(nn.Module):
+    """A forward that casts its input to float32 whatever the model's dtype."""
+
+    def __init__(self):
+        super().__init__()
+        self.l, self.o = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.o(torch.tanh(self.l(x.float())))
+
+    @staticmethod
+    def reference(p, x):
+        w, b, v, c = p
+        return torch.tanh(x @ w.T + b) @ v.T + c
+
+
+def test_a_forward_that_fixes_its_dtype_is_estimated_and_its_exact_hessian_refused_clearly():
+    torch.manual_seed(0)
+    model, (x, y) = FixesDtype(), data(3)
+    x = x.float()
+    truth = reference_hessian(model, FixesDtype.reference, x.double(), y)
+    top = H.top_eigenvalues(model, ce, (x, y), k=1, tol=1e-6, seed=0)
+    assert top.eigenvalues[0].item() == pytest.approx(
+        torch.linalg.eigvalsh(truth)[-1].item(), rel=1e-4
+    )
+    with pytest.raises(
+        FlatnessError, match=r"^the model's forward pass fixes its own dtype .*x\.to\("
+    ):
+        H.exact_hessian(model, ce, (x, y))
+
+
+class TinyLanguageModel(nn.Module):
+    """Next-token logits flattened to (N*T, V), as ``logits.view(-1, V)`` does."""
+
+    def __init__(self, vocab=6, width=4):
+        super().__init__()
+        self.e, self.o = nn.Embedding(vocab, width), nn.Linear(width, vocab)
+
+    def forward(self, t):
+        logits = self.o(torch.tanh(self.e(t)))
+        return logits.reshape(-1, logits.shape[-1])
+
+    @staticmethod
+    def reference(p, t):
+        e, v, c = p
+        return (torch.tanh(e[t]) @ v.T + c).reshape(-1, c.shape[0])
+
+
+def test_a_language_models_flattened_logits_get_the_trace_and_a_clear_ggn_refusal():
+    torch.manual_seed(0)
+    model = TinyLanguageModel().double()
+    gen = torch.Generator().manual_seed(4)
+    t = torch.randint(0, 6, (8, 5), generator=gen)
+    y = torch.randint(0, 6, (40,), generator=gen)
+    truth = reference_hessian(model, TinyLanguageModel.reference, t, y)
+    run = H.trace(model, ce, (t, y), rtol=0.01, seed=0)
+    exact = torch.trace(truth).item()
+    assert abs(run.estimate - exact) <= 4 * run.stderr + 1e-9 * abs(exact)
+    torch.testing.assert_close(H.exact_hessian(model, ce, (t, y)), truth, rtol=1e-10, atol=1e-12)
+    with pytest.raises(NotSeparable, match="not one row per input example"):
+        H.ggn_trace(model, ce, (t, y))

@@ -520,16 +520,36 @@ def check_module(model: nn.Module) -> None:
 
 
 @contextlib.contextmanager
+def dense_embeddings(model: nn.Module):
+    """Embeddings made with ``sparse=True`` give dense gradients inside the block.
+
+    A sparse gradient is the same derivative in another layout, which second derivatives and
+    ``torch.func`` cannot take; the Hessian does not change. The flags are restored on exit.
+    """
+    sparse = [m for m in model.modules() if getattr(m, "sparse", False) is True]
+    try:
+        for m in sparse:
+            m.sparse = False
+        yield
+    finally:
+        for m in sparse:
+            m.sparse = True
+
+
+@contextlib.contextmanager
 def curvature_modes(model: nn.Module, bn_mode: str):
     """Eval mode everywhere (no dropout noise), BatchNorm in eval or batch-statistics mode.
 
     In ``"train"`` mode BatchNorm normalises with each batch's statistics and does not touch its
-    running averages. Every module's mode and flag is restored on exit.
+    running averages. Embeddings give dense gradients (:func:`dense_embeddings`). Every
+    module's mode and flag is restored on exit.
     """
     if bn_mode not in BN_MODES:
         raise unknown("bn_mode", bn_mode, BN_MODES)
+    stack = contextlib.ExitStack()
     saved = [(m, m.training, getattr(m, "track_running_stats", None)) for m in model.modules()]
     try:
+        stack.enter_context(dense_embeddings(model))
         model.eval()
         if bn_mode == "train":
             for m in model.modules():
@@ -543,6 +563,7 @@ def curvature_modes(model: nn.Module, bn_mode: str):
             m.train(training)
             if track is not None:
                 m.track_running_stats = track
+        stack.close()
 
 
 def check_model(

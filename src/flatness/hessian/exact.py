@@ -17,6 +17,7 @@ non-zero and it equals ``diag(p) - p p^T``:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,6 +46,9 @@ from flatness.hessian.operator import CURVATURES
 from flatness.hessian.softmax import SoftmaxSpectrum as SoftmaxSpectrum
 from flatness.hessian.softmax import softmax_regression_hessian as softmax_regression_hessian
 from flatness.hessian.softmax import softmax_regression_spectrum as softmax_regression_spectrum
+
+#: torch's messages for two floating dtypes meeting in one operation
+_DTYPE_CLASH = re.compile(r"dtype|Double|Float|Half|BFloat16")
 
 #: Beyond this many parameters a dense Hessian is refused (P^2 float64 numbers).
 MAX_EXACT_PARAMS = 12_000
@@ -169,7 +173,19 @@ def exact_hessian(
                 outputs = functional_forward(model, unflatten(flat), (x,))
                 return select_output(outputs, output)
 
-            total += n * _batch_curvature(call, lambda z, y=y: loss_fn(z, y), flat0, curvature)
+            try:
+                part = _batch_curvature(call, lambda z, y=y: loss_fn(z, y), flat0, curvature)
+            except RuntimeError as err:
+                if not _DTYPE_CLASH.search(str(err)):
+                    raise
+                raise FlatnessError(
+                    "the model's forward pass fixes its own dtype (a .float() or a float32 "
+                    "constant inside it), so it cannot run in float64, where exact_hessian "
+                    f"computes ({str(err).splitlines()[0]}); let the forward follow its "
+                    "input's dtype (x.to(self.weight.dtype)), or use the estimators, which "
+                    "run at the model's own precision"
+                ) from None
+            total += n * part
             examples += n
     total /= examples
     asymmetry = (total - total.T).abs().max().item()

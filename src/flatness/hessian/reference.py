@@ -22,6 +22,7 @@ from flatness.hessian.checks import (
     at_model_precision,
     check_model,
     check_options,
+    dense_embeddings,
     is_batch,
     select_output,
     usable,
@@ -46,7 +47,10 @@ def pyhessian_engine(
         FlatnessError: for any input :func:`flatness.hessian.checks.check_model` refuses.
     """
     with torch.inference_mode(False), torch.enable_grad(), at_model_precision():
-        with _engine(model, loss_fn, data, seed=seed, output=output) as engine:
+        with (
+            dense_embeddings(model),
+            _engine(model, loss_fn, data, seed=seed, output=output) as engine,
+        ):
             yield engine
 
 
