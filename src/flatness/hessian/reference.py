@@ -47,10 +47,7 @@ def pyhessian_engine(
         FlatnessError: for any input :func:`flatness.hessian.checks.check_model` refuses.
     """
     with torch.inference_mode(False), torch.enable_grad(), at_model_precision():
-        with (
-            dense_embeddings(model),
-            _engine(model, loss_fn, data, seed=seed, output=output) as engine,
-        ):
+        with _engine(model, loss_fn, data, seed=seed, output=output) as engine:
             yield engine
 
 
@@ -70,7 +67,11 @@ def _engine(model, loss_fn, data, *, seed, output):
     grads = [(p, p.grad) for p in model.parameters()]  # the user's, put back after
     model.zero_grad(set_to_none=True)
     try:
-        with torch.random.fork_rng(devices=[device] if cuda else []), warnings.catch_warnings():
+        with (
+            torch.random.fork_rng(devices=[device] if cuda else []),
+            warnings.catch_warnings(),
+            dense_embeddings(model),
+        ):
             # its backward(create_graph=True) warns of a reference cycle, which we break below
             warnings.filterwarnings("ignore", message=".*create_graph=True.*")
             torch.manual_seed(seed)
