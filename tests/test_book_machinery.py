@@ -142,8 +142,11 @@ def test_parameters_are_read_as_papermill_reads_them():
         read("seeds", "[0, 1]")
     both = book.read_parameters([["seeds", "7"]], ["seeds: [0, 1]\ndataset: digits"])
     assert both == {"seeds": 7, "dataset": "digits"}  # -p after -y, as papermill orders them
-    with pytest.raises(FlatnessError, match=r"write it with a dot \(0.01 or 1.0e-2\)"):
-        book.read_parameters(None, ["weight_decays: [0, 1e-2]"])
+    # YAML 1.1 reads 1e-2 as text; every user means the number
+    assert book.read_parameters(None, ["weight_decays: [0, 1e-2]\nlr: 5E-3"]) == {
+        "weight_decays": [0, 0.01],
+        "lr": 0.005,
+    }
     # one -y text giving a key twice is refused (YAML would keep the last); later -y or -p win
     with pytest.raises(FlatnessError, match="not YAML .*duplicate key 'seeds'"):
         book.read_parameters(None, ["seeds: [0, 1]\nepochs: 2\nseeds: [2]"])

@@ -314,3 +314,23 @@ def test_plan_lists_every_run_with_hours_and_a_total(tmp_path):
     assert runs == len([line for line in lines if line.split()[:1] and line.split()[0] in MODELS])
     assert "preresnet-110" in done.stdout and "CPU-hours on this machine" in total
     assert float(total.split("total")[1].split()[0]) > 0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (["-p", "width", "1e8"], "width must be at most 1,000.0"),
+        (["-p", "epochs", "1e10"], "epochs must be at most 10,000"),
+        # a negative number in scientific notation is a value, as papermill reads it
+        (["-p", "epochs", "-1e-3"], "epochs must be an integer, got -0.001"),
+        (["-p", "epochs", "-2"], "epochs must be at least 1, got -2"),
+    ],
+)
+def test_sizes_beyond_their_bounds_get_one_message_and_exit_2(tmp_path, capsys, value, message):
+    store = tmp_path / "results"
+    code, out, err = _main(
+        capsys, "run", "logreg", "--profile", "smoke", "--results", store, *value
+    )
+    assert code == 2 and out == ""
+    assert err.startswith("flatness: error: ") and message in err and len(err.splitlines()) == 1
+    assert not store.exists() or not any(store.iterdir())

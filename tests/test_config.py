@@ -127,3 +127,42 @@ def test_float_fields_within_float32_are_kept():
 def test_a_label_names_the_lr():
     cfg = RunConfig(model="logreg", dataset="digits", weight_decay=0.0, seed=0, epochs=1, lr=1e-7)
     assert cfg.label() == "logreg/digits sgd lr=1e-07 wd=0 seed=0"
+
+
+#: every size field, a value just beyond its bound, and words of the reason its message gives
+SIZE_BOUNDS = [
+    ("epochs", 10_001, "10,000 .the paper's longest runs take 300 epochs"),
+    ("epochs", 1e10, "10,000"),
+    ("batch_size", 2**20 + 1, "1,048,576 .the data sets here hold at most 60,000"),
+    ("train_size", 2**24 + 1, "16,777,216"),
+    ("hessian_every", 10_001, "10,000"),
+    ("hessian_max_probes", 100_001, "100,000"),
+    ("hessian_examples", 2**24 + 1, "16,777,216"),
+    ("slq_steps", 10_001, "10,000 .Lanczos"),
+    ("width", 1e8, "1,000.0 .a thousand times the paper's network"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "words"), SIZE_BOUNDS)
+def test_every_size_field_has_a_bound_that_names_its_reason(field, value, words):
+    base = dict(model="logreg", dataset="digits", weight_decay=0.0, seed=0, epochs=5)
+    with pytest.raises(FlatnessError, match=f"^{field} must be at most {words}"):
+        RunConfig(**{**base, field: value})
+    bound = int(words.split()[0].replace(",", "").split(".")[0])
+    RunConfig(**{**base, field: bound, **({"epochs": bound} if field == "hessian_every" else {})})
+
+
+def test_a_width_within_bounds_whose_network_is_too_large_is_refused_by_its_parameters():
+    # 784-512w-256w-10 at w=500: about 3.3e10 parameters, 130 GB of float32 weights
+    with pytest.raises(FlatnessError, match=r"has [0-9,]+ parameters, above the 1,000,000,000"):
+        RunConfig(
+            model="mlp-512-256", dataset="mnist", weight_decay=0.0, seed=0, epochs=1, width=500
+        )
+
+
+def test_numbers_yaml_keeps_as_text_are_read_as_the_numbers_users_mean():
+    # YAML 1.1 (PyYAML, papermill's -y) reads 1e-2 as the text "1e-2"
+    cfg = RunConfig(model="logreg", dataset="digits", weight_decay="1e-2", seed=0, epochs="1E1")
+    assert (cfg.weight_decay, cfg.epochs) == (0.01, 10)
+    with pytest.raises(FlatnessError, match="weight_decay must be a number, got 'lots'"):
+        RunConfig(model="logreg", dataset="digits", weight_decay="lots", seed=0, epochs=1)

@@ -10,14 +10,40 @@ A leaf: it imports nothing of flatness but :mod:`flatness.errors`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 
 import yaml
 
 from flatness.errors import FlatnessError, unknown
 
+#: a number as YAML 1.1 (PyYAML, papermill's -y) reads it, as text: ``1e-2``, ``5E3``
+YAML_TEXT_NUMBER = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][+-]?[0-9]+$")
 
-def as_int(name: str, value: object, *, minimum: int | None = None) -> int:
+
+def _number_text(value: object) -> object:
+    """``value``, or the number a text such as ``"1e-2"`` means (YAML 1.1 keeps it text)."""
+    if isinstance(value, str) and YAML_TEXT_NUMBER.match(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() and "." not in value else number
+    return value
+
+
+def _above_bound(name: str, value, maximum, why: str | None) -> FlatnessError:
+    reason = f" ({why})" if why else ""
+    return FlatnessError(f"{name} must be at most {maximum:,}{reason}, got {value:,}")
+
+
+def as_int(
+    name: str,
+    value: object,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    why: str | None = None,
+) -> int:
+    """``value`` as an int in [``minimum``, ``maximum``]; ``why`` says where a bound comes from."""
+    value = _number_text(value)
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -25,6 +51,8 @@ def as_int(name: str, value: object, *, minimum: int | None = None) -> int:
             raise FlatnessError(f"{name} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise FlatnessError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise _above_bound(name, value, maximum, why)
     return value
 
 
@@ -42,8 +70,17 @@ def _beyond_float32(name: str, value: object) -> str:
 
 
 def as_float(
-    name: str, value: object, *, minimum: float | None = None, above: float | None = None
+    name: str,
+    value: object,
+    *,
+    minimum: float | None = None,
+    above: float | None = None,
+    maximum: float | None = None,
+    why: str | None = None,
 ) -> float:
+    """``value`` as a finite float32-representable number in its range; ``why`` says where
+    ``maximum`` comes from."""
+    value = _number_text(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FlatnessError(f"{name} must be a number, got {value!r}")
     try:
@@ -63,6 +100,8 @@ def as_float(
         raise FlatnessError(f"{name} must be at least {minimum}, got {value}")
     if above is not None and value <= above:
         raise FlatnessError(f"{name} must be above {above}, got {value}")
+    if maximum is not None and value > maximum:
+        raise _above_bound(name, value, maximum, why)
     return value
 
 

@@ -1,7 +1,8 @@
 """Chapter parameters given on the command line, read as papermill reads them.
 
 ``python -m flatness chapter -p KEY VALUE`` and ``papermill -p KEY VALUE`` hand a chapter the
-same values (:func:`read_parameter`); ``-y YAML`` texts are read with papermill's own loader
+same values (:func:`read_parameter`); ``-y YAML`` texts are read with papermill's own loader,
+with ``1e-2`` read as the number it means, which YAML 1.1 keeps as text
 (:func:`read_parameters`), and ``data_root`` is made absolute (:func:`_data_root`).
 """
 
@@ -13,9 +14,19 @@ from pathlib import Path
 import yaml
 
 from flatness.errors import FlatnessError
+from flatness.validation import YAML_TEXT_NUMBER
 
 _SPECIAL = {"True": True, "False": False, "None": None}
-_YAML_TEXT_NUMBER = re.compile(r"^[+-]?[0-9]+[eE][+-]?[0-9]+$")
+
+
+def _numbers(value):
+    """``value`` with each text YAML 1.1 keeps as text but every user means as a number
+    (``1e-2``: PyYAML and papermill's -y want a dot) read as that number, in lists too."""
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str) and YAML_TEXT_NUMBER.match(value.strip()):
+        return float(value)
+    return value
 
 
 def read_parameter(key: str, text: str):
@@ -66,15 +77,7 @@ def read_parameters(pairs: list[list[str]] | None, yamls: list[str] | None = Non
             raise FlatnessError(f"-y {text!r}: not YAML ({first})") from None
         if value is not None and not isinstance(value, dict):
             raise FlatnessError(f"-y {text!r}: give KEY: VALUE pairs, e.g. -y 'seeds: [0, 1]'")
-        for item in (value or {}).values():
-            for v in item if isinstance(item, list) else [item]:
-                if isinstance(v, str) and _YAML_TEXT_NUMBER.match(v):
-                    # YAML 1.1 (PyYAML, papermill -y) reads 1e-2 as text; the chapter would refuse it
-                    raise FlatnessError(
-                        f"-y {text!r}: YAML reads {v} as text, not a number; write it with a dot "
-                        f"({float(v)!r} or 1.0e{v.lower().split('e')[1]})"
-                    )
-        found.update(value or {})
+        found.update({k: _numbers(v) for k, v in (value or {}).items()})
     found.update({key: read_parameter(key, text) for key, text in pairs or []})
     return found
 

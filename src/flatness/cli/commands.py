@@ -13,6 +13,7 @@ import difflib
 import functools
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -128,6 +129,10 @@ def _chapter_parameters(args) -> dict:
     return parameters
 
 
+#: a negative number in any notation float() reads, scientific included
+NEGATIVE_NUMBER = re.compile(r"^-(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$")
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are the command line's one line ``flatness: error:``
     (exit code 2, as for all bad input), naming the subcommand; abbreviated options are refused.
@@ -140,6 +145,9 @@ class _Parser(argparse.ArgumentParser):
         # same prefix would change what an old command line means
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # "-p epochs -1e-3" is a value, as papermill reads it: argparse takes only -5 and -.5
+        # for negative numbers, and anything else that starts with "-" for an option
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str):
         # raised, not printed: main reports it as every FlatnessError, and tests calling main

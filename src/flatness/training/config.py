@@ -36,6 +36,20 @@ SEED_LIMIT = 2**32
 #: ``sgd`` (heavy-ball momentum, coupled L2), ``adam`` (coupled L2), ``adamw`` (decoupled decay).
 OPTIMISERS = ("sgd", "adam", "adamw")
 
+#: The bounds of the size fields, each from sense or from memory, with the reason a refusal
+#: gives: a value beyond them is a typo (``-p epochs 1e10`` would train for years) or would
+#: fail deep inside torch (``-p width 1e8``).
+MAX_EPOCHS = 10_000
+MAX_EPOCHS_WHY = "the paper's longest runs take 300 epochs"
+MAX_BATCH = 2**20
+MAX_EXAMPLES = 2**24
+MAX_EXAMPLES_WHY = "the data sets here hold at most 60,000 training examples"
+MAX_PROBES = 100_000
+MAX_SLQ_STEPS = 10_000
+MAX_WIDTH = 1000.0
+MAX_PARAMETERS = 10**9
+MAX_PARAMETERS_WHY = "4 GB of float32 weights, about 16 GB with gradients and the optimiser's state"
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -49,16 +63,18 @@ class RunConfig:
             decoupled decay for ``adamw`` (``w <- w - lr * weight_decay * w``).
         seed: seeds the initialisation, the batch order, augmentation and dropout; in
             [0, 2**32).
-        epochs: passes over the training split.
-        batch_size: minibatch size.
+        epochs: passes over the training split (at most :data:`MAX_EPOCHS`).
+        batch_size: minibatch size (at most :data:`MAX_BATCH`).
         lr: the initial learning rate (> 0).
         momentum: heavy-ball momentum of ``sgd``, in [0, 1); Adam's betas are (0.9, 0.999).
         schedule: one of :data:`SCHEDULES` (see :mod:`flatness.training.schedules`).
-        train_size: use only the first ``train_size`` examples of a fixed shuffle (``None``: all).
+        train_size: use only the first ``train_size`` examples of a fixed shuffle (``None``: all;
+            at most :data:`MAX_EXAMPLES`).
         hessian_every: measure the Hessian every this many epochs and at the last one;
-            0 never measures it.
+            0 never measures it (at most :data:`MAX_EPOCHS`).
         optimiser: one of :data:`OPTIMISERS`.
-        width: width multiplier of the network's hidden layers (1 = the paper's size).
+        width: width multiplier of the network's hidden layers (1 = the paper's size; at most
+            :data:`MAX_WIDTH`, and the network at most :data:`MAX_PARAMETERS` parameters).
         average_start: iterate averaging as the authors' ``swa_start``: the weights at the end of
             every (1-based) epoch after this one are averaged, with BatchNorm statistics
             recomputed for the average (SWA with ``sgd``, Gadam with ``adamw``); the schedule
@@ -70,12 +86,14 @@ class RunConfig:
         hessian_rtol: relative standard error at which the trace and Frobenius estimators stop,
             for models too large for an exact Hessian.
         hessian_max_probes: the trace and Frobenius estimators stop here if ``hessian_rtol``
-            is not reached first (the stored standard errors say how precise they got).
+            is not reached first (the stored standard errors say how precise they got; at
+            most :data:`MAX_PROBES`).
         hessian_examples: measure the Hessian on the first this many training examples (a
             fixed subset, the same at every epoch); None: the whole training split, as the
-            authors did.
+            authors did. At most :data:`MAX_EXAMPLES`.
         slq_steps: Lanczos steps of the spectral density estimated after the last epoch for
-            models too large for an exact spectrum; 0 skips it.
+            models too large for an exact spectrum; 0 skips it (at most
+            :data:`MAX_SLQ_STEPS`).
 
     Raises:
         FlatnessError: for any field out of its range, naming the field and the valid range;
@@ -113,16 +131,51 @@ class RunConfig:
         fix("seed", as_int("seed", self.seed, minimum=0))
         if self.seed >= SEED_LIMIT:
             raise FlatnessError(f"seed must be below 2**32 = {SEED_LIMIT}, got {self.seed}")
-        fix("epochs", as_int("epochs", self.epochs, minimum=1))
-        fix("batch_size", as_int("batch_size", self.batch_size, minimum=1))
+        fix(
+            "epochs",
+            as_int("epochs", self.epochs, minimum=1, maximum=MAX_EPOCHS, why=MAX_EPOCHS_WHY),
+        )
+        fix(
+            "batch_size",
+            as_int(
+                "batch_size", self.batch_size, minimum=1, maximum=MAX_BATCH, why=MAX_EXAMPLES_WHY
+            ),
+        )
         fix("lr", as_float("lr", self.lr, above=0.0))
         fix("momentum", as_float("momentum", self.momentum, minimum=0.0))
         if self.momentum >= 1:
             raise FlatnessError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.train_size is not None:
-            fix("train_size", as_int("train_size", self.train_size, minimum=2))
-        fix("hessian_every", as_int("hessian_every", self.hessian_every, minimum=0))
-        fix("width", as_float("width", self.width, above=0.0))
+            fix(
+                "train_size",
+                as_int(
+                    "train_size",
+                    self.train_size,
+                    minimum=2,
+                    maximum=MAX_EXAMPLES,
+                    why=MAX_EXAMPLES_WHY,
+                ),
+            )
+        fix(
+            "hessian_every",
+            as_int(
+                "hessian_every",
+                self.hessian_every,
+                minimum=0,
+                maximum=MAX_EPOCHS,
+                why=MAX_EPOCHS_WHY,
+            ),
+        )
+        fix(
+            "width",
+            as_float(
+                "width",
+                self.width,
+                above=0.0,
+                maximum=MAX_WIDTH,
+                why="a thousand times the paper's network",
+            ),
+        )
         fix("final_ratio", as_float("final_ratio", self.final_ratio, above=0.0))
         if self.final_ratio > 1:
             raise FlatnessError(f"final_ratio must be in (0, 1], got {self.final_ratio}")
@@ -130,10 +183,37 @@ class RunConfig:
             raise FlatnessError(f"augment must be true, false or null, got {self.augment!r}")
         fix("hessian_rtol", as_rtol("hessian_rtol", self.hessian_rtol))
         # the stochastic estimators take at least 32 probes (flatness.hessian.stochastic.MIN_PROBES)
-        fix("hessian_max_probes", as_int("hessian_max_probes", self.hessian_max_probes, minimum=32))
+        fix(
+            "hessian_max_probes",
+            as_int(
+                "hessian_max_probes",
+                self.hessian_max_probes,
+                minimum=32,
+                maximum=MAX_PROBES,
+                why="enough for a 0.3 % standard error where one probe's spread equals the trace",
+            ),
+        )
         if self.hessian_examples is not None:
-            fix("hessian_examples", as_int("hessian_examples", self.hessian_examples, minimum=1))
-        fix("slq_steps", as_int("slq_steps", self.slq_steps, minimum=0))
+            fix(
+                "hessian_examples",
+                as_int(
+                    "hessian_examples",
+                    self.hessian_examples,
+                    minimum=1,
+                    maximum=MAX_EXAMPLES,
+                    why=MAX_EXAMPLES_WHY,
+                ),
+            )
+        fix(
+            "slq_steps",
+            as_int(
+                "slq_steps",
+                self.slq_steps,
+                minimum=0,
+                maximum=MAX_SLQ_STEPS,
+                why="Lanczos loses orthogonality long before; 100 resolve a density",
+            ),
+        )
         self._check_averaging(fix)
         _check_model_fits(self.model, self.dataset, self.width)
 
@@ -188,6 +268,13 @@ def _check_model_fits(model: str, dataset: str, width: float) -> None:
     shape = data.input_shape(dataset)
     with torch.device("meta"):
         net = models.build(model, shape, data.num_classes(dataset), width=width)
+        count = sum(p.numel() for p in net.parameters())
+        if count > MAX_PARAMETERS:
+            raise FlatnessError(
+                f"model {model!r} at width {width:g} has {count:,} parameters, above the "
+                f"{MAX_PARAMETERS:,} this package trains ({MAX_PARAMETERS_WHY}); give a "
+                "smaller width"
+            )
         try:
             out = net(torch.zeros(2, *shape))
         except RuntimeError as err:
