@@ -355,3 +355,76 @@ def test_a_dry_run_names_the_failed_and_damaged_points_the_sweep_skips(tmp_path,
         assert f"{failed.key()}  failed: the training loss is nan after epoch 2" in err
         assert f"{damaged.key()}  damaged: metrics.json is not valid JSON" in err
     assert "0 run(s), 0 GPU-hours" in dry[1]
+
+
+SITECUSTOMIZE = """
+import os
+if os.environ.get("FLATNESS_TEST_BUG"):
+    import flatness.training.loop as loop
+    real = loop.train
+    def train(config, **kwargs):
+        if config.seed == 7:
+            raise RuntimeError("an injected bug")
+        return real(config, **kwargs)
+    loop.train = train
+"""
+
+
+def _with_a_bug(monkeypatch, tmp_path):
+    """Seed 7 raises a RuntimeError in training, in this process and in every worker."""
+    from flatness.training import loop
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FLATNESS_TEST_BUG", "1")
+    real = loop.train
+
+    def train(config, **kwargs):
+        if config.seed == 7:
+            raise RuntimeError("an injected bug")
+        return real(config, **kwargs)
+
+    monkeypatch.setattr(loop, "train", train)
+
+
+def test_a_point_raising_an_error_not_ours_is_named_not_called_interrupted(tmp_path, monkeypatch):
+    _with_a_bug(monkeypatch, tmp_path)
+    store, good = Store(tmp_path / "store"), _tiny(1)[0]
+    bad = RunConfig(weight_decay=0.0, seed=7, **TINY)
+    out = sweep.sweep(
+        _grid(good, bad), store=store, published=_no_published(tmp_path), max_parallel=1
+    )
+    assert out.states == {good.key(): "done", bad.key(): "error"}
+    assert out.messages[bad.key()] == "RuntimeError: an injected bug"
+    log = (store.root / ".logs" / f"{bad.key()}.log").read_text()
+    assert "Traceback" in log and "an injected bug" in log
+    assert not store.failed()  # not recorded: the next sweep tries it again
+
+
+@pytest.mark.parametrize("cluster", ["debug", "local"])
+def test_a_slurm_sweep_that_waits_summarises_a_point_that_raised(
+    tmp_path, monkeypatch, capsys, cluster
+):
+    from flatness.cli import main
+
+    _with_a_bug(monkeypatch, tmp_path)
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        "runs: [{model: logreg, dataset: digits, epochs: 2, train_size: 200, batch_size: 64,"
+        " hessian_every: 0, weight_decay: 0, seed: [0, 7]}]"
+    )
+    code = main(
+        ["sweep", str(grid), "--profile", "smoke", "--executor", "slurm", "--cluster", cluster]
+        + ["--wait", "--results", str(tmp_path / "store"), "--time-min", "5"]
+        + ["--published", str(tmp_path / "no-published"), "--max-parallel", "1"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert "1 trained or found, 0 failed, 1 raised an error" in out
+    # the command's own answer: one message and exit 2, not an escaped FailedJobError
+    assert "flatness: error: 1 point(s) raised an error" in err
+    assert err.rstrip().splitlines()[-1].endswith("RuntimeError: an injected bug")
+    if cluster == "local":  # a job of its own: the traceback stays in the job's log
+        assert "Traceback" not in err

@@ -138,10 +138,11 @@ def _sweep(args) -> None:
             f"`python -m flatness sweep-status {args.grid} --profile {args.profile}`"
         )
         return
-    elsewhere = outcome.count("elsewhere")
+    elsewhere, errors = outcome.count("elsewhere"), outcome.count("error")
     print(
         f"{outcome.count('done')} trained or found, {outcome.count('failed')} failed, "
-        f"{outcome.count('skipped')} skipped"
+        + (f"{errors} raised an error, " if errors else "")
+        + f"{outcome.count('skipped')} skipped"
         + (f", {elsewhere} being trained by another process" if elsewhere else "")
         + f", in {outcome.seconds:.0f} s"
     )
@@ -152,6 +153,13 @@ def _sweep(args) -> None:
             f"{len(failed)} point(s) failed (recorded; `sweep --retry-failed` trains them "
             "again):\n" + "\n".join(f"  {k}: {m}" for k, m in failed.items())
         )
+    raised = {k: m for k, m in outcome.messages.items() if outcome.states[k] == "error"}
+    if raised:
+        problems.append(
+            f"{len(raised)} point(s) raised an error (not recorded; each point's log under "
+            f"{store.root / '.logs'} or the job's output holds the traceback; the same sweep "
+            "again tries them again):\n" + "\n".join(f"  {k}: {m}" for k, m in raised.items())
+        )
     cut = {k: m for k, m in outcome.messages.items() if outcome.states[k] == "interrupted"}
     if cut:
         problems.append(
@@ -159,7 +167,9 @@ def _sweep(args) -> None:
             "them):\n" + "\n".join(f"  {k}: {m}" for k, m in cut.items())
         )
     # a point that failed in this sweep is reported once, above, not as skipped too
-    problems += _skipped_problems(grid, store, published, args, reported=set(failed) | set(cut))
+    problems += _skipped_problems(
+        grid, store, published, args, reported=set(failed) | set(raised) | set(cut)
+    )
     if problems:
         raise FlatnessError("\n".join(problems))
 

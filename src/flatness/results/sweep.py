@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 import submitit
@@ -105,9 +106,12 @@ def trains(state: str, *, retry_failed: bool = False) -> bool:
 def train_point(
     config: dict, store: str, data_root: str | None, retrain: bool = False, locked: bool = False
 ) -> dict:
-    """Train (or load) one point; returns ``{"key", "state", "message", "seconds"}`` with
-    ``state`` ``done`` or ``failed``. Runs in a worker process (``locked``: its parent holds the
-    run's lock) or a Slurm job."""
+    """Train (or load) one point; returns ``{"key", "state", "message", "seconds"}``.
+
+    ``state`` is ``done``, ``failed`` (a FlatnessError, recorded where it is a diverged run) or
+    ``error`` (any other exception, named in the message, its traceback in the point's log;
+    nothing is recorded, so the next sweep tries the point again from its checkpoint). Runs in
+    a worker process (``locked``: its parent holds the run's lock) or a Slurm job."""
     from flatness.results.runs import load_or_run
 
     cfg = RunConfig(**config)
@@ -125,6 +129,11 @@ def train_point(
     except FlatnessError as err:  # diverged (recorded by the store), or refused
         state, message = "failed", str(err)
         print(f"failed: {message}", file=sys.stderr, flush=True)
+    except Exception as err:  # not ours: a bug, out of memory; the log keeps the traceback
+        traceback.print_exc(file=sys.stderr)
+        state = "error"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        message = f"{type(err).__name__}" + (f": {first}" if first else "")
     return {
         "key": cfg.key(),
         "state": state,
@@ -152,8 +161,10 @@ class TrainPoint(submitit.helpers.Checkpointable):
 @dataclass(frozen=True)
 class Outcome:
     """What a sweep did: per point key, ``done``, ``failed`` (recorded, with message),
-    ``interrupted`` (its worker died; it resumes next time), ``skipped`` (published, stored, or
-    failed before the sweep) or ``elsewhere`` (being trained by another process)."""
+    ``error`` (it raised an exception that is not flatness's, named in the message),
+    ``interrupted`` (its worker or job died without an answer: killed, out of time; it resumes
+    next time), ``skipped`` (published, stored, or failed before the sweep) or ``elsewhere``
+    (being trained by another process)."""
 
     states: dict[str, str]
     messages: dict[str, str]
@@ -339,8 +350,19 @@ def _run_slurm(points, store, data_root, retry_failed, options: dict, wait: bool
         ) from None
     states, messages = {}, {}
     if wait:
-        for job in jobs:
-            result = job.result()
+        for job, point in zip(jobs, points):
+            try:
+                result = job.result()
+            except submitit.core.utils.UncompletedJobError as err:
+                # killed, out of time, or it raised before train_point could answer
+                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                result = {
+                    "key": point.config.key(),
+                    "state": "interrupted",
+                    "message": f"Slurm job {job.job_id} ended without an answer ({first}; see "
+                    f"{job.paths.stderr}); the run resumes from its checkpoint when the sweep is "
+                    "run again",
+                }
             states[result["key"]] = result["state"]
             messages[result["key"]] = result["message"]
     return states, messages, tuple(jobs)
