@@ -390,3 +390,68 @@ def test_a_language_models_flattened_logits_get_the_trace_and_a_clear_ggn_refusa
     torch.testing.assert_close(H.exact_hessian(model, ce, (t, y)), truth, rtol=1e-10, atol=1e-12)
     with pytest.raises(NotSeparable, match="not one row per input example"):
         H.ggn_trace(model, ce, (t, y))
+
+
+# -- DataParallel and activation checkpointing ----------------------------------------------------
+
+
+class Checkpointed(nn.Module):
+    """The hidden layer under ``torch.utils.checkpoint``."""
+
+    def __init__(self, reentrant: bool):
+        super().__init__()
+        self.l, self.o = nn.Linear(4, 5), nn.Linear(5, 3)
+        self.reentrant = reentrant
+
+    def forward(self, x):
+        hidden = torch.utils.checkpoint.checkpoint(
+            lambda t: torch.tanh(self.l(t)), x, use_reentrant=self.reentrant
+        )
+        return self.o(hidden)
+
+    @staticmethod
+    def reference(p, x):
+        w, b, v, c = p
+        return torch.tanh(x @ w.T + b) @ v.T + c
+
+
+def tanh_mlp():
+    return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+
+
+@pytest.mark.parametrize("wrapped", ["DataParallel", "checkpoint"])
+def test_wrappers_torch_func_cannot_run_are_estimated_and_refused_only_where_needed(wrapped):
+    torch.manual_seed(0)
+    inner = tanh_mlp().double() if wrapped == "DataParallel" else Checkpointed(False).double()
+    model = nn.DataParallel(inner) if wrapped == "DataParallel" else inner
+    x, y = data(5)
+    truth = reference_hessian(inner, Checkpointed.reference, x, y)
+    run = H.trace(model, ce, (x, y), rtol=0.01, seed=0)
+    exact = torch.trace(truth).item()
+    assert abs(run.estimate - exact) <= 4 * run.stderr + 1e-9 * abs(exact)
+    top = H.top_eigenvalues(model, ce, (x, y), k=1, tol=1e-10, seed=0)
+    assert top.eigenvalues[0].item() == pytest.approx(
+        torch.linalg.eigvalsh(truth)[-1].item(), rel=1e-8
+    )
+    for refused in (
+        lambda: H.exact_hessian(model, ce, (x, y)),
+        lambda: H.exact_hessian(model, ce, (x, y), curvature="ggn"),
+        lambda: H.top_eigenvalues(model, ce, (x, y), curvature="ggn"),
+    ):
+        with pytest.raises(FlatnessError, match="^torch.func cannot differentiate this model"):
+            refused()
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")
+def test_reentrant_checkpointing_is_refused_for_what_it_is():
+    torch.manual_seed(0)
+    model, (x, y) = Checkpointed(True).double(), data(5)
+    for call in (
+        lambda: H.trace(model, ce, (x, y)),
+        lambda: H.top_eigenvalues(model, ce, (x, y)),
+        lambda: H.exact_hessian(model, ce, (x, y)),
+    ):
+        with pytest.raises(
+            FlatnessError, match=r"l\.weight, l\.bias get no gradient: .*use_reentrant=False"
+        ):
+            call()

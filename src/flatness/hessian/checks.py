@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 
 import torch
@@ -566,6 +567,22 @@ def curvature_modes(model: nn.Module, bn_mode: str):
         stack.close()
 
 
+#: torch.utils.checkpoint's warning when, with use_reentrant=True, no input requires grad
+_REENTRANT = "None of the inputs have requires_grad=True"
+
+
+def _reentrant_checkpoint(seen: list) -> bool:
+    """Whether the warnings a forward pass gave (``seen``) include reentrant checkpointing's
+    'gradients will be None'; every other warning is given again, as the model gave it."""
+    found = False
+    for w in seen:
+        if _REENTRANT in str(w.message):
+            found = True
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    return found
+
+
 def check_model(
     model: nn.Module,
     loss_fn: Callable,
@@ -599,12 +616,15 @@ def check_model(
         with all_random_states_kept():
             torch.manual_seed(0)
             try:
-                raw = model(x)
+                with warnings.catch_warnings(record=True) as seen:
+                    warnings.simplefilter("always")
+                    raw = model(x)
             except (RuntimeError, ValueError, TypeError, IndexError) as err:
                 # the first forward pass is where a model and its data first meet: name both
                 raise FlatnessError(
                     f"the model fails on the first batch (inputs {_shapes(x)}): {err}"
                 ) from err
+            reentrant = _reentrant_checkpoint(seen)
             out = select_output(raw, output)
             torch.manual_seed(1)
             again = select_output(model(x), output).detach()
@@ -624,6 +644,14 @@ def check_model(
             loss, [p for _, p in named], allow_unused=True, create_graph=create_graph
         )
     unused = [n for (n, _), g in zip(named, grads) if g is None]
+    if unused and reentrant:
+        raise FlatnessError(
+            f"parameter(s) {', '.join(unused)} get no gradient: the model runs them inside "
+            "torch.utils.checkpoint with use_reentrant=True, whose inputs here do not require "
+            "gradients (torch warns that gradients will be None); checkpoint with "
+            "use_reentrant=False, which the estimators differentiate, or measure without "
+            "checkpointing"
+        )
     if unused:
         raise FlatnessError(
             f"parameter(s) {', '.join(unused)} do not affect the loss, so their Hessian "
