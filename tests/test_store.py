@@ -18,6 +18,7 @@ from flatness.errors import FlatnessError, RunDiverged
 from flatness.results import entries
 from flatness.results import store as store_module
 from flatness.results.entries import Damaged, Failed
+from flatness.results.published import Published
 from flatness.results.runs import load_or_run
 from flatness.results.store import Store, describe_store
 from flatness.training.config import RunConfig
@@ -198,6 +199,9 @@ def test_a_damaged_run_is_listed_refused_and_retrained(tmp_path, kind):
     assert store.runs() == [] and store.failed() == [] and store.load(cfg) is None
     text = describe_store(store)
     assert f"{cfg.key()}  {found.reason}" in text and "--retrain" in text
+    # where the folder's config.json names another run, retraining that run cannot help
+    wrong_name = kind == "config of another run"
+    assert ("writes another folder, not this one: delete this folder" in text) == wrong_name
 
     fake = FakeTrain()
     with pytest.raises(FlatnessError) as err:
@@ -404,3 +408,39 @@ def test_a_store_that_cannot_be_a_folder_or_written_is_refused_before_any_write(
         with pytest.raises(FlatnessError, match=f"{message} the results store.*cannot be written"):
             Store(root).check_writable()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_leftovers_of_a_killed_final_save_are_listed_and_a_sweep_removes_stale_ones(tmp_path):
+    from flatness.chapters import grids
+    from flatness.results import sweep
+
+    cfg = RunConfig(**TINY)
+    store = Store(tmp_path / "store")
+    store.save(cfg, {"test_acc": 0.5}, ARRAYS, {"finished": "then"})
+    # what a SIGKILL in the middle of saving another run leaves: its half-written folder, a
+    # folder being deleted and a checkpoint being written
+    other = RunConfig(**{**TINY, "seed": 5})
+    half = store.root / f".tmp-{other.key()}-abc123"
+    half.mkdir()
+    (half / "metrics.json").write_text("{")
+    (store.root / f".trash-{other.key()}-def456").mkdir()
+    (store.root / ".checkpoints").mkdir()
+    (store.root / ".checkpoints" / f".{other.key()}.pt.tmp-789").write_bytes(b"x")
+    assert [r.key for r in store.runs()] == [cfg.key()] and not store.damaged()
+    text = describe_store(store)
+    assert "3 temporary entries left by a killed process" in text
+    assert (
+        f".tmp-{other.key()}-abc123" in text and f".checkpoints/.{other.key()}.pt.tmp-789" in text
+    )
+    # a run being trained keeps its leftovers: its lock is held
+    with store.lock(other):
+        assert store.remove_stale_leftovers() == []
+    # a sweep (here of the stored run only: nothing to train but the clean-up) removes them
+    out = sweep.sweep(
+        grids.Grid("g", "smoke", (cfg, other)),
+        store=store,
+        published=Published(tmp_path / "none"),
+        max_parallel=1,
+    )
+    assert store.leftovers() == [] and describe_store(store) == ""
+    assert out.states[other.key()] == "done"

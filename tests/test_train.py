@@ -69,9 +69,7 @@ def test_a_diverging_run_names_the_run_and_the_epoch():
         train(cfg, device="cpu")
 
 
-@pytest.mark.parametrize("lr", [1e6, 1e30])
-def test_a_run_ending_far_above_chance_loss_diverged_and_is_not_measured(lr, monkeypatch):
-    # finite but huge losses: NaN never came, yet the network is confidently wrong
+def _counted_measurements(monkeypatch) -> list:
     import flatness.training.loop as training
 
     measured = []
@@ -81,12 +79,53 @@ def test_a_run_ending_far_above_chance_loss_diverged_and_is_not_measured(lr, mon
         "_measure",
         lambda run, epoch, final: measured.append(final) or real(run, epoch, final=final),
     )
+    return measured
+
+
+@pytest.mark.parametrize("lr", [1e6])
+def test_a_run_ending_far_above_chance_loss_diverged_and_is_not_measured(lr, monkeypatch):
+    # finite but huge losses: NaN never came, yet the network is confidently wrong
+    measured = _counted_measurements(monkeypatch)
     cfg = RunConfig(weight_decay=0.0, **{**TINY, "lr": lr, "hessian_every": 2})
     with pytest.raises(
         RunDiverged, match=r"after the last epoch, above 2 x ln K = 4\.605 \(K = 10"
     ):
         train(cfg, device="cpu")
     assert measured == [False]  # the epoch-2 measurement ran; the final one did not
+
+
+def test_a_run_whose_weights_overflow_diverged_at_once_and_is_never_measured(monkeypatch):
+    # lr 1e30: the loss stays finite for an epoch, the weights' norm is beyond float32's reach
+    measured = _counted_measurements(monkeypatch)
+    cfg = RunConfig(weight_decay=0.0, **{**TINY, "lr": 1e30, "hessian_every": 1})
+    with pytest.raises(RunDiverged, match=r"weights' norm is .* after epoch 1, beyond 1\.8e\+19"):
+        train(cfg, device="cpu")
+    assert measured == []
+
+
+def test_weights_that_blow_up_beside_a_finite_loss_are_a_diverged_run():
+    # a hidden unit of norm 1e31 whose output weights are 0: the loss does not see it
+    cfg = RunConfig(
+        model="mlp-10-100",
+        dataset="digits",
+        weight_decay=0.0,
+        seed=0,
+        epochs=2,
+        train_size=200,
+        batch_size=64,
+        hessian_every=0,
+    )
+
+    def blow_up(epoch, model):
+        first, second = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][:2]
+        with torch.no_grad():
+            first.weight[0] = 1e31
+            second.weight[:, 0] = 0.0
+
+    with pytest.raises(
+        RunDiverged, match=r"weights' norm is [0-9.]+e\+3[12] after epoch 1.*loss is finite"
+    ):
+        train(cfg, device="cpu", callback=blow_up)
 
 
 def test_a_run_ending_below_twice_chance_loss_is_kept():

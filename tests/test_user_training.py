@@ -55,10 +55,8 @@ def test_train_size_beyond_the_data_is_refused_before_the_store_is_touched(tmp_p
     assert out == "" and not results.exists()
 
 
-@pytest.mark.parametrize(
-    "metrics", [{}, {"test_acc": "high", "lambda_max": None, "trace": [1], "weight_norm": True}]
-)
-def test_ls_and_run_print_a_hand_edited_metrics_file_without_crashing(tmp_path, capsys, metrics):
+def test_ls_and_run_print_a_hand_emptied_metrics_file_without_crashing(tmp_path, capsys):
+    metrics = {}
     results = tmp_path / "results"
     args = ("run", "mlp-10-100", *SMOKE, "--results", str(results))
     assert _cli(capsys, *args)[0] == 0
@@ -74,6 +72,29 @@ def test_ls_and_run_print_a_hand_edited_metrics_file_without_crashing(tmp_path, 
     assert code == 0, err
     row = out.strip().splitlines()[-1].split()
     assert row[0] == run.key and row[8:10] == ["nan", "nan"]  # after lr, wd, seed, epochs
+
+
+@pytest.mark.parametrize(
+    ("metrics", "named"),
+    [
+        ({"test_acc": "high", "lambda_max": None, "weight_norm": True}, "'high' for test_acc"),
+        ({"trace": [1]}, "[1] for trace"),
+    ],
+)
+def test_text_where_a_metric_belongs_makes_the_run_damaged_not_a_row_of_nan(
+    tmp_path, capsys, metrics, named
+):
+    results = tmp_path / "results"
+    args = ("run", "mlp-10-100", *SMOKE, "--results", str(results))
+    assert _cli(capsys, *args)[0] == 0
+    (run,) = Store(results).runs()
+    (run.path / "metrics.json").write_text(json.dumps(metrics))
+    assert Store(results).runs() == [] and len(Store(results).damaged()) == 1
+
+    code, out, err = _cli(capsys, *args)
+    assert code == 2 and f"metrics.json holds {named}, where a number belongs" in err
+    code, out, err = _cli(capsys, "ls", "--results", str(results))
+    assert code == 0 and "1 damaged run folder(s)" in out and named in out
 
 
 def test_averaging_from_epoch_zero_runs_every_epoch_at_the_averaging_rate():

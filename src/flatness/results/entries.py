@@ -139,6 +139,16 @@ def _config_problem(key: str, d: dict, name: str) -> tuple[RunConfig | None, str
     return config, None
 
 
+def _metrics_problem(metrics: dict) -> str | None:
+    """Why ``metrics.json`` cannot be a run's metrics, or ``None``: every value is a number, a
+    flag or null (a value training could not measure); text where a number belongs (a hand
+    edit) would be read as NaN by every table."""
+    for name, value in metrics.items():
+        if value is not None and not isinstance(value, (int, float)):
+            return f"metrics.json holds {value!r} for {name}, where a number belongs"
+    return None
+
+
 def examine(path: Path) -> Run | Damaged | Failed:
     key = path.name
     if (path / FAILED).exists():
@@ -163,6 +173,7 @@ def examine(path: Path) -> Run | Damaged | Failed:
         except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError included
             return Damaged(key, path, f"{name} is not valid JSON ({one_line(err)})")
     config, problem = _config_problem(key, read["config.json"], "config.json")
+    problem = problem or _metrics_problem(read["metrics.json"])
     problem = problem or _arrays_problem(path / "arrays.npz")
     if problem:
         return Damaged(key, path, problem)

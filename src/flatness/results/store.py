@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from flatness.errors import FlatnessError
 from flatness.paths import results_root
@@ -200,6 +200,40 @@ class Store:
                     removed.append(entry)
         return removed
 
+    def leftovers(self) -> list[Path]:
+        """Temporary entries a killed writer left behind (see :meth:`remove_leftovers`), of any
+        run: never results, each removed when its run is next trained (or by
+        :meth:`remove_stale_leftovers`)."""
+        if not self.root.is_dir():
+            return []
+        found = [e for e in self.root.iterdir() if e.name.startswith((".tmp-", ".trash-"))]
+        checkpoints = self.root / ".checkpoints"
+        if checkpoints.is_dir():
+            found += [e for e in checkpoints.iterdir() if ".pt.tmp-" in e.name]
+        return sorted(found)
+
+    def remove_stale_leftovers(self) -> list[Path]:
+        """Remove the leftovers of every run whose lock is free at once (no process writes
+        them), and return them; those of runs being trained stay."""
+        removed = []
+        for key in sorted({_leftover_key(e) for e in self.leftovers()} - {None}):
+            lock = FileLock(str(self.root / ".locks" / f"{key}.lock"))
+            try:
+                lock.acquire(timeout=0)
+            except (Timeout, OSError):
+                continue
+            try:
+                for entry in self.leftovers():
+                    if _leftover_key(entry) == key:
+                        if entry.is_dir():
+                            shutil.rmtree(entry, ignore_errors=True)
+                        else:
+                            entry.unlink(missing_ok=True)
+                        removed.append(entry)
+            finally:
+                lock.release()
+        return removed
+
     def _write(self, config: RunConfig, fill) -> None:
         """Fill a temporary folder, make it durable, and rename it to ``config``'s folder."""
         self._make(self.root)
@@ -228,6 +262,23 @@ class Store:
         _fsync(self.root)
 
 
+def _leftover_key(entry: Path) -> str | None:
+    """The run key in a leftover's name (``.tmp-<key>-*``, ``.trash-<key>-*``, ``.<key>.pt.tmp-*``)."""
+    match = re.match(r"^\.(?:tmp-|trash-)?([0-9a-f]{16})[-.]", entry.name)
+    return match.group(1) if match else None
+
+
+def _advice(found: Damaged) -> str:
+    """What fixes a damaged folder, where retraining cannot: a config.json that hashes to
+    another name names no run whose retraining would write here."""
+    if "hashes to" not in found.reason:
+        return ""
+    return (
+        "; retraining the run its config.json names writes another folder, not this one: "
+        "delete this folder, or restore the config.json it was written with"
+    )
+
+
 def describe_store(store: Store) -> str:
     """The lines ``flatness ls`` prints after the good runs: damaged folders and failed runs.
 
@@ -241,7 +292,15 @@ def describe_store(store: Store) -> str:
             f"{len(damaged)} damaged run folder(s), never used as results "
             f"({_FIX}, or delete the folder):"
         )
-        lines += [f"  {d.key}  {d.reason}" for d in damaged]
+        lines += [f"  {d.key}  {d.reason}{_advice(d)}" for d in damaged]
+    leftovers = store.leftovers()
+    if leftovers:
+        lines.append(
+            f"{len(leftovers)} temporary entr{'y' if len(leftovers) == 1 else 'ies'} left by a "
+            "killed process, never used as results (each is removed when its run is next "
+            "trained, or by the next sweep when no process trains that run):"
+        )
+        lines += [f"  {e.relative_to(store.root)}" for e in leftovers]
     if failed:
         lines.append(f"{len(failed)} failed run(s), never used as results (to try again, {_FIX}):")
         lines += [f"  {f.key}  {f.config.label()}  {f.time}  {f.message}" for f in failed]

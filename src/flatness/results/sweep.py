@@ -425,6 +425,8 @@ def sweep(
     if not points:
         return Outcome(skipped, {}, 0.0)
     store.check_writable()  # one message, not one per point
+    # what killed writers left, of runs no process trains now (SIGKILL in a final save)
+    store.remove_stale_leftovers()
     if not checked:  # the command line has refused these already, reading the data once
         configs = [p.config for p in points]
         problem = refusal(refused(configs, data_root), configs)

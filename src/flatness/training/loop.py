@@ -267,8 +267,9 @@ def train(
 
     Raises:
         RunDiverged: when the training loss becomes NaN or infinite, or ends above
-            :data:`~flatness.errors.DIVERGED_MULTIPLE` x ln K (names the run, the epoch and
-            the fix); the store records such a run as failed.
+            :data:`~flatness.errors.DIVERGED_MULTIPLE` x ln K, or the weights' norm goes beyond
+            :data:`MAX_WEIGHT_NORM` whatever the loss (names the run, the epoch and the fix);
+            the store records such a run as failed.
         FlatnessError: for an unknown device; for data that cannot be loaded.
     """
     device = resolve_device(device)
@@ -370,9 +371,25 @@ def _evaluate_row(run: _Run, epoch: int, lr: float, averaging: bool) -> dict[str
         "val_acc": val_acc,
         "test_loss": test_loss,
         "test_acc": test_acc,
-        "weight_norm": hessian.weight_norm(model),
+        "weight_norm": _checked_norm(run.config, hessian.weight_norm(model), epoch),
         "averaged": float(averaging),
     }
+
+
+#: Beyond this weight norm a run has diverged whatever its loss: its square overflows float32,
+#: so the weight norm and the Hessian's products in float32 are no numbers any more.
+MAX_WEIGHT_NORM = 1.8e19
+
+
+def _checked_norm(config: RunConfig, norm: float, epoch: int) -> float:
+    if not norm <= MAX_WEIGHT_NORM:
+        raise RunDiverged(
+            f"{config.label()}: the weights' norm is {norm:.3g} after epoch {epoch + 1}, beyond "
+            f"{MAX_WEIGHT_NORM:.2g} (where its square overflows float32), although the loss is "
+            f"finite; the run diverged. Lower lr (now {config.lr:g}) or raise weight_decay "
+            f"({config.weight_decay:g})."
+        )
+    return norm
 
 
 def _check_finite(config: RunConfig, loss: float, when: str) -> None:
