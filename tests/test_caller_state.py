@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from flatness import hessian as H
+from flatness.errors import FlatnessError
 
 ce = nn.functional.cross_entropy
 
@@ -216,3 +217,122 @@ def test_a_shared_submodule_gets_its_hessian_with_the_weights_used_twice():
     # a second call, after the first, sees the same shared layer (it used to be refused)
     again = H.trace(model, ce, (x, y), rtol=0.01, seed=0)
     assert again.estimate == pytest.approx(run.estimate, rel=1e-12)
+
+
+# -- the user's gradient hooks, buffers the forward pass updates, a model with no values ------
+
+
+def hooked_mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    return model, batch(torch.float64)
+
+
+HOOKS = {
+    "scales the gradient": lambda m: m[0].weight.register_hook(lambda g: 10 * g),
+    "prunes the gradient": lambda m: m[0].weight.register_hook(
+        lambda g: g * (torch.arange(g.numel()).reshape(g.shape) % 2)
+    ),
+    "zeroes a module's input gradient": lambda m: m[2].register_full_backward_hook(
+        lambda mod, grad_in, grad_out: (torch.zeros_like(grad_in[0]),)
+    ),
+}
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_the_users_gradient_hooks_do_not_change_the_hessian(hook):
+    # a hook changes what autograd returns (for training), not the loss the Hessian is of
+    model, (x, y) = hooked_mlp()
+    truth = reference_hessian(model, x, y)
+    handle = HOOKS[hook](model)
+    torch.testing.assert_close(H.exact_hessian(model, ce, (x, y)), truth, rtol=1e-10, atol=1e-12)
+    top = H.top_eigenvalues(model, ce, (x, y), k=1, tol=1e-10, seed=0)
+    assert top.eigenvalues[0].item() == pytest.approx(
+        torch.linalg.eigvalsh(truth)[-1].item(), rel=1e-8
+    )
+    run = H.trace(model, ce, (x, y), rtol=0.01, seed=0)
+    exact = torch.trace(truth).item()
+    assert abs(run.estimate - exact) <= 4 * run.stderr + 1e-9 * abs(exact)
+    # and the hook is the user's again afterwards
+    plain = torch.autograd.grad(ce(model(x), y), model[0].weight)[0]
+    handle.remove()
+    unhooked = torch.autograd.grad(ce(model(x), y), model[0].weight)[0]
+    assert not torch.equal(plain, unhooked)
+
+
+@pytest.mark.filterwarnings("ignore::flatness.hessian.ConvergenceWarning")
+def test_a_logging_hook_calling_item_neither_crashes_nor_runs_during_a_measurement():
+    model, (x, y) = hooked_mlp()
+    seen = []
+    model[0].weight.register_hook(lambda g: seen.append(g.norm().item()))
+    truth = torch.trace(reference_hessian(model, x, y)).item()
+    for method in ("hutchinson", "hutch++", "auto"):
+        run = H.trace(model, ce, (x, y), method=method, rtol=0.01, seed=0)
+        assert abs(run.estimate - truth) <= 4 * run.stderr + 1e-9 * abs(truth)
+    H.frobenius_norm(model, ce, (x, y), rtol=0.05, seed=0)
+    assert seen == []
+    ce(model(x), y).backward()
+    assert len(seen) == 1  # still the user's
+
+
+class Counting(nn.Module):
+    """Counts its forward calls in a buffer; ``ema``: its output uses its own running mean."""
+
+    def __init__(self, ema: bool):
+        super().__init__()
+        self.a, self.b, self.ema = nn.Linear(6, 8), nn.Linear(8, 3), ema
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.register_buffer("mean", torch.zeros(8))
+
+    def forward(self, x):
+        self.calls += 1
+        h = torch.tanh(self.a(x))
+        if self.ema:
+            with torch.no_grad():
+                self.mean.mul_(0.9).add_(0.1 * h.mean(0))
+            h = h - self.mean
+        return self.b(h)
+
+
+def test_a_buffer_the_forward_pass_updates_comes_back_as_it_was():
+    torch.manual_seed(0)
+    model, data = Counting(ema=False).double(), batch(torch.float64)
+    H.top_eigenvalues(model, ce, data, k=1, seed=0)
+    H.trace(model, ce, data, rtol=0.05, seed=0)
+    # torch.func cannot run a forward that writes a buffer in place: one clear refusal
+    with pytest.raises(FlatnessError, match="^torch.func cannot differentiate this model"):
+        H.exact_hessian(model, ce, data)
+    assert model.calls.item() == 0
+
+
+def test_a_forward_whose_output_follows_its_own_buffer_is_refused_for_that_and_left_alone():
+    torch.manual_seed(0)
+    model, data = Counting(ema=True).double(), batch(torch.float64)
+    for call in (
+        lambda: H.trace(model, ce, data),
+        lambda: H.exact_hessian(model, ce, data),
+        lambda: H.pyhessian_estimate(model, ce, data, max_iter=3),
+    ):
+        with pytest.raises(
+            FlatnessError, match=r"forward pass changes its buffer\(s\) calls, mean"
+        ):
+            call()
+        assert model.calls.item() == 0 and torch.equal(
+            model.mean, torch.zeros(8, dtype=torch.float64)
+        )
+
+
+def test_a_model_on_the_meta_device_is_refused_with_the_way_to_give_it_values():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    data = batch(torch.float32)
+    for call in (
+        lambda: H.trace(model, ce, data),
+        lambda: H.exact_hessian(model, ce, data),
+        lambda: H.pyhessian_estimate(model, ce, data),
+    ):
+        with pytest.raises(
+            FlatnessError,
+            match=r"^the model's tensors 0\.weight, 0\.bias, 2\.weight and more are on the meta",
+        ):
+            call()

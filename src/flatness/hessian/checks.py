@@ -92,6 +92,60 @@ def in_model_precision(fn: Callable) -> Callable:
     return wrapper
 
 
+def _hook_dicts(model: nn.Module) -> list:
+    """Every dict of gradient hooks on the model: its parameters' (``register_hook``), its
+    modules' backward hooks and pre-hooks, and the global module backward hooks."""
+    from torch.nn.modules import module as module_globals
+
+    found = [getattr(p, "_backward_hooks", None) for p in model.parameters()]
+    for m in model.modules():
+        found += [getattr(m, "_backward_hooks", None), getattr(m, "_backward_pre_hooks", None)]
+    found += [
+        getattr(module_globals, "_global_backward_hooks", None),
+        getattr(module_globals, "_global_backward_pre_hooks", None),
+    ]
+    return [d for d in found if d]
+
+
+@contextlib.contextmanager
+def left_alone(model):
+    """Inside: none of the user's gradient hooks runs. On exit: the hooks and every buffer's
+    values as they were.
+
+    A hook that scales or masks a gradient (pruning, gradient surgery) changes what autograd
+    returns, not the loss, so every product would be of another matrix; one that logs with
+    ``.item()`` cannot run under ``torch.func.vmap``. A forward pass that updates a buffer (a
+    counter, a running average of its own) would leave the model changed by a measurement.
+    """
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    hooks = [(d, dict(d)) for d in _hook_dicts(model)]
+    buffers = [(b, b.detach().clone()) for b in model.buffers() if not b.is_meta]
+    for d, _ in hooks:
+        d.clear()  # cleared in place: autograd holds these very dicts
+    try:
+        yield
+    finally:
+        for d, saved in hooks:
+            d.clear()
+            d.update(saved)
+        with torch.no_grad():
+            for b, saved in buffers:
+                if b.shape == saved.shape and not torch.equal(b, saved):
+                    b.copy_(saved)
+
+
+def _model_of(args: tuple, kwargs: dict):
+    """The model a public function or an operator's method works on: the first module among
+    the first two arguments (a method's comes after ``self``), else the operator's model."""
+    for value in (*args[:2], kwargs.get("model")):
+        if isinstance(value, nn.Module):
+            return value
+    first = args[0] if args else kwargs.get("op")
+    return getattr(first, "model", None)
+
+
 def with_autograd(fn: Callable) -> Callable:
     """``fn`` run with gradients recorded and at the model's own precision, whatever the
     caller's mode.
@@ -99,12 +153,18 @@ def with_autograd(fn: Callable) -> Callable:
     A Hessian is a second derivative, so under ``torch.no_grad()`` or ``torch.inference_mode()``
     (a common way to call evaluation code) every estimator would fail with autograd's "does
     not require grad"; this leaves inference mode and enables gradients for the call only. The
-    caller's autocast is switched off for the call (:func:`at_model_precision`).
+    caller's autocast is switched off for the call (:func:`at_model_precision`), and so are the
+    user's gradient hooks, while the model's buffers come back as they were (:func:`left_alone`).
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with torch.inference_mode(False), torch.enable_grad(), at_model_precision():
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            at_model_precision(),
+            left_alone(_model_of(args, kwargs)),
+        ):
             return fn(*args, **kwargs)
 
     return wrapper
@@ -510,6 +570,13 @@ def check_module(model: nn.Module) -> None:
             f"parameter(s) {', '.join(lazy)} are not initialised yet (lazy modules): run one "
             "forward pass first"
         )
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise FlatnessError(
+            f"the model's tensors {', '.join(meta[:3])}{' and more' if len(meta) > 3 else ''} "
+            "are on the meta device, which holds shapes but no values: materialise the model "
+            "first (model.to_empty(device='cpu'), then load_state_dict with its weights)"
+        )
     frozen = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_inference()]
     if frozen:
         raise FlatnessError(
@@ -626,13 +693,22 @@ def check_model(
                 ) from err
             reentrant = _reentrant_checkpoint(seen)
             out = select_output(raw, output)
+            before = [(n, b.detach().clone()) for n, b in model.named_buffers()]
             torch.manual_seed(1)
             again = select_output(model(x), output).detach()
+            changed = [n for (n, b0), b in zip(before, model.buffers()) if not torch.equal(b, b0)]
         check_rows(out, raw, x, n, output)
         first = out.detach()
         if first.shape != again.shape or not bool(
             ((first == again) | (first.isnan() & again.isnan())).all()
         ):
+            if changed:
+                raise FlatnessError(
+                    f"the model's forward pass changes its buffer(s) {', '.join(changed[:3])} "
+                    "and its output with them (a running average or a state of its own), so "
+                    "every pass computes another function and there is no fixed Hessian; leave "
+                    "the buffers alone in eval mode (when not self.training)"
+                )
             raise FlatnessError(
                 "the model's forward pass draws random numbers even in eval mode (dropout "
                 "with training=True, injected noise), so it has no fixed Hessian; make the "

@@ -24,6 +24,7 @@ from flatness.hessian.checks import (
     check_options,
     dense_embeddings,
     is_batch,
+    left_alone,
     select_output,
     usable,
 )
@@ -47,7 +48,7 @@ def pyhessian_engine(
         FlatnessError: for any input :func:`flatness.hessian.checks.check_model` refuses.
     """
     with torch.inference_mode(False), torch.enable_grad(), at_model_precision():
-        with _engine(model, loss_fn, data, seed=seed, output=output) as engine:
+        with left_alone(model), _engine(model, loss_fn, data, seed=seed, output=output) as engine:
             yield engine
 
 
