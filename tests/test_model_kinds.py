@@ -455,3 +455,42 @@ def test_reentrant_checkpointing_is_refused_for_what_it_is():
             FlatnessError, match=r"l\.weight, l\.bias get no gradient: .*use_reentrant=False"
         ):
             call()
+
+
+# -- losses that are no plain mean, over a loader whose first batch hides it --------------------
+
+
+def _loader_with(later_targets):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x, y = data(6)
+    y[:10] = 0  # the first batch: one class, nothing ignored
+    y[-5:] = later_targets
+    return model, x, y, DataLoader(TensorDataset(x, y), batch_size=10)
+
+
+def test_labels_ignored_only_in_later_batches_are_refused_on_a_loader_and_right_in_one_batch():
+    model, x, y, loader = _loader_with(-100)
+    with pytest.raises(FlatnessError, match="some targets are -100, which loss_fn ignores"):
+        H.exact_hessian(model, nn.CrossEntropyLoss(), loader)
+    with pytest.raises(FlatnessError, match="ignore_index"):
+        H.trace(model, nn.CrossEntropyLoss(), loader)
+    # in one batch the loss is what it is: the mean over the examples it keeps
+    kept = y != -100
+
+    def forward(p, x):
+        w, b, v, c = p
+        return torch.tanh(x @ w.T + b) @ v.T + c
+
+    truth = reference_hessian(model, lambda p, x: forward(p, x)[kept], x, y[kept])
+    found = H.exact_hessian(model, nn.CrossEntropyLoss(), (x, y))
+    torch.testing.assert_close(found, truth, rtol=1e-10, atol=1e-12)
+
+
+def test_class_weights_are_refused_on_a_loader_whose_first_batch_is_one_class():
+    model, _, _, loader = _loader_with(2)
+    loss = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    with pytest.raises(FlatnessError, match=r"loss_fn has class weights \(weight=\.\.\.\)"):
+        H.top_eigenvalues(model, loss, loader)

@@ -534,6 +534,31 @@ def check_mean_loss(
             )
 
 
+def check_loader_loss(loss_fn: Callable, data, device) -> None:
+    """Refuse, for a loader of several batches, torch's cross-entropy or NLL loss with class
+    weights, or with labels it ignores in any batch: such a loss is no plain mean of
+    per-example losses, so batches cannot be weighted by their sizes. (The first batch is
+    checked by value in :func:`check_mean_loss`; these may differ only in later batches.)"""
+    if not isinstance(loss_fn, (nn.CrossEntropyLoss, nn.NLLLoss)):
+        return
+    fix = (
+        "so the batches of a loader cannot be weighted by their sizes; pass the whole data set "
+        "as one (inputs, targets) batch, or a loss without"
+    )
+    if loss_fn.weight is not None:
+        raise FlatnessError(
+            f"loss_fn has class weights (weight=...): the loss of a batch is a weighted mean, "
+            f"{fix} class weights"
+        )
+    ignored = loss_fn.ignore_index
+    for _, y, _ in batches(data, device):
+        if not y.is_floating_point() and bool((y == ignored).any()):
+            raise FlatnessError(
+                f"some targets are {ignored}, which loss_fn ignores (ignore_index): the loss of "
+                f"a batch is a mean over the rest, {fix} ignored labels"
+            )
+
+
 def check_module(model: nn.Module) -> None:
     """Refuse non-modules, layers whose second derivatives torch gets wrong, unmaterialised
     ones, and parameters autograd cannot differentiate (made under inference mode)."""
@@ -715,6 +740,8 @@ def check_model(
                 "forward pass deterministic in eval mode"
             )
         check_mean_loss(loss_fn, out, y, batched=several)
+        if several:
+            check_loader_loss(loss_fn, data, device)
         loss = loss_fn(out, y)
         grads = torch.autograd.grad(
             loss, [p for _, p in named], allow_unused=True, create_graph=create_graph
