@@ -504,4 +504,13 @@ def main(argv: list[str] | None = None) -> int:
     except book.ChapterError as err:
         print(f"flatness: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # the store's writes are atomic and a checkpoint is renamed into place whole, so what
+        # is on disk is whole; a chapter's kernel is shut down by the executor on the way out
+        print(
+            "flatness: interrupted; a run being trained resumes from its last checkpoint when "
+            "it is asked for again",
+            file=sys.stderr,
+        )
+        return 130
     return 0

@@ -20,8 +20,9 @@ The L2 term is never part of "the Hessian" unless ``l2`` is given. A model that 
 function records gradients for itself, so it may be called under ``torch.no_grad()`` or
 ``torch.inference_mode()`` (data made in inference mode are copied; a model made there is
 refused, as autograd cannot differentiate its parameters), and at the model's own precision,
-with the caller's autocast switched off. The model comes back as it was: the same Parameter
-objects, dtypes, values and modes, a submodule registered under two names included.
+with the caller's autocast and the user's gradient hooks switched off. The model comes back as
+it was: the same Parameter objects, dtypes, values, modes, buffers and hooks, a submodule
+registered under two names included.
 
 Shortcuts are taken only where a probe justifies them: the exact Gauss-Newton part that
 ``trace()`` computes example by example needs examples that do not interact (no output may
