@@ -43,6 +43,18 @@ def reference_hessian(model, forward, x, y) -> torch.Tensor:
     )
 
 
+def assert_estimates_match(model, data, truth: torch.Tensor):
+    """``trace()`` within 4 of its standard errors of ``truth``'s trace, and the top
+    eigenvalue (float64, tol 1e-10) to 1e-8 of ``truth``'s; returns the trace estimate."""
+    run = H.trace(model, ce, data, rtol=0.01, seed=0)
+    exact = torch.trace(truth).item()
+    assert abs(run.estimate - exact) <= 4 * run.stderr + 1e-9 * abs(exact)
+    top = H.top_eigenvalues(model, ce, data, k=1, tol=1e-10, seed=0)
+    largest = torch.linalg.eigvalsh(truth)[-1].item()
+    assert top.eigenvalues[0].item() == pytest.approx(largest, rel=1e-8)
+    return run
+
+
 class Centred(nn.Module):
     """Features centred over the batch: ``h - h.mean(0)``."""
 
@@ -209,13 +221,7 @@ def hidden(kind):
 def test_a_weight_read_outside_its_module_gets_the_right_trace_and_top_eigenvalue(kind):
     model, x, y = hidden(kind)
     truth = reference_hessian(model, kind.reference, x, y)
-    run = H.trace(model, ce, (x, y), rtol=0.01, seed=0)
-    exact = torch.trace(truth).item()
-    assert abs(run.estimate - exact) <= 4 * run.stderr + 1e-9 * abs(exact)
-    top = H.top_eigenvalues(model, ce, (x, y), k=1, tol=1e-10, seed=0)
-    assert top.eigenvalues[0].item() == pytest.approx(
-        torch.linalg.eigvalsh(truth)[-1].item(), rel=1e-8
-    )
+    assert_estimates_match(model, (x, y), truth)
 
 
 @pytest.mark.parametrize("kind", HIDDEN, ids=lambda k: k.__name__)
@@ -264,13 +270,7 @@ def test_a_function_torch_func_cannot_run_is_estimated_and_refused_only_where_ne
     torch.manual_seed(0)
     model, (x, y) = OldFunction().double(), data(2)
     truth = reference_hessian(model, OldFunction.reference, x, y)
-    run = H.trace(model, ce, (x, y), rtol=0.01, seed=0)
-    exact = torch.trace(truth).item()
-    assert abs(run.estimate - exact) <= 4 * run.stderr + 1e-9 * abs(exact)
-    top = H.top_eigenvalues(model, ce, (x, y), k=1, tol=1e-10, seed=0)
-    assert top.eigenvalues[0].item() == pytest.approx(
-        torch.linalg.eigvalsh(truth)[-1].item(), rel=1e-8
-    )
+    assert_estimates_match(model, (x, y), truth)
     for refused in (
         lambda: H.exact_hessian(model, ce, (x, y)),
         lambda: H.HessianOperator(model, ce, (x, y), curvature="ggn"),
@@ -314,13 +314,7 @@ def test_sparse_embeddings_are_measured_and_stay_sparse():
     model, (t, y) = Bag(sparse=True).double(), tokens()
     truth = reference_hessian(model, Bag.reference, t, y)
     torch.testing.assert_close(H.exact_hessian(model, ce, (t, y)), truth, rtol=1e-10, atol=1e-12)
-    top = H.top_eigenvalues(model, ce, (t, y), k=1, tol=1e-10, seed=0)
-    assert top.eigenvalues[0].item() == pytest.approx(
-        torch.linalg.eigvalsh(truth)[-1].item(), rel=1e-8
-    )
-    run = H.trace(model, ce, (t, y), rtol=0.01, seed=0)
-    exact = torch.trace(truth).item()
-    assert abs(run.estimate - exact) <= 4 * run.stderr + 1e-9 * abs(exact)
+    assert_estimates_match(model, (t, y), truth)
     ggn = torch.trace(H.exact_hessian(model, ce, (t, y), curvature="ggn")).item()
     assert H.ggn_trace(model, ce, (t, y)) == pytest.approx(ggn, rel=1e-10)
     H.pyhessian_estimate(model, ce, (t, y), max_iter=3, seed=0)
@@ -426,13 +420,7 @@ def test_wrappers_torch_func_cannot_run_are_estimated_and_refused_only_where_nee
     model = nn.DataParallel(inner) if wrapped == "DataParallel" else inner
     x, y = data(5)
     truth = reference_hessian(inner, Checkpointed.reference, x, y)
-    run = H.trace(model, ce, (x, y), rtol=0.01, seed=0)
-    exact = torch.trace(truth).item()
-    assert abs(run.estimate - exact) <= 4 * run.stderr + 1e-9 * abs(exact)
-    top = H.top_eigenvalues(model, ce, (x, y), k=1, tol=1e-10, seed=0)
-    assert top.eigenvalues[0].item() == pytest.approx(
-        torch.linalg.eigvalsh(truth)[-1].item(), rel=1e-8
-    )
+    assert_estimates_match(model, (x, y), truth)
     for refused in (
         lambda: H.exact_hessian(model, ce, (x, y)),
         lambda: H.exact_hessian(model, ce, (x, y), curvature="ggn"),
