@@ -107,6 +107,10 @@ def _hook_dicts(model: nn.Module) -> list:
     return [d for d in found if d]
 
 
+#: ids of the models a :func:`left_alone` block holds now (nested calls leave them to it)
+_LEFT_ALONE: set[int] = set()
+
+
 @contextlib.contextmanager
 def left_alone(model):
     """Inside: none of the user's gradient hooks runs. On exit: the hooks and every buffer's
@@ -117,9 +121,10 @@ def left_alone(model):
     ``.item()`` cannot run under ``torch.func.vmap``. A forward pass that updates a buffer (a
     counter, a running average of its own) would leave the model changed by a measurement.
     """
-    if not isinstance(model, nn.Module):
-        yield
+    if not isinstance(model, nn.Module) or id(model) in _LEFT_ALONE:
+        yield  # not a model, or an outer call already holds it (a product inside an estimator)
         return
+    _LEFT_ALONE.add(id(model))
     hooks = [(d, dict(d)) for d in _hook_dicts(model)]
     buffers = [(b, b.detach().clone()) for b in model.buffers() if not b.is_meta]
     for d, _ in hooks:
@@ -127,6 +132,7 @@ def left_alone(model):
     try:
         yield
     finally:
+        _LEFT_ALONE.discard(id(model))
         for d, saved in hooks:
             d.clear()
             d.update(saved)
