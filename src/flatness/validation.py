@@ -21,7 +21,7 @@ from flatness.errors import FlatnessError, unknown
 YAML_TEXT_NUMBER = re.compile(r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][+-]?[0-9]+$")
 
 
-def _number_text(value: object) -> object:
+def number_text(value: object) -> object:
     """``value``, or the number a text such as ``"1e-2"`` means (YAML 1.1 keeps it text)."""
     if isinstance(value, str) and YAML_TEXT_NUMBER.match(value.strip()):
         number = float(value)
@@ -43,7 +43,7 @@ def as_int(
     why: str | None = None,
 ) -> int:
     """``value`` as an int in [``minimum``, ``maximum``]; ``why`` says where a bound comes from."""
-    value = _number_text(value)
+    value = number_text(value)
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -80,7 +80,7 @@ def as_float(
 ) -> float:
     """``value`` as a finite float32-representable number in its range; ``why`` says where
     ``maximum`` comes from."""
-    value = _number_text(value)
+    value = number_text(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FlatnessError(f"{name} must be a number, got {value!r}")
     try:

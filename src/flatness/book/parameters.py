@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from flatness.errors import FlatnessError
-from flatness.validation import YAML_TEXT_NUMBER
+from flatness.validation import number_text
 
 _SPECIAL = {"True": True, "False": False, "None": None}
 
@@ -24,9 +24,7 @@ def _numbers(value):
     (``1e-2``: PyYAML and papermill's -y want a dot) read as that number, in lists too."""
     if isinstance(value, list):
         return [_numbers(v) for v in value]
-    if isinstance(value, str) and YAML_TEXT_NUMBER.match(value.strip()):
-        return float(value)
-    return value
+    return number_text(value)
 
 
 def read_parameter(key: str, text: str):

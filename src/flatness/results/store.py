@@ -99,9 +99,12 @@ class Store:
 
     def lock(self, config: RunConfig) -> FileLock:
         """The inter-process lock of ``config``'s run (``<root>/.locks/<key>.lock``)."""
+        return self._lock(config.key())
+
+    def _lock(self, key: str) -> FileLock:
         folder = self.root / ".locks"
         self._make(folder)
-        return FileLock(folder / f"{config.key()}.lock")
+        return FileLock(folder / f"{key}.lock")
 
     def inspect(self, config: RunConfig) -> Run | Damaged | Failed | None:
         """What the store holds for ``config``: a good run, a damaged folder, a failure or nothing."""
@@ -217,10 +220,10 @@ class Store:
         them), and return them; those of runs being trained stay."""
         removed = []
         for key in sorted({_leftover_key(e) for e in self.leftovers()} - {None}):
-            lock = FileLock(str(self.root / ".locks" / f"{key}.lock"))
             try:
+                lock = self._lock(key)
                 lock.acquire(timeout=0)
-            except (Timeout, OSError):
+            except (Timeout, OSError, FlatnessError):
                 continue
             try:
                 for entry in self.leftovers():

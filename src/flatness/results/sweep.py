@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import submitit
 
 from flatness.errors import FlatnessError
-from flatness.results.entries import Damaged, Failed, Run
+from flatness.results.entries import Damaged, Failed, Run, one_line
 from flatness.results.grids import Grid
 from flatness.results.published import Published
 from flatness.results.store import Store
@@ -132,8 +132,7 @@ def train_point(
     except Exception as err:  # not ours: a bug, out of memory; the log keeps the traceback
         traceback.print_exc(file=sys.stderr)
         state = "error"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        message = f"{type(err).__name__}" + (f": {first}" if first else "")
+        message = type(err).__name__ + (f": {one_line(err)}" if str(err).strip() else "")
     return {
         "key": cfg.key(),
         "state": state,
@@ -355,11 +354,10 @@ def _run_slurm(points, store, data_root, retry_failed, options: dict, wait: bool
                 result = job.result()
             except submitit.core.utils.UncompletedJobError as err:
                 # killed, out of time, or it raised before train_point could answer
-                first = str(err).strip().splitlines()[0] if str(err).strip() else ""
                 result = {
                     "key": point.config.key(),
                     "state": "interrupted",
-                    "message": f"Slurm job {job.job_id} ended without an answer ({first}; see "
+                    "message": f"Slurm job {job.job_id} ended without an answer ({one_line(err)}; see "
                     f"{job.paths.stderr}); the run resumes from its checkpoint when the sweep is "
                     "run again",
                 }
