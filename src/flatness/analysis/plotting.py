@@ -12,38 +12,16 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from flatness.analysis import names
 from flatness.analysis.stats import Interval
 
 #: Column width of the book in inches; every figure is at most this wide.
 WIDTH = 7.2
 PALETTE = "colorblind"
-#: How measures are written on axes and in tables.
-LABELS = {
-    "lambda_max": r"$\lambda_{\max}$",
-    "trace": r"Tr $H$",
-    "frobenius": r"$\|H\|_F$",
-    "weight_norm": r"$\|w\|_2$",
-    "test_acc": "test accuracy",
-    "val_acc": "validation accuracy",
-    "train_loss": "training loss",
-    "lambda_max_bn_train": r"$\lambda_{\max}$ (BN train)",
-    "trace_bn_train": r"Tr $H$ (BN train)",
-    "frobenius_bn_train": r"$\|H\|_F$ (BN train)",
-}
-#: Plain-text names for table headers (no TeX).
-NAMES = {
-    "lambda_max": "λ_max",
-    "trace": "Tr H",
-    "frobenius": "‖H‖_F",
-    "weight_norm": "‖w‖₂",
-    "test_acc": "test accuracy",
-    "val_acc": "validation accuracy",
-    "train_loss": "training loss",
-    "lambda_max_bn_train": "λ_max (BN train)",
-    "trace_bn_train": "Tr H (BN train)",
-    "frobenius_bn_train": "‖H‖_F (BN train)",
-    "weight_decay": "weight decay",
-}
+#: How measures are written on axes (mathtext) and in tables (plain text): the book's one
+#: display-name table, :mod:`flatness.analysis.names`.
+LABELS = names.TEX
+NAMES = names.NAMES
 
 
 def style() -> None:
@@ -67,11 +45,11 @@ def colours(n: int) -> list:
 
 
 def label(column: str) -> str:
-    return LABELS.get(column, column.replace("_", " "))
+    return names.tex(column)
 
 
 def name(column: str) -> str:
-    return NAMES.get(column, column.replace("_", " "))
+    return names.display(column)
 
 
 def curves(history: pd.DataFrame, columns, *, hue: str, hue_order=None, logy=True, ncols: int = 4):
