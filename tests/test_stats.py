@@ -123,8 +123,12 @@ def test_sharper_half_follows_the_intervals(intervals, outcome):
 def test_better_half_and_the_claim_say_what_the_interval_says():
     worse = common.better_half(_iv(-0.05, -0.01, 0.0), "wd 0.01", "wd 0")
     assert worse.outcome == "opposite" and "generalises worse" in worse.text
+    # with no paper gain to hold it against, an unclear gain cannot count against the claim
     unclear = common.better_half(_iv(-0.01, 0.02, 0.0), "wd 0.01", "wd 0")
-    assert unclear.outcome == "not reproduced" and "does not clearly" in unclear.text
+    assert unclear.outcome == "inconclusive" and "is inconclusive" in unclear.text
+    small = common.Reference({}, 3.0, "a 3-point gain")
+    excluded = common.better_half(_iv(-0.01, 0.02, 0.0), "wd 0.01", "wd 0", small)
+    assert excluded.outcome == "not reproduced" and "does not clearly" in excluded.text
     one_seed = stats.Interval(
         0.01, math.nan, math.nan, 0.0, "t", (1, 1), reason="one seed: cannot be judged"
     )

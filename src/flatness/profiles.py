@@ -23,6 +23,10 @@ class Profile:
     progress: bool
     #: whether the book trains runs that are neither published nor stored, unasked
     train_missing: bool = True
+    #: whether runs that learnt nothing are left out of tables, figures and verdicts; the
+    #: smoke profile's runs are too short to learn, and its pages keep them (and say so) only to
+    #: prove that they run
+    excludes_dead_runs: bool = True
 
 
 PROFILES: dict[str, Profile] = {
@@ -30,6 +34,7 @@ PROFILES: dict[str, Profile] = {
         name="smoke",
         description="seconds per chapter, for CI; the numbers mean nothing",
         progress=False,
+        excludes_dead_runs=False,
     ),
     "cpu": Profile(
         name="cpu",

@@ -239,6 +239,25 @@ def binomial(successes: int, trials: int, *, level: float = LEVEL) -> Interval:
     )
 
 
+def points_format(interval: Interval, decimals: int = 2, scale: float = 1.0) -> str:
+    """A signed fixed-point format for ``interval`` (times ``scale``) with at least
+    ``decimals`` decimals and as many more (up to 6) as it takes for no end that is not zero
+    to read as zero, so a reader sees on which side of 0 an interval ends.
+
+    >>> iv = Interval(0.4, 0.004, 0.74, 0.0, "t", (3, 3))
+    >>> points_format(iv)
+    '+.3f'
+    >>> f"{iv.low:{points_format(iv)}}"
+    '+0.004'
+    """
+    values = [scale * v for v in (interval.estimate, interval.low, interval.high)]
+    values = [v for v in values if math.isfinite(v) and v != 0.0]
+    d = decimals
+    while d < 6 and any(round(v, d) == 0.0 for v in values):
+        d += 1
+    return f"+.{d}f"
+
+
 def judge(interval: Interval) -> str:
     """One of :data:`JUDGEMENTS`: above or below the null by the interval, or neither."""
     if not interval.judgeable:

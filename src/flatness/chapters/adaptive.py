@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from flatness.chapters.common import BN_MEASURES, Arm, TrainingSettings
+from flatness.chapters.common import BN_MEASURES, C5_REFERENCE, Arm, TrainingSettings
 from flatness.profiles import get_profile
 
 OPTIMISERS = ("sgd", "swa", "adam", "adamw", "gadam")
@@ -32,6 +32,9 @@ def _settings(profile, model, seeds, dataset, **overrides) -> TrainingSettings:
         claim="C5",
         overrides=overrides,
         measures=BN_MEASURES,
+        reference=C5_REFERENCE,
+        # the claim concerns Gadam; SWA, Adam and AdamW against SGD are context
+        claimed=("Gadam",),
     )
 
 

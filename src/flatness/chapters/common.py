@@ -10,13 +10,18 @@ arms and how a profile scales them, :func:`train` trains (or loads) every run, a
 - *generalises better*: the difference in test accuracy, with a bootstrap over seeds and,
   paired, over test examples (:func:`flatness.analysis.stats.paired_bootstrap`).
 
-Every word of the verdict is chosen here from those intervals.
+Every word of the verdict is chosen here from those intervals (:data:`OUTCOME_DEFINITIONS`).
+Two kinds of run never count as evidence: a run that learnt nothing is left out of every table,
+figure and verdict (:attr:`Results.excluded`), and a comparison whose runs stopped above a
+stated training loss is judged "not at a minimum" (:func:`at_minimum`), since the paper's
+claims concern low-loss solutions.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +33,8 @@ from flatness.analysis import stats
 from flatness.analysis.plotting import name as plain_name
 from flatness.data import DATASETS
 from flatness.errors import RunMissing
+from flatness.profiles import get_profile
+from flatness.results import published
 from flatness.results.entries import Run
 from flatness.results.runs import load_or_run
 from flatness.results.store import Store
@@ -41,7 +48,79 @@ BN_MEASURES = tuple(f"{m}_bn_train" for m in MEASURES)
 FINAL_COLUMNS = ("test_acc", "val_acc", "train_loss", "weight_norm")
 
 #: Outcomes of one half of a claim, and of a whole claim.
-OUTCOMES = ("reproduced", "partly reproduced", "not reproduced", "opposite", "cannot be judged")
+OUTCOMES = (
+    "reproduced",
+    "partly reproduced",
+    "inconclusive",
+    "not reproduced",
+    "opposite",
+    "not at a minimum",
+    "cannot be judged",
+)
+
+#: What each outcome means, for a page to print (the verdict page lists them all).
+OUTCOME_DEFINITIONS = {
+    "reproduced": "every interval of the half lies on the claim's side: each measure's ratio "
+    "above 1 for *sharper*, the test-accuracy gain above 0 for *generalises better*; a claim is "
+    "reproduced when both halves are",
+    "partly reproduced": "*sharper* on some measures, with no measure clearly flatter; a claim "
+    "is partly reproduced when one half is (at least partly) reproduced and the other is not",
+    "inconclusive": "no interval excludes the null, but each still reaches an effect as large "
+    "as the paper's: the runs cannot tell whether the claim holds",
+    "not reproduced": "the intervals exclude an effect as large as the paper's without lying "
+    "on the claim's side, or the measures disagree (some clearly sharper, some clearly "
+    "flatter): evidence against the claim at the paper's effect size",
+    "opposite": "every judgeable interval lies on the other side: flatter, or worse test accuracy",
+    "not at a minimum": "some runs of the comparison ended above the stated training loss "
+    "(a share of ln K, the loss of a network that predicts every class alike); the claim "
+    "concerns low-loss solutions, so their effects are shown but judged neither for nor "
+    "against it",
+    "cannot be judged": "one seed per arm, or no spread over seeds: there is no interval",
+}
+
+#: A run is at a (low-loss) minimum when its final training loss is below this share of ln K,
+#: the loss of predicting every one of K classes alike (0.23 nats for ten classes).
+MINIMUM_LOSS_SHARE = 0.1
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The effects the paper reports for a comparison: a half with no clear effect is
+    *inconclusive* while its interval still reaches these, and *not reproduced* once it
+    excludes them.
+
+    ``ratios`` maps a measure to the paper's ratio (arm over baseline; a ``_bn_train``
+    measure uses its base measure's); ``accuracy_points`` is the paper's test-accuracy gain
+    in percentage points; ``source`` says where they come from.
+    """
+
+    ratios: dict
+    accuracy_points: float
+    source: str
+
+    def ratio(self, measure: str) -> float | None:
+        return self.ratios.get(measure.removesuffix("_bn_train"))
+
+
+#: C3 (weight decay 5e-4 against 0): the authors' PreResNet-110 spectra on CIFAR-100
+#: (``../shared/paper-notes.md`` section 5): lambda_max 30.4 / 3.77, trace 4.2e3 / 99,
+#: Frobenius 80 / 6.1. The paper's accuracy gains for C3 are not recorded; 1 point stands in.
+C3_REFERENCE = Reference(
+    {"lambda_max": 30.4 / 3.77, "trace": 4.2e3 / 99, "frobenius": 80 / 6.1},
+    1.0,
+    "ratios: the authors' PreResNet-110 spectra on CIFAR-100 at weight decay 5e-4 and 0; "
+    "accuracy: a 1-point gain, the book's choice, since the paper's C3 accuracy gains are not "
+    "recorded",
+)
+
+#: C5 (Gadam against SGD): the abstract's "30x sharper", and the same group's reported
+#: accuracies, PreResNet-110 + Gadam 77.4 % against VGG-16-BN + SGD 74.2 % on CIFAR-100.
+C5_REFERENCE = Reference(
+    {"lambda_max": 30.0, "trace": 30.0, "frobenius": 30.0},
+    77.4 - 74.2,
+    'ratios: the abstract\'s "30x sharper"; accuracy: 77.4 % (PreResNet-110, Gadam) against '
+    "74.2 % (VGG-16-BN, SGD) on CIFAR-100, as reported by the same group",
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +164,15 @@ class TrainingSettings:
     #: the measures a verdict judges: the authors measured BatchNorm nets in train mode
     measures: tuple[str, ...] = MEASURES
     note: str = ""
+    #: the paper's effects, which an interval must exclude to count against the claim
+    reference: Reference = C3_REFERENCE
+    #: a run is at a minimum below this share of ln K (:func:`at_minimum`)
+    minimum_loss_share: float = MINIMUM_LOSS_SHARE
+    #: the arms whose comparison is the paper's claim; the others are context (empty: all)
+    claimed: tuple[str, ...] = ()
+
+    def is_claimed(self, arm: str) -> bool:
+        return not self.claimed or arm in self.claimed
 
     def run_configs(self) -> dict[str, list[RunConfig]]:
         """Every run, by arm label, seeds in order."""
@@ -135,6 +223,11 @@ class Results:
     device: torch.device
     missing: tuple[RunConfig, ...] = ()
     unjudged: tuple[tuple[str, str], ...] = ()
+    #: ``(arm, run, why)`` for each run that learnt nothing: in no table, figure or verdict
+    excluded: tuple[tuple[str, Run, str], ...] = ()
+    #: the same for runs that learnt nothing yet were kept, at a profile that keeps them
+    #: (:attr:`flatness.profiles.Profile.excludes_dead_runs`)
+    dead_kept: tuple[tuple[str, Run, str], ...] = ()
 
     @property
     def all_runs(self) -> list[Run]:
@@ -154,13 +247,16 @@ def train(
 
     With ``train_missing=False`` nothing trains: missing runs are left out (and listed in
     ``Results.missing``), and so are arms left without runs and comparisons of such arms.
+    A run that learnt nothing (:func:`flatness.results.published.collapsed`) is left out the
+    same way and listed in ``Results.excluded`` with what its loss says.
     """
     device = torch.device(device) if device is not None else default_device()
     configs = s.run_configs()
     first = next(iter(configs.values()))[0]
     if train_missing:  # missing data is bad input: say so before training
         datasets.load(first.dataset, data_root=data_root, train_size=first.train_size)
-    runs, missing = {}, []
+    runs, missing, excluded, kept = {}, [], [], []
+    exclude = get_profile(s.profile).excludes_dead_runs
     for label, cs in configs.items():
         for c in cs:
             try:
@@ -175,6 +271,10 @@ def train(
             except RunMissing:
                 missing.append(c)
                 continue
+            if published.collapsed(run):
+                (excluded if exclude else kept).append((label, run, published.collapse_reason(run)))
+                if exclude:
+                    continue
             runs.setdefault(label, []).append(run)
     # without runs (none at hand) nothing needs the data, which may not be here either
     data = (
@@ -183,13 +283,54 @@ def train(
         else None
     )
     unjudged = tuple(c for c in s.comparisons if c[0] not in runs or c[1] not in runs)
-    if missing:
+    if missing or excluded:
         s = dataclasses.replace(
             s,
             arms=tuple(a for a in s.arms if a.label in runs),
             comparisons=tuple(c for c in s.comparisons if c not in unjudged),
         )
-    return Results(s, runs, data, device, tuple(missing), unjudged)
+    return Results(s, runs, data, device, tuple(missing), unjudged, tuple(excluded), tuple(kept))
+
+
+def excluded_markdown(results: Results) -> str:
+    """A Markdown paragraph naming the runs left out because they learnt nothing (or, at a
+    profile that keeps them, saying how many were kept), or ``""``."""
+    if results.dead_kept:
+        n, total = len(results.dead_kept), len(results.all_runs)
+        return (
+            f"**{n} of {total} runs learnt nothing** (a final training loss of at least "
+            f"{published.COLLAPSED_SHARE:g} ln K): the `{results.settings.profile}` profile "
+            "trains too briefly to learn and keeps them only to show that the page runs. "
+            "Its numbers mean nothing."
+        )
+    if not results.excluded:
+        return ""
+    total = len(results.excluded) + len(results.all_runs)
+    items = "; ".join(
+        f"{arm}, seed {run.config.seed} (`{run.config.key()}`): {why}"
+        for arm, run, why in results.excluded
+    )
+    n = len(results.excluded)
+    return (
+        f"**{n} of {total} runs excluded.** "
+        f"{'It' if n == 1 else 'They'} learnt nothing, so no table, figure or verdict on this "
+        f"page uses {'it' if n == 1 else 'them'}: {items}. "
+        "The comparisons are judged on the remaining seeds."
+    )
+
+
+def at_minimum(run: Run, share: float = MINIMUM_LOSS_SHARE) -> bool:
+    """Whether ``run`` ended at a low-loss solution: a final training loss below ``share``
+    of ln K (K classes).
+
+    >>> import types
+    >>> run = types.SimpleNamespace(metrics={"train_loss": 0.3},
+    ...                             config=types.SimpleNamespace(dataset="digits"))
+    >>> at_minimum(run), at_minimum(run, share=0.2)  # 0.1 ln 10 = 0.230, 0.2 ln 10 = 0.461
+    (False, True)
+    """
+    loss = float(run.metrics.get("train_loss", math.nan))
+    return loss < share * math.log(datasets.num_classes(run.config.dataset))
 
 
 def final_table(results: Results) -> pd.DataFrame:
@@ -291,38 +432,75 @@ def _ratio_phrase(measure: str, iv: stats.Interval) -> str:
     return f"{plain_name(measure)} {kind} {iv.describe('.3g')}: {what}"
 
 
-def sharper_half(ratios: dict[str, stats.Interval], arm: str, baseline: str) -> Half:
-    """*Sharper*: reproduced when every measure's ratio interval lies above 1."""
-    verdicts = [stats.judge(iv) for iv in ratios.values()]
-    judgeable = [v for v in verdicts if v != "cannot be judged"]
+def _reaches(iv: stats.Interval, reference: float | None) -> bool:
+    """Whether an interval with no clear effect still holds an effect as large as the paper's
+    (a difference, with no paper value on its scale, always may)."""
+    if reference is None or iv.null != 1.0:
+        return True
+    return iv.high >= reference
+
+
+def sharper_half(
+    ratios: dict[str, stats.Interval],
+    arm: str,
+    baseline: str,
+    reference: Reference | None = None,
+) -> Half:
+    """*Sharper*: reproduced when every measure's ratio interval lies above 1.
+
+    With no measure clearly sharper or flatter, the half is *inconclusive* while some interval
+    still reaches the paper's ratio (``reference``; without one, always) and *not reproduced*
+    once every interval excludes it.
+    """
+    verdicts = {m: stats.judge(iv) for m, iv in ratios.items()}
+    judgeable = [v for v in verdicts.values() if v != "cannot be judged"]
     if not judgeable:
         outcome = "cannot be judged"
-    elif all(v == "higher" for v in verdicts):
+    elif all(v == "higher" for v in verdicts.values()):
         outcome = "reproduced"
     elif all(v == "lower" for v in judgeable):
         outcome = "opposite"
-    elif "higher" in verdicts and "lower" not in verdicts:
+    elif "higher" in judgeable and "lower" not in judgeable:
         outcome = "partly reproduced"
+    elif "higher" in judgeable or "lower" in judgeable:
+        outcome = "not reproduced"  # the measures disagree, or some are clearly flatter
+    elif any(
+        _reaches(iv, reference and reference.ratio(m))
+        for m, iv in ratios.items()
+        if verdicts[m] == "no clear difference"
+    ):
+        outcome = "inconclusive"
     else:
         outcome = "not reproduced"
     phrases = "; ".join(_ratio_phrase(m, iv) for m, iv in ratios.items())
     lead = {
         "reproduced": f"{arm} is sharper than {baseline} on every measure",
         "partly reproduced": f"{arm} is sharper than {baseline} on some measures only",
+        "inconclusive": f"whether {arm} is sharper than {baseline} is inconclusive: no measure "
+        "differs clearly, yet the intervals still reach the paper's ratios",
         "not reproduced": f"{arm} is not clearly sharper than {baseline}",
         "opposite": f"{arm} is flatter than {baseline}, the opposite of the claim",
         "cannot be judged": f"whether {arm} is sharper than {baseline} cannot be judged",
     }[outcome]
+    if outcome == "not reproduced" and not judgeable.count("higher") + judgeable.count("lower"):
+        lead += ", and the intervals exclude the paper's ratios"
     return Half("sharper", outcome, dict(ratios), f"{lead} ({phrases}).", f"{arm} vs {baseline}")
 
 
-def better_half(accuracy: stats.Interval, arm: str, baseline: str) -> Half:
-    """*Generalises better*: reproduced when the test-accuracy gain's interval lies above 0."""
+def better_half(
+    accuracy: stats.Interval, arm: str, baseline: str, reference: Reference | None = None
+) -> Half:
+    """*Generalises better*: reproduced when the test-accuracy gain's interval lies above 0;
+    with no clear difference, *inconclusive* while the interval still reaches the paper's gain
+    (``reference``; without one, always), *not reproduced* once it excludes it."""
     verdict = stats.judge(accuracy)
+    paper = None if reference is None else reference.accuracy_points / 100
     outcome = {
         "higher": "reproduced",
         "lower": "opposite",
-        "no clear difference": "not reproduced",
+        "no clear difference": "inconclusive"
+        if paper is None or accuracy.high >= paper
+        else "not reproduced",
         "cannot be judged": "cannot be judged",
     }[verdict]
     pct = dataclasses.replace(
@@ -334,10 +512,15 @@ def better_half(accuracy: stats.Interval, arm: str, baseline: str) -> Half:
     lead = {
         "reproduced": f"{arm} generalises better than {baseline}",
         "opposite": f"{arm} generalises worse than {baseline}",
+        "inconclusive": f"whether {arm} generalises better than {baseline} is inconclusive",
         "not reproduced": f"{arm} does not clearly generalise better than {baseline}",
         "cannot be judged": f"whether {arm} generalises better than {baseline} cannot be judged",
     }[outcome]
-    detail = f"test-accuracy gain {pct.describe('+.2f', ' points')}"
+    detail = f"test-accuracy gain {pct.describe(stats.points_format(pct), ' points')}"
+    if outcome == "inconclusive" and paper is not None:
+        detail += f"; the interval still holds the paper's gain of {100 * paper:.3g} points"
+    elif outcome == "not reproduced" and paper is not None:
+        detail += f"; the interval excludes the paper's gain of {100 * paper:.3g} points"
     return Half(
         "generalises better",
         outcome,
@@ -348,15 +531,31 @@ def better_half(accuracy: stats.Interval, arm: str, baseline: str) -> Half:
 
 
 def combine(sharper: Half, better: Half) -> str:
-    """The claim's outcome from its two halves."""
+    """The claim's outcome from its two halves (:data:`OUTCOME_DEFINITIONS`)."""
     outcomes = (sharper.outcome, better.outcome)
+    if "not at a minimum" in outcomes:
+        return "not at a minimum"
     if all(o == "cannot be judged" for o in outcomes):
         return "cannot be judged"
     if all(o == "reproduced" for o in outcomes):
         return "reproduced"
     if any(o in ("reproduced", "partly reproduced") for o in outcomes):
         return "partly reproduced"
-    return "not reproduced"
+    if any(o in ("not reproduced", "opposite") for o in outcomes):
+        return "not reproduced"
+    return "inconclusive"
+
+
+def not_at_minimum(half: Half, far: list[Run], share: float) -> Half:
+    """``half`` judged "not at a minimum": its effects kept, its outcome withheld."""
+    worst = max(float(r.metrics.get("train_loss", math.nan)) for r in far)
+    bound = share * math.log(datasets.num_classes(far[0].config.dataset))
+    what = (
+        f"not at a minimum: {len(far)} of its runs ended above training loss {bound:.3g} "
+        f"({share:g} ln K; the largest {worst:.3g}), so this is evidence neither for nor against "
+        "the claim"
+    )
+    return dataclasses.replace(half, outcome="not at a minimum", text=f"{half.text[:-1]}; {what}.")
 
 
 def effect(a, b) -> stats.Interval:
@@ -371,7 +570,9 @@ def effect(a, b) -> stats.Interval:
 def judge_claim(
     results: Results, arm: str, baseline: str, *, setting: str = "", resamples: int = 2000
 ) -> Claim:
-    """The claim of ``results.settings`` for ``arm`` against ``baseline``.
+    """The claim of ``results.settings`` for ``arm`` against ``baseline``: both halves judged
+    against the settings' :class:`Reference`, or "not at a minimum" when a run of either arm
+    stopped above the settings' training loss (:func:`at_minimum`).
 
     Raises:
         KeyError: an arm label the settings do not have.
@@ -385,8 +586,16 @@ def judge_claim(
         np.stack([correct(r, results.data, results.device) for r in results.runs[baseline]]),
         resamples=resamples,
     )
-    sharper = sharper_half(ratios, arm, baseline)
-    better = better_half(acc, arm, baseline)
+    sharper = sharper_half(ratios, arm, baseline, s.reference)
+    better = better_half(acc, arm, baseline, s.reference)
+    far = [
+        r
+        for r in (*results.runs[arm], *results.runs[baseline])
+        if not at_minimum(r, s.minimum_loss_share)
+    ]
+    if far:
+        sharper = not_at_minimum(sharper, far, s.minimum_loss_share)
+        better = not_at_minimum(better, far, s.minimum_loss_share)
     return Claim(s.claim, setting, arm, baseline, sharper, better, combine(sharper, better))
 
 
@@ -421,7 +630,7 @@ def _points(iv: stats.Interval) -> str:
     scaled = dataclasses.replace(
         iv, estimate=100 * iv.estimate, low=100 * iv.low, high=100 * iv.high
     )
-    return scaled.describe("+.2f", " pts")
+    return scaled.describe(stats.points_format(scaled), " pts")
 
 
 def provenance(s: TrainingSettings, results: Results, description: str) -> str:
@@ -510,11 +719,14 @@ def effect_rows(found: list[Claim], half: str = "sharper") -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summary_table(results: Results, columns=("test_acc", "weight_norm", *MEASURES)) -> pd.DataFrame:
+def summary_table(results: Results, columns=None) -> pd.DataFrame:
     """Per arm: seeds, and mean ± sample standard deviation over seeds of the final metrics,
-    with plain-word headers (accuracy in %)."""
+    with plain-word headers (accuracy in %); the final training loss stands beside the
+    measures, since the claims concern low-loss solutions."""
     table = final_table(results)
-    columns = [c for c in (*columns, *BN_MEASURES) if c in table and table[c].notna().any()]
+    if columns is None:
+        columns = ("test_acc", "train_loss", "weight_norm", *MEASURES, *BN_MEASURES)
+    columns = [c for c in columns if c in table and table[c].notna().any()]
     rows = []
     for label, group in table.groupby("arm", sort=False):
         row = {"runs": label, "seeds": len(group)}
@@ -528,15 +740,45 @@ def summary_table(results: Results, columns=("test_acc", "weight_norm", *MEASURE
     return pd.DataFrame(rows)
 
 
-def claims_markdown(found: list[Claim], unjudged: tuple[tuple[str, str], ...] = ()) -> str:
+def claims_markdown(
+    found: list[Claim], unjudged: tuple[tuple[str, str], ...] = (), *, context: bool = False
+) -> str:
     """A Markdown list: one item per claim with its outcome and both halves' evidence, then
-    one per comparison in ``unjudged`` (:attr:`Results.unjudged`) saying it is not yet judged."""
-    lines = [f"- **{c.arm.split(',')[0]}**: *{c.outcome}*. {c.text}" for c in found]
+    one per comparison in ``unjudged`` (:attr:`Results.unjudged`) saying it is not yet judged.
+    With ``context`` the items carry no outcome: they are context, not verdicts on the claim."""
+    if context:
+        lines = [f"- **{c.arm.split(',')[0]}** (context): {c.text}" for c in found]
+    else:
+        lines = [f"- **{c.arm.split(',')[0]}**: *{c.outcome}*. {c.text}" for c in found]
     lines += [
         f"- **{arm.split(',')[0]}**: *not yet judged*: {arm} vs {base} has an arm without "
-        "runs at hand (the runs missing are listed at the top of the page)."
+        "runs at hand (the runs missing, or excluded, are listed at the top of the page)."
         for arm, base in unjudged
     ]
+    return "\n".join(lines)
+
+
+def rules_markdown(s: TrainingSettings, dataset: str | None = None) -> str:
+    """How a training page judges its claim, with the paper's effects and the training loss
+    that counts as a minimum, and every outcome label it can give, defined."""
+    dataset = dataset or s.dataset or next(iter(s.run_configs().values()))[0].dataset
+    bound = s.minimum_loss_share * math.log(datasets.num_classes(dataset))
+    ref = s.reference
+    ratios = ", ".join(f"{plain_name(m)} ×{v:.3g}" for m, v in ref.ratios.items())
+    which = " (BatchNorm in train mode)" if s.measures == BN_MEASURES else ""
+    lines = [
+        f"*Sharper* is judged on each measure's ratio{which} between the arms (Welch t on the "
+        "logarithms over seeds; for a measure that is not positive in every run, the "
+        "difference of means); *generalises better* on the test-accuracy gain (a bootstrap "
+        "over seeds and, paired, over test examples).",
+        f"The paper's effects, which an interval must exclude to count against the claim: "
+        f"{ratios}; a test-accuracy gain of {ref.accuracy_points:.3g} points ({ref.source}).",
+        f"Every run must end below training loss {bound:.3g} ({s.minimum_loss_share:g} ln K, "
+        f"K = {datasets.num_classes(dataset)} classes) for its comparison to be judged.",
+        "The outcomes:",
+        "",
+    ]
+    lines += [f"- *{o}*: {OUTCOME_DEFINITIONS[o]}." for o in OUTCOMES]
     return "\n".join(lines)
 
 

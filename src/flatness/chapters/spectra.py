@@ -20,6 +20,7 @@ import pandas as pd
 from flatness.chapters import adaptive, cnn, logreg, mlp, resnets
 from flatness.errors import RunMissing
 from flatness.profiles import get_profile
+from flatness.results import published
 from flatness.results.entries import Run
 from flatness.results.runs import load_or_run
 from flatness.training.config import RunConfig
@@ -66,44 +67,66 @@ def _spectrum(chapter: str, arm: str, run: Run) -> Spectrum:
     return Spectrum(chapter, run.config.model, arm, norm, nodes, weights, source, run.config.key())
 
 
-def _wanted(profile: str) -> list[tuple[str, str, RunConfig]]:
-    """(chapter, arm, first-seed config) of every spectrum the chapter shows."""
+def _wanted(profile: str) -> list[tuple[str, str, list[RunConfig]]]:
+    """(chapter, arm, configs in seed order) of every spectrum the chapter shows."""
     ls = logreg.settings(profile)
     out = []
     for wd in (min(ls.weight_decays), max(ls.weight_decays)):
-        cfg = next(c for c in ls.run_configs() if c.weight_decay == wd)
-        out.append(("logreg", f"wd {wd:g}", cfg))
+        configs = [c for c in ls.run_configs() if c.weight_decay == wd]
+        out.append(("logreg", f"wd {wd:g}", configs))
     for name, module in CHAPTERS.items():
         for arm, configs in module.settings(profile).run_configs().items():
-            out.append((name, arm.split(", ")[-1], configs[0]))
+            out.append((name, arm.split(", ")[-1], configs))
     return out
 
 
 def grid(profile: str) -> list[RunConfig]:
     """The runs this chapter reads at ``profile``: each training chapter's first seeds."""
-    return [cfg for _, _, cfg in _wanted(profile)]
+    return [configs[0] for _, _, configs in _wanted(profile)]
 
 
 def spectra(
     profile: str, *, data_root=None, device=None, progress=False, train_missing=True
-) -> tuple[list[Spectrum], list[RunConfig]]:
-    """The first-seed spectrum of every arm of every training chapter at ``profile``, and the
-    configs of the runs missing (only with ``train_missing=False``; otherwise they train)."""
-    out, missing = [], []
-    for chapter, arm, cfg in _wanted(profile):
-        try:
-            run = load_or_run(
-                cfg,
-                data_root=data_root,
-                device=device,
-                progress=progress,
-                train_missing=train_missing,
-            )
-        except RunMissing:
-            missing.append(cfg)
-            continue
-        out.append(_spectrum(chapter, arm, run))
-    return out, missing
+) -> tuple[list[Spectrum], list[RunConfig], list[tuple[str, str, Run, str]]]:
+    """The first-seed spectrum of every arm of every training chapter at ``profile``, the
+    configs of the runs missing (only with ``train_missing=False``; otherwise they train), and
+    ``(chapter, arm, run, why)`` of each run passed over because it learnt nothing
+    (:func:`flatness.results.published.collapsed`): the arm's next seed stands in for it."""
+    out, missing, excluded = [], [], []
+    for chapter, arm, configs in _wanted(profile):
+        for cfg in configs:
+            try:
+                run = load_or_run(
+                    cfg,
+                    data_root=data_root,
+                    device=device,
+                    progress=progress,
+                    train_missing=train_missing,
+                )
+            except RunMissing:
+                missing.append(cfg)
+                break
+            if published.collapsed(run) and get_profile(profile).excludes_dead_runs:
+                excluded.append((chapter, arm, run, published.collapse_reason(run)))
+                continue
+            out.append(_spectrum(chapter, arm, run))
+            break
+    return out, missing, excluded
+
+
+def excluded_sentence(excluded: list[tuple[str, str, Run, str]]) -> str:
+    """The runs :func:`spectra` passed over, in one sentence; empty when none was."""
+    if not excluded:
+        return ""
+    items = "; ".join(
+        f"{chapter} {arm}, seed {run.config.seed} (`{run.config.key()}`): {why}"
+        for chapter, arm, run, why in excluded
+    )
+    n = len(excluded)
+    return (
+        f" Passed over because {'it' if n == 1 else 'they'} learnt nothing, with the arm's "
+        f"next seed shown instead: {items}."
+    )
 
 
 def table(found: list[Spectrum]) -> pd.DataFrame:

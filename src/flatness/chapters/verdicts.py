@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from flatness import data as datasets
+from flatness.analysis import plotting, stats
 from flatness.analysis.plotting import name as plain_name
 from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, resnets, theory
 from flatness.chapters.rank import tables as rank_tables
@@ -20,7 +21,32 @@ from flatness.profiles import get_profile
 TRAINING = {"mlp": mlp, "cnn": cnn, "resnets": resnets}
 
 
-def _row(claim, chapter, profile, dataset, setting, half, effect, outcome, seeds) -> dict:
+#: Where each chapter shows its verdict's evidence: the figure a verdict row links to.
+FIGURES = {
+    "theory": "fig-theory-scaling",
+    "logreg": "fig-logreg-sharper",
+    "mlp": "fig-mlp-ratios",
+    "cnn": "fig-cnn-ratios",
+    "resnets": "fig-resnets-ratios",
+    "adaptive": "fig-adaptive-ratios",
+    "rank": "fig-rank-spectra",
+}
+#: Chapter titles as the table of contents gives them (the introduction is the book's index).
+TITLES = {
+    "introduction": "Introduction",
+    "theory": "Theory",
+    "logreg": "Logistic regression",
+    "mlp": "Multi-layer perceptrons",
+    "cnn": "A simple CNN",
+    "resnets": "Residual networks",
+    "adaptive": "Adaptive optimisers",
+    "rank": "Is the Hessian low-rank?",
+}
+
+
+def _row(
+    claim, chapter, profile, dataset, setting, half, effect, outcome, seeds, interval=None
+) -> dict:
     return {
         "claim": claim,
         "setting": f"{setting} ({dataset})" if dataset else setting,
@@ -29,6 +55,9 @@ def _row(claim, chapter, profile, dataset, setting, half, effect, outcome, seeds
         "seeds": seeds,
         "outcome": outcome,
         "chapter": chapter,
+        # the half's headline interval (the first measure's ratio, or the accuracy gain), for
+        # the forest plot; None where a row has none
+        "interval": interval,
     }
 
 
@@ -36,7 +65,7 @@ def _effects(half: common.Half) -> str:
     out = []
     for k, iv in half.effects.items():
         if k == "test_acc":
-            out.append(f"accuracy {iv.short('+.2f', 100)} points")
+            out.append(f"accuracy {iv.short(stats.points_format(iv, scale=100), 100)} points")
         else:
             sign = "×" if iv.null == 1.0 else "+"  # a ratio, or a difference
             out.append(f"{plain_name(k).replace(' (BN train)', '')} {sign}{iv.short('.3g')}")
@@ -52,7 +81,18 @@ def _claim_rows(
         return f"{c.setting}: {what}"
 
     return [
-        _row(c.claim, chapter, profile, dataset, setting(h), h.name, _effects(h), h.outcome, seeds)
+        _row(
+            c.claim,
+            chapter,
+            profile,
+            dataset,
+            setting(h),
+            h.name,
+            _effects(h),
+            h.outcome,
+            seeds,
+            next(iter(h.effects.values()), None),
+        )
         for h in (c.sharper, c.better)
     ]
 
@@ -99,15 +139,22 @@ def c4_row(claims: list[common.Claim], profile: str, datasets_used: str) -> dict
     outcomes = [c.outcome for c in claims]
     full = sum(o == "reproduced" for o in outcomes)
     some = sum(o in ("reproduced", "partly reproduced") for o in outcomes)
-    if full == len(outcomes):
+    undecided = ("not at a minimum", "cannot be judged", "inconclusive")
+    if outcomes and full == len(outcomes):
         outcome = "reproduced"
     elif some:
         outcome = "partly reproduced"
-    elif all(o == "cannot be judged" for o in outcomes):
-        outcome = "cannot be judged"
+    elif all(o in undecided for o in outcomes):
+        # nothing judged for or against: say why, the most telling reason first
+        outcome = next((u for u in undecided if u in outcomes), "cannot be judged")
     else:
         outcome = "not reproduced"
-    effect = f"C3 reproduced in {full} of {len(outcomes)} settings, at least partly in {some}"
+    counts = ", ".join(
+        f"{n} {o}" for o, n in pd.Series(outcomes, dtype=object).value_counts().items()
+    )
+    effect = f"C3 reproduced in {full} of {len(outcomes)} settings, at least partly in {some}" + (
+        f" ({counts})" if counts else ""
+    )
     return _row(
         "C4",
         "logreg, mlp, cnn, resnets",
@@ -174,8 +221,15 @@ def grid(profile: str) -> list:
     return out + rank.small_grid(profile)
 
 
-def _not_tested(claim, chapter, profile, dataset, setting, missing: int) -> dict:
-    what = f"{missing} run(s) neither published nor stored"
+def _not_tested(claim, chapter, profile, dataset, setting, missing: int, dead: int = 0) -> dict:
+    what = ", ".join(
+        part
+        for part in (
+            f"{missing} run(s) neither published nor stored" if missing else "",
+            f"{dead} run(s) learnt nothing and are excluded" if dead else "",
+        )
+        if part
+    )
     return _row(claim, chapter, profile, dataset, setting, "both", what, "not tested", "")
 
 
@@ -219,7 +273,7 @@ def rows(
         )
     out.append(c4_row(c3, profile, ", ".join(sorted(used))))
     out += _chapter_rows(
-        "adaptive", adaptive.settings(profile), profile, [], set(), fetch, train_missing, "Gadam"
+        "adaptive", adaptive.settings(profile), profile, [], set(), fetch, train_missing
     )
     try:
         out += c6_rows(profile, data_root=data_root, train_missing=train_missing)
@@ -239,26 +293,30 @@ def _present(config) -> bool:
         return False
 
 
-def _chapter_rows(chapter, s, profile, c3, used, fetch, train_missing, only=None) -> list[dict]:
-    """C3 (or C5, ``only`` one arm) rows of one training chapter, and a "not tested" row per
-    comparison whose runs are missing."""
+def _chapter_rows(chapter, s, profile, c3, used, fetch, train_missing) -> list[dict]:
+    """C3 (or C5: only the settings' claimed arms) rows of one training chapter, and a "not
+    tested" row per comparison whose runs are missing or excluded."""
     results = common.train(s, **fetch, train_missing=train_missing)
     out = []
     for c in common.claims(results):
-        if only is not None and c.arm != only:
+        if not s.is_claimed(c.arm):
             continue
         dataset = results.runs[c.arm][0].config.dataset
         used.add(dataset)
         c = _with_setting(c, results.runs[c.arm][0].config)
         c3.append(c)
-        out += _claim_rows(c, chapter, profile, dataset, len(s.seeds))
+        na, nb = len(results.runs[c.arm]), len(results.runs[c.baseline])
+        out += _claim_rows(c, chapter, profile, dataset, na if na == nb else f"{na} vs {nb}")
     configs = s.run_configs()
     for arm, base in results.unjudged:
-        if only is not None and arm != only:
+        if not s.is_claimed(arm):
             continue
         missing = sum(1 for c in configs[arm] + configs[base] if not _present(c))
+        dead = sum(1 for label, _, _ in results.excluded if label in (arm, base))
         dataset = configs[arm][0].dataset
-        out.append(_not_tested(s.claim, chapter, profile, dataset, f"{arm} vs {base}", missing))
+        out.append(
+            _not_tested(s.claim, chapter, profile, dataset, f"{arm} vs {base}", missing, dead)
+        )
     return out
 
 
@@ -269,9 +327,81 @@ def _with_setting(c: common.Claim, config) -> common.Claim:
     return dataclasses.replace(c, setting=f"{config.model}{width}")
 
 
+#: Claims judged in two halves: the summary counts each half on its own.
+HALVED = ("C3", "C5")
+
+
 def summary(table: pd.DataFrame) -> str:
-    """One sentence counting the outcomes of the judged rows."""
+    """The outcomes counted per claim, C3 and C5 per half ("sharper", "generalises better"),
+    since a count over both halves would mix what each says."""
     judged = table[table.outcome != "not tested"]
-    counts = judged.outcome.value_counts()
-    parts = [f"{n} {o}" for o, n in counts.items()]
-    return f"Of the {len(judged)} rows judged on this build: " + ", ".join(parts) + "."
+    parts = []
+    for claim, group in judged.groupby("claim", sort=True):
+        if claim in HALVED:
+            for half, rows in group.groupby("half", sort=False):
+                parts.append(f"{claim} *{half}*: {_counts(rows.outcome, 'setting')}")
+        else:
+            parts.append(f"{claim}: {_counts(group.outcome, 'row')}")
+    untested = sorted(set(table.claim[table.outcome == "not tested"]))
+    tail = f" Not tested on this build: {', '.join(untested)}." if untested else ""
+    return "On this build, " + "; ".join(parts) + "." + tail
+
+
+def _counts(outcomes: pd.Series, unit: str) -> str:
+    n = len(outcomes)
+    if n == 1:
+        return f"{outcomes.iloc[0]}"
+    counts = ", ".join(f"{k} {o}" for o, k in outcomes.value_counts().items())
+    return f"{counts} (of {n} {unit}s)"
+
+
+def forest_rows(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The C3 and C5 rows' headline intervals, for :func:`flatness.analysis.plotting.forest_pair`:
+    the first measure's ratio of each *sharper* half (top) and each test-accuracy gain in
+    points (bottom), coloured by outcome."""
+    top, bottom = [], []
+    for r in table.itertuples():
+        iv = r.interval
+        if r.claim not in HALVED or iv is None:
+            continue
+        label = f"{r.claim} {r.setting}"
+        if r.half == "sharper" and iv.null == 1.0:
+            top.append({"row": label, "interval": iv, "group": r.outcome})
+        elif r.half == "generalises better":
+            bottom.append({"row": label, "interval": iv, "group": r.outcome})
+    return pd.DataFrame(top), plotting.in_points(pd.DataFrame(bottom))
+
+
+def links(chapter: str) -> str:
+    """HTML links to the chapters (and figures) behind a verdict row."""
+    out = []
+    for name in (c.strip() for c in chapter.split(",")):
+        page = "index" if name == "introduction" else name
+        title = TITLES.get(name, name)
+        link = f'<a href="{page}.html">{title}</a>'
+        if name in FIGURES:
+            link += f' (<a href="{page}.html#{FIGURES[name]}">figure</a>)'
+        out.append(link)
+    return ", ".join(out)
+
+
+def display(table: pd.DataFrame):
+    """The verdict table for the page: links to the evidence, no interval objects."""
+    shown = table.drop(columns="interval").copy()
+    shown["chapter"] = shown.chapter.map(links)
+    shown = shown.rename(columns={"chapter": "where shown"})
+    return shown.style.hide(axis="index").set_properties(**{"text-align": "left"})
+
+
+def definitions() -> str:
+    """Every outcome label the page can show, defined (a Markdown list)."""
+    defined = dict(common.OUTCOME_DEFINITIONS)
+    defined["not tested"] = (
+        "C1 is a statement about the literature, not a measurement; elsewhere, the runs a "
+        "comparison needs are missing or learnt nothing"
+    )
+    defined["partly reproduced"] += (
+        "; for C4, C3 is reproduced in some settings only; for a C6 bound, it holds in some "
+        "of the cases tested (the row says how many)"
+    )
+    return "\n".join(f"- *{o}*: {d}." for o, d in defined.items())

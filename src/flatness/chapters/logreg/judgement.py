@@ -43,8 +43,10 @@ def claim(runs: list[Run], data: datasets.Dataset, *, device=None, resamples: in
         )
 
     acc = stats.paired_bootstrap(correct(best), correct(lo), resamples=resamples)
-    sharper = common.sharper_half(ratios, arm(hi), arm(lo))
-    better = common.better_half(acc, f"{arm(best)} (best on validation data)", arm(lo))
+    sharper = common.sharper_half(ratios, arm(hi), arm(lo), common.C3_REFERENCE)
+    better = common.better_half(
+        acc, f"{arm(best)} (best on validation data)", arm(lo), common.C3_REFERENCE
+    )
     return common.Claim(
         "C3",
         f"softmax regression on {runs[0].config.dataset}",
