@@ -56,6 +56,7 @@ def test_ranks_match_an_independent_autograd_hessian():
     # adding one vector to every row of [W2 b2] leaves the softmax unchanged: exactly
     # hidden + 1 = 4 null directions; on 30 generic examples nothing else vanishes
     assert rank.ranks(got.hessian, (1e-8,), 1e-4)["rel 1e-08"] == len(flat) - 4
+    assert rank.Architecture.of(model).ceiling == len(flat) - 4
 
 
 def test_softmax_regression_rank_is_d_plus_one_times_k_minus_one():
@@ -147,6 +148,18 @@ def test_slq_bracket_by_hand():
     assert (wide["low"], wide["high"]) == (pytest.approx(0.0), pytest.approx(1.0))
 
 
+@pytest.mark.parametrize("profile", ["cpu", "paper"])
+def test_the_sample_does_not_cap_the_rank_below_p(profile):
+    # N(K-1) >= P: the GGN's sample bound leaves room for every rank up to the ceiling, so
+    # "rank-deficient" is a finding about the network, not about too few examples
+    s = rank.settings(profile)
+    shape = (1, 8, 8) if s.dataset == "digits" else (1, 28, 28)
+    torch.manual_seed(0)
+    net = models.build(rank.REGISTERED["relu"], shape, 10, width=s.width)
+    p = models.parameter_count(net)
+    assert s.train_size * (10 - 1) >= p, (s.train_size, p)
+
+
 def test_settings_validation():
     assert rank.settings("cpu").seeds == (0, 1, 2)
     assert rank.settings("cpu", seeds=[4, 5]).seeds == (4, 5)
@@ -164,13 +177,13 @@ def test_settings_validation():
 def test_paper_settings_build_their_model_and_data():
     s = rank.settings("paper")
     data = datasets.load(s.dataset, data_root=MNIST_ROOT, train_size=s.train_size, download=False)
-    assert data.x_train.shape == (500, 1, 28, 28) and data.num_classes == 10
+    assert data.x_train.shape == (1200, 1, 28, 28) and data.num_classes == 10
     for activation in rank.ACTIVATIONS:
         model = rank.initial_model(s, activation, 0, data)
         assert models.parameter_count(model) == 9960  # the authors' 784-10-100-10
         assert model(data.x_train[:2]).shape == (2, 10)
     for activation in rank.REGISTERED:
-        assert s.run_config(activation, 0.0, 0).train_size == 500
+        assert s.run_config(activation, 0.0, 0).train_size == 1200
     large = s.run_config("relu", 0.0, 0, large=True)
     assert models.parameter_count(models.build(large.model, (1, 28, 28), 10)) == 535818
     # the exact Hessian of the paper's nets fits under the package's limit

@@ -169,47 +169,29 @@ def c4_row(claims: list[common.Claim], profile: str, datasets_used: str) -> dict
 
 
 def c6_rows(profile: str, *, data_root=None, train_missing=True) -> list[dict]:
-    """C6: one row per candidate rank bound, from the rank chapter's exact spectra: in how
-    many cases (net, state, weight decay, seed) it holds at the authors' absolute tolerance
-    and at the strictest relative one."""
+    """C6: one row per candidate rank bound, judged by the rank chapter's own
+    :func:`~flatness.chapters.rank.judgement.judge` from every test of that chapter (the small
+    nets' exact ranks at every tolerance and SLQ on the larger net), so both pages say the
+    same."""
     s = rank.settings(profile)
     d = datasets.load(s.dataset, data_root=data_root, train_size=s.train_size)
     found = rank.spectra(s, d, data_root=data_root, train_missing=train_missing)
     table = rank_tables.rank_table(found, s, d)
-    fails = rank_tables.failures(table)
-    out = []
-    for b in rank.BOUNDS:
-        group = fails[fails.bound == b]
-        held = int((group.cases - group.failed).sum())
-        total = int(group.cases.sum())
-        if held == total:
-            outcome = "reproduced"
-        elif held == 0:
-            outcome = "not reproduced"
-        else:
-            outcome = "partly reproduced"
-        where = "; ".join(
-            f"{r.tolerance}: fails in {r.failed} of {r.cases}"
-            for r in group.itertuples()
-            if r.failed
+    large = rank.large_net(s, d, data_root=data_root, train_missing=train_missing)
+    return [
+        _row(
+            "C6",
+            "rank",
+            profile,
+            s.dataset,
+            "linear, tanh and ReLU MLPs (exact); a larger ReLU MLP (SLQ)",
+            f"rank <= {j.name}",
+            j.effect,
+            j.outcome,
+            len(s.seeds),
         )
-        effect = f"holds in {held} of {total} cases over all tolerances" + (
-            f" ({where})" if where else ""
-        )
-        out.append(
-            _row(
-                "C6",
-                "rank",
-                profile,
-                s.dataset,
-                "linear, tanh and ReLU MLPs",
-                f"rank <= {rank.BOUND_NAMES[b]}",
-                effect,
-                outcome,
-                len(s.seeds),
-            )
-        )
-    return out
+        for j in rank.judge(table, rank.slq_cases(large)).values()
+    ]
 
 
 def grid(profile: str) -> list:

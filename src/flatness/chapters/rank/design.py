@@ -69,9 +69,13 @@ class RankSettings:
         return dataclasses.replace(self, **changes)
 
 
-#: ``cpu``: 100 digits, hidden widths 5 and 50 (1,135 parameters), so N(K-1) = 900 < P; SLQ on
-#: mlp-512-256 at width 0.5 (50,826 parameters). ``paper`` runs SLQ on the full mlp-512-256.
-#: ``paper``: 500 MNIST images and the authors' 784-10-100-10 (9,960 parameters, exact Hessian).
+#: N is chosen with N(K-1) >= P, so that the sample does not by itself cap the GGN's rank below
+#: the largest rank a softmax net can have (P less the last hidden width + 1) and a rank below
+#: that is a finding about the network. ``cpu``: 150 digits, hidden widths 5 and 50 (1,135
+#: parameters, N(K-1) = 1,350); SLQ on mlp-512-256 at width 0.5 (50,826 parameters).
+#: ``paper``: 1,200 MNIST images (N(K-1) = 10,800) and the authors' 784-10-100-10 (9,960
+#: parameters, exact Hessian); SLQ on the full mlp-512-256. ``smoke`` stays tiny
+#: (N(K-1) = 360 < P = 400); the page says the sample caps the GGN there.
 SETTINGS = {
     "smoke": RankSettings(
         dataset="digits",
@@ -88,7 +92,7 @@ SETTINGS = {
     ),
     "cpu": RankSettings(
         dataset="digits",
-        train_size=100,
+        train_size=150,
         width=0.5,
         epochs=100,
         batch_size=25,
@@ -98,7 +102,7 @@ SETTINGS = {
     ),
     "paper": RankSettings(
         dataset="mnist",
-        train_size=500,
+        train_size=1200,
         width=1.0,
         epochs=300,
         batch_size=128,

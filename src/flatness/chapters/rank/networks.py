@@ -40,6 +40,15 @@ class Architecture:
         w = self.widths
         return sum((a + 1) * b for a, b in zip(w[:-1], w[1:]))
 
+    @property
+    def ceiling(self) -> int:
+        """The largest rank the Hessian (or GGN) of a softmax cross-entropy can have on this net:
+        P less n_{L-1} + 1. Moving the last layer's weights and bias by ``1 u^T`` and ``1 c``
+        adds u^T h + c to every logit of an example alike, which no probability sees, so the
+        loss is flat along those n_{L-1} + 1 directions at every weight and each is a null
+        vector of the Hessian."""
+        return self.parameters - (self.widths[-2] + 1)
+
     @classmethod
     def of(cls, model: nn.Module) -> Architecture:
         """Read from the model's ``nn.Linear`` layers, in order (each must feed the next)."""

@@ -3,7 +3,8 @@
 A network too large for a dense Hessian gets stochastic Lanczos quadrature (SLQ): its mass near
 zero, bracketed by the Chebyshev-Markov-Stieltjes inequalities (:func:`slq_fraction`), is first
 checked against the exact fraction on the small nets (:func:`slq_check`), then measured on the
-large ReLU net (:func:`large_net`) and judged against each bound (:func:`slq_verdicts`).
+large ReLU net (:func:`large_net`) and judged against each bound per seed (:func:`slq_cases`)
+and over seeds (:func:`slq_verdicts`).
 Every name here is also served by :mod:`flatness.chapters.rank`.
 """
 
@@ -148,28 +149,40 @@ def large_net(
     arch = Architecture.of(
         models.build(s.slq_model, data.input_shape, data.num_classes, width=s.slq_width)
     )
-    for b, v in bounds(arch, len(data.y_train), data_rank(data.x_train)).items():
+    values = bounds(arch, len(data.y_train), data_rank(data.x_train))
+    for b, v in values.items():
         out[f"predicted_{b}"] = max(0.0, 1 - v / arch.parameters)
-    out.attrs["parameters"] = arch.parameters
+    out.attrs |= {"parameters": arch.parameters, "ceiling": arch.ceiling, "bounds": values}
+    return out
+
+
+def judge_case(row, bound: str) -> str:
+    """One SLQ measurement against one bound: *fails* where the bound's predicted zero
+    fraction 1 - bound/P is above the bracket's upper end by more than two standard errors
+    (then rank > bound), *holds* where it is below the lower end by as much, *undecided*
+    otherwise."""
+    p = row[f"predicted_{bound}"]
+    if p > row["high"] + 2 * np.nan_to_num(row["high_se"]):
+        return "fails"
+    if p < row["low"] - 2 * np.nan_to_num(row["low_se"]):
+        return "holds"
+    return "undecided"
+
+
+def slq_cases(large: pd.DataFrame) -> pd.DataFrame:
+    """:func:`large_net`'s rows (one per state, weight decay, seed and tolerance) with each
+    bound's :func:`judge_case` in a column named after the bound."""
+    out = large.copy()
+    for b in BOUNDS:
+        out[b] = [judge_case(r, b) for _, r in large.iterrows()]
     return out
 
 
 def slq_verdicts(large: pd.DataFrame) -> pd.DataFrame:
-    """Per state, weight decay, tolerance and bound, judged from SLQ's bracket on every seed:
-    a bound *fails* where its predicted zero fraction 1 - bound/P is above the bracket's upper
-    end by more than two standard errors (then rank > bound), *holds* where it is below the
-    lower end by as much, and is *undecided* otherwise; the verdict is the seeds' common one,
-    else "mixed"."""
-
-    def judge(row, b):
-        p = row[f"predicted_{b}"]
-        if p > row.high + 2 * np.nan_to_num(row.high_se):
-            return "fails"
-        if p < row.low - 2 * np.nan_to_num(row.low_se):
-            return "holds"
-        return "undecided"
-
-    t = large.fillna({"weight_decay": -1.0})
+    """Per state, weight decay and tolerance, each bound's :func:`judge_case` over the seeds:
+    their common verdict, else "mixed"; with the bracket and the Gauss rule averaged over
+    seeds."""
+    t = slq_cases(large).fillna({"weight_decay": -1.0})
     rows = []
     for key, group in t.groupby(["state", "weight_decay", "tolerance"], sort=False):
         row = dict(zip(["state", "weight_decay", "tolerance"], key))
@@ -180,7 +193,7 @@ def slq_verdicts(large: pd.DataFrame) -> pd.DataFrame:
             "slq_sd": group.slq.std(ddof=1),
         }
         for b in BOUNDS:
-            verdicts = {judge(r, b) for _, r in group.iterrows()}
+            verdicts = set(group[b])
             row[b] = verdicts.pop() if len(verdicts) == 1 else "mixed"
         rows.append(row)
     out = pd.DataFrame(rows)
