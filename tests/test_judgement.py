@@ -221,3 +221,11 @@ def test_points_format_keeps_the_side_of_zero_visible():
     assert f"{100 * iv.low:{fmt}}" == "+0.004"
     assert stats.points_format(_iv(0.0, 0.0074, 0.0), scale=100) == "+.2f"  # 0 is exactly 0
     assert np.isclose(float(f"{100 * iv.high:{fmt}}"), 0.74)
+
+
+def test_the_readme_states_the_thresholds_the_code_uses():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"(final training loss at least {published.COLLAPSED_SHARE:g} ln K)" in text
+    assert f"a run above training loss {common.MINIMUM_LOSS_SHARE:g} ln K" in text
