@@ -122,3 +122,56 @@ def test_batchnorm_and_dinh_verdicts_turn_on_failure():
     assert P.dinh_facts(dinh, best)["dinh_recomputed_verb"] == "does **not** reproduce"
     dinh["output_change"] = 1e-3
     assert "do **not** agree" in P.dinh_facts(dinh, best)["dinh_verdict"]
+
+
+def g_rises_table(g_initial=(2.643, 2.074, 3.0), g_trained=(2.930, 3.160, 1.0)):
+    # the cpu book's seeds 0 and 1: ||G||_F rose with training while ||R||_F fell
+    rows = []
+    for seed, (g0, g1) in enumerate(zip(g_initial, g_trained)):
+        rows.append({"seed": seed, "state": "initial", "frobenius_G": g0, "frobenius_R": 3.0})
+        rows.append({"seed": seed, "state": "trained", "frobenius_G": g1, "frobenius_R": 0.01})
+    return pd.DataFrame(rows)
+
+
+def test_the_terms_sentence_follows_the_table_it_stands_over():
+    text = P.terms_text(g_rises_table())
+    assert "both" not in text.lower()
+    assert text.startswith(
+        "Here $\\|G\\|_F$ does not shrink for seed 0 (2.643 to 2.930) and seed 1 (2.074 to "
+        "3.160); $\\|R\\|_F$ shrinks for every seed"
+    )
+    # every seed's G and R smaller after training: now, and only now, both shrink
+    shrinking = P.terms_text(g_rises_table(g_trained=(1.0, 1.0, 1.0)))
+    assert shrinking.startswith("Here both terms shrink from initialisation to training")
+    # a term that stays put has not shrunk
+    flat = g_rises_table(g_trained=(2.643, 1.0, 1.0))
+    assert "does not shrink for seed 0 (2.643 to 2.643)" in P.terms_text(flat)
+    assert P.split_facts(split_table())["terms_shrink"].startswith(
+        "Here $\\|G\\|_F$ does not shrink for seed 0 (2.000 to 2.000) and seed 1"
+    )
+
+
+def test_c2_is_the_theory_pages_own_judgement():
+    # separates, falls and stays under the bound: reproduced; any one failing: not
+    assert P.scaling_judgement(path_table(), scaled_table()) == {
+        "separates": True, "falls": True, "bounded": True
+    }  # fmt: skip
+    assert P.scaling_outcome(path_table(), scaled_table()) == "reproduced"
+    assert P.scaling_outcome(path_table(train_acc=0.98), scaled_table()) == "not reproduced"
+    assert P.scaling_outcome(path_table(), scaled_table(ratio=(0.5, 1.01, 0.3))) == (
+        "not reproduced"
+    )
+    assert P.scaling_outcome(path_table(), scaled_table(loss=(1.0, 0.1, 0.2))) == "not reproduced"
+
+
+@pytest.mark.parametrize("page", ["theory", "rank"])
+def test_inline_glued_markdown_is_read_as_myst(page):
+    # CommonMark, the inline role's default, leaves $...$ as text and eats the backslash of
+    # \|, so "$\|H\|_F$" reached the reader as "$|H|_F$"
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).parents[1] / "book" / f"{page}.md").read_text()
+    roles = re.findall(r"\{glue:md\}`([^`]+)`", source)
+    assert roles
+    assert [r for r in roles if not r.endswith(":myst")] == []

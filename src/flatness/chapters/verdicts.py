@@ -7,7 +7,6 @@ verdict page and the chapters cannot disagree.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from flatness import data as datasets
@@ -15,6 +14,7 @@ from flatness.analysis import plotting, stats
 from flatness.analysis.plotting import name as plain_name
 from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, resnets, theory
 from flatness.chapters.rank import tables as rank_tables
+from flatness.chapters.theory import prose as theory_prose
 from flatness.errors import FlatnessError, RunMissing
 from flatness.profiles import get_profile
 
@@ -98,25 +98,19 @@ def _claim_rows(
 
 
 def c2_row(profile: str, *, data_root=None) -> dict:
-    """C2 on softmax regression, from the theory chapter's exact computation: the L2 optimum
-    with the smallest gamma, scaled up by alpha >= 1, must lose loss and every measure together,
-    with the trace under its bound 2 L max ||x~||^2, while it separates the training sample."""
+    """C2 on softmax regression, from the theory chapter's exact computation
+    (:func:`~flatness.chapters.theory.softmax.separating_scaling`, the same settings and alpha
+    range as that page): the L2 optimum with the smallest gamma, scaled by every alpha, must
+    lose loss and every measure together, with the trace under its bound 2 L max ||x~||^2,
+    while it separates the training sample; the outcome is the theory page's own
+    :func:`~flatness.chapters.theory.prose.scaling_outcome`."""
     s = theory.settings(profile)
     x, y = theory.load(s, data_root=data_root)
-    path, optima = theory.l2_path(x, y, theory.log_range(s.gamma_log10_range, s.gamma_count))
-    smallest = path.iloc[0]
-    alphas = theory.log_range(s.alpha_log10_range, s.alpha_count)
-    scaling = theory.scaling(optima[smallest.gamma].model, x, y, alphas[alphas >= 1])
-    falling = all(
-        bool((np.diff(scaling[c]) < 0).all())
-        for c in ("train_loss", "lambda_max", "trace", "frobenius")
-    )
-    bounded = bool((scaling.ratio <= 1 + 1e-9).all())
-    separates = bool(smallest.train_acc == 1.0)
-    outcome = "reproduced" if falling and bounded and separates else "not reproduced"
+    path, _, scaling = theory.separating_scaling(s, x, y)
+    separates = theory_prose.scaling_judgement(path, scaling)["separates"]
     drop = scaling.iloc[0] / scaling.iloc[-1]
     effect = (
-        f"alpha {scaling.alpha.iloc[0]:.3g} to {scaling.alpha.iloc[-1]:.3g}: loss / "
+        f"α {scaling.alpha.iloc[0]:.3g} to {scaling.alpha.iloc[-1]:.3g}: loss / "
         f"{drop.train_loss:.3g}, λ_max / {drop.lambda_max:.3g}, Tr H / {drop.trace:.3g}, "
         f"‖H‖_F / {drop.frobenius:.3g}; largest Tr H / bound {scaling.ratio.max():.3g}"
         + ("" if separates else "; the solution does not separate the sample")
@@ -126,10 +120,10 @@ def c2_row(profile: str, *, data_root=None) -> dict:
         "theory",
         profile,
         "",
-        f"softmax regression on {len(y):,} examples, scaled by alpha",
+        f"softmax regression on {len(y):,} examples, scaled by α",
         "low loss with large weights is flat",
         effect,
-        outcome,
+        theory_prose.scaling_outcome(path, scaling),
         "",
     )
 

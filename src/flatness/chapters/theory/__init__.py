@@ -41,6 +41,7 @@ from flatness.chapters.theory.softmax import (
     l2_path,
     newton,
     scaling,
+    separating_scaling,
     softmax_loss,
     softmax_model,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "require_alive",
     "rescaled",
     "scaling",
+    "separating_scaling",
     "settings",
     "softmax_loss",
     "softmax_model",

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from flatness import hessian
+from flatness.chapters.theory.design import TheorySettings, log_range
 from flatness.errors import FlatnessError
 
 
@@ -193,3 +194,14 @@ def scaling(model: nn.Linear, x, y, alphas) -> pd.DataFrame:
             | {"frobenius": m.frobenius, "bound": bound, "ratio": m.trace / bound}
         )
     return pd.DataFrame(rows)
+
+
+def separating_scaling(
+    s: TheorySettings, x, y
+) -> tuple[pd.DataFrame, dict[float, NewtonResult], pd.DataFrame]:
+    """Fact 3 as the theory page and the verdict page's C2 row both compute it: the
+    :func:`l2_path` over the settings' gammas, its optima, and the smallest gamma's optimum
+    scaled by every alpha of the settings (:func:`scaling`)."""
+    path, optima = l2_path(x, y, log_range(s.gamma_log10_range, s.gamma_count))
+    alphas = log_range(s.alpha_log10_range, s.alpha_count)
+    return path, optima, scaling(optima[path.gamma.iloc[0]].model, x, y, alphas)
