@@ -171,7 +171,7 @@ def test_tables_for_reading_use_words_not_identifiers():
                             case("tanh", "trained", "abs 0.0001", 1000, set(), seed=0)])  # fmt: skip
     table.loc[:3, "weight_decay"] = float("nan")
     grid = T.rank_grid(table)
-    assert list(grid.columns) == ["network", "state", "weight decay", "10⁻⁶ max |λ|",
+    assert list(grid.columns) == ["network", "state", "weight decay", "10⁻⁶ max|λ|",
                                   "10⁻⁴ (absolute)"]  # fmt: skip
     # in the table's order, not sorted: ReLU before tanh
     assert grid.values.tolist() == [["ReLU", "initial", "—", "80", "70–72"],
@@ -183,7 +183,7 @@ def test_tables_for_reading_use_words_not_identifiers():
     ]
     fails = T.failure_table(table)
     assert list(fails.columns) == ["tolerance", *(rank.BOUND_NAMES[b] for b in BOUNDS)]
-    assert fails.values.tolist() == [["10⁻⁶ max |λ|", "1 of 3", "1 of 3", "1 of 3", "1 of 3"],
+    assert fails.values.tolist() == [["10⁻⁶ max|λ|", "1 of 3", "1 of 3", "1 of 3", "1 of 3"],
                                      ["10⁻⁴ (absolute)", "1 of 3", "1 of 3", "3 of 3", "1 of 3"]]  # fmt: skip
 
 
@@ -192,14 +192,14 @@ def test_the_gauss_rule_sentence_says_whether_it_left_the_bracket():
                           "slq": [0.52, 0.1], "low": [0.45, 0.3], "high": [0.55, 0.5]})  # fmt: skip
     check["error"] = check.slq - check.exact
     assert T.check_sentence(check) == (
-        "the Gauss rule alone is off by up to 0.30 (at tolerance 10⁻⁸ max |λ|) and falls outside "
+        "the Gauss rule alone is off by up to 0.30 (at tolerance 10⁻⁸ max|λ|) and falls outside "
         "the bracket in 1 of 2 cases: with a few dozen Lanczos steps a Ritz value near zero can "
         "land on either side of a tolerance that small"
     )
     check.loc[1, "slq"] = 0.35
     check["error"] = check.slq - check.exact
     assert T.check_sentence(check).endswith(
-        "(at tolerance 10⁻⁸ max |λ|), inside the bracket in every case"
+        "(at tolerance 10⁻⁸ max|λ|), inside the bracket in every case"
     )
 
 

@@ -36,9 +36,9 @@ def _number(value: float) -> str:
 
 def tolerance_name(label: str) -> str:
     """A tolerance label of :func:`~flatness.chapters.rank.exact.ranks` in words: "rel 1e-06"
-    is "10⁻⁶ max |λ|" (relative), "abs 0.0001" is "10⁻⁴ (absolute)"."""
+    is "10⁻⁶ max|λ|" (relative), "abs 0.0001" is "10⁻⁴ (absolute)"."""
     kind, value = label.split()
-    return _number(float(value)) + (" max |λ|" if kind == "rel" else " (absolute)")
+    return _number(float(value)) + (" max|λ|" if kind == "rel" else " (absolute)")
 
 
 def rank_table(results: list[Spectrum], s: RankSettings, data) -> pd.DataFrame:
