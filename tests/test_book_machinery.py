@@ -86,6 +86,7 @@ def make_checkout(root, index="# Index\n\nA fake book.\n"):
     shutil.copy2(ROOT / "_config.yml", root / "_config.yml")
     for name in ("status.md", "bibliography.md", "references.bib"):
         shutil.copy2(ROOT / "book" / name, root / "book" / name)
+    shutil.copytree(ROOT / "book" / "_static", root / "book" / "_static")  # _config.yml's CSS
     (root / "_toc.yml").write_text(TOC)
     (root / "book" / "index.md").write_text(index)
     (root / "book" / "fake.md").write_text(FAKE_CHAPTER)
@@ -309,7 +310,7 @@ def test_the_real_bibliography_has_every_key_the_book_cites():
         "ghorbani2019investigation", "izmailov2018averaging", "granziol2020gadam",
         "meyer2021hutchpp", "ubaru2017slq", "loshchilov2019adamw", "he2016identity",
         "zagoruyko2016wide", "springenberg2015striving", "lecun1998gradient", "simonyan2015very",
-        "pennington2018spectrum",
+        "pennington2018spectrum", "singh2021analytic",
     }  # fmt: skip
     assert required <= set(entries)
     assert "2006.09091" in entries["granziol2020flatness"].fields["eprint"]
@@ -330,6 +331,7 @@ def test_the_real_plain_pages_render_without_warnings(tmp_path):
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, stage / name)
     shutil.copy2(ROOT / "book" / "references.bib", stage / "book" / "references.bib")
+    shutil.copytree(ROOT / "book" / "_static", stage / "book" / "_static")
     for page in book.toc_files(ROOT):
         target = stage / f"{page}.md"
         if page in book.PLAIN_PAGES:
