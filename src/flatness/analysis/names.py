@@ -20,7 +20,7 @@ Only identifiers that are no English word are replaced inside text (:data:`RAW`)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -135,6 +135,7 @@ _RAW = re.compile(_TOKEN.format(_IDENTIFIERS))
 #: besides the table's, any snake_case name is code a reader should not meet in prose
 _LEFT = re.compile(_TOKEN.format(_IDENTIFIERS + r"|[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9_]+"))
 _AVERAGED = "+avg"
+_SNAKE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
 
 
 def display(identifier) -> str:
@@ -142,7 +143,8 @@ def display(identifier) -> str:
     ``"preresnet-110"`` -> ``"PreResNet-110"``, ``"sgd+avg"`` -> ``"SGD + averaging"``.
 
     An identifier the table does not hold is returned with its raw identifiers named
-    (:func:`words`) and underscores as spaces; a value that is not text is returned as text.
+    (:func:`words`), and a snake_case one with spaces for underscores; a name already in
+    words comes back as it is (``"λ_max"`` stays), and a value that is not text as text.
     """
     if not isinstance(identifier, str):
         return str(identifier)
@@ -153,7 +155,9 @@ def display(identifier) -> str:
     for pattern, name in _MODEL_PATTERNS:
         if match := pattern.fullmatch(identifier):
             return name(match)
-    return words(identifier).replace("_", " ")
+    if _SNAKE.fullmatch(identifier):  # a column such as "abs_rel_error"
+        return words(identifier).replace("_", " ")
+    return words(identifier)  # already words, or words around identifiers
 
 
 def tex(identifier: str) -> str:
@@ -194,19 +198,23 @@ def raw_identifiers(text: str) -> list[str]:
     return [m[1] for m in _LEFT.finditer(text)]
 
 
-def _missing_reason(missing, column) -> str | None:
-    if isinstance(missing, str):
-        return missing
+def _reasons(missing, column, rows: int) -> list:
+    """The reason each row of ``column`` may be missing, from :func:`frame`'s ``missing``."""
     if isinstance(missing, Mapping):
-        return missing.get(column)
-    return None
+        missing = missing.get(column)
+    if missing is None or isinstance(missing, str):
+        return [missing] * rows
+    reasons = list(missing)
+    if len(reasons) != rows:
+        raise ValueError(f"column {column!r}: {len(reasons)} reasons for {rows} rows")
+    return reasons
 
 
 def frame(
     df: pd.DataFrame,
     *,
     formats: Mapping[str, str | Callable] | None = None,
-    missing: str | Mapping[str, str] | None = None,
+    missing: str | Mapping[str, str | Sequence[str | None]] | None = None,
     columns: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """``df`` as a reader should see it: every cell text, headers and identifier cells named.
@@ -214,8 +222,9 @@ def frame(
     Args:
         formats: per column (its name in ``df``), a format such as ``"{:.3g}"`` or a function
             of the value; numbers without one are written with four significant digits.
-        missing: why a value is missing, per column (its name in ``df``), or one reason for
-            all: each NaN or None cell reads ``"— (reason)"``.
+        missing: why a value is missing: one reason for the whole table, or per column (its
+            name in ``df``) one reason or one per row. Each NaN or None cell reads
+            ``"— (reason)"``.
         columns: headers to use instead of the table's names (e.g. with units), per column.
 
     Raises:
@@ -227,15 +236,16 @@ def frame(
     for column in df.columns:
         values = df[column]
         blank = values.isna()
-        reason = _missing_reason(missing, column)
-        if blank.any() and reason is None:
+        reasons = _reasons(missing, column, len(df))
+        unexplained = [i for i, (b, r) in enumerate(zip(blank, reasons)) if b and not r]
+        if unexplained:
             raise ValueError(
-                f"column {column!r} has {int(blank.sum())} missing value(s) and no reason: "
-                "give one with missing={column: 'why'}"
+                f"column {column!r} has missing values in rows {unexplained} and no reason for "
+                "them: give one with missing={column: 'why'}"
             )
         form = formats.get(column)
         cells = []
-        for value, empty in zip(values, blank):
+        for value, empty, reason in zip(values, blank, reasons):
             if empty:
                 cells.append(f"— ({reason})")
             elif callable(form):
