@@ -12,6 +12,7 @@ import re
 
 import pandas as pd
 
+from flatness.analysis import names
 from flatness.chapters.estimators.trace import NOMINAL, Z, coverage_table
 from flatness.hessian.stochastic import MIN_PROBES
 
@@ -35,8 +36,14 @@ def listed(items) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def method(name: str) -> str:
+    """An estimator as the page names it: ``"hutch++"`` -> ``"Hutch++"``; ``auto``, the
+    argument that lets the package choose, stays code."""
+    return "`auto`" if name == "auto" else names.display(name)
+
+
 def _names(methods) -> str:
-    return listed(f"`{m}`" for m in methods)
+    return listed(method(m) for m in methods)
 
 
 def _at_tight(summary: pd.DataFrame, measure: str) -> pd.DataFrame:
@@ -64,7 +71,7 @@ def cheapest_sentence(summary: pd.DataFrame, measure: str, max_probes: int) -> s
         most = rows.loc[rows.converged.idxmax()]
         return (
             f"Asked for {pct(tight)}, no method reached it for the {NAMES[measure]} in every run "
-            f"within {max_probes} probes; `{most.method}` did most often "
+            f"within {max_probes} probes; {method(most.method)} did most often "
             f"({_share(most.converged)} of runs)."
         )
     tie = " (tied)" if len(best) > 1 else ""
@@ -82,28 +89,28 @@ def cheapest_sentence(summary: pd.DataFrame, measure: str, max_probes: int) -> s
         text += f" for {_names(others.method)}"
     quick, mine = done.loc[done.seconds.idxmin()], best.seconds.min()
     if quick.method in set(best.method):
-        who = "it" if len(best) == 1 else f"`{quick.method}`"
+        who = "it" if len(best) == 1 else method(quick.method)
         text += f"; {who} was also the quickest ({quick.seconds:.2g} s)"
     elif mine <= (1 + TIME_TIE) * quick.seconds:
         text += (
-            f"; by the clock it was within {_share(TIME_TIE)} of the quickest, `{quick.method}` "
+            f"; by the clock it was within {_share(TIME_TIE)} of the quickest, {method(quick.method)} "
             f"({mine:.2g} s against {quick.seconds:.2g} s)"
         )
     else:
         text += (
-            f"; by the clock `{quick.method}` was quickest ({quick.seconds:.2g} s against "
+            f"; by the clock {method(quick.method)} was quickest ({quick.seconds:.2g} s against "
             f"{mine:.2g} s)"
         )
     return text + "."
 
 
 def _ran_as(text: str, n_seeds: int) -> str:
-    """The ``ran as`` column in words: "hutch++ (7), hutchinson (3)" -> "`hutch++` on 7 of 10
-    seeds and `hutchinson` on 3 of 10 seeds"."""
+    """The ``ran as`` column in words: "hutch++ (7), hutchinson (3)" -> "Hutch++ on 7 of 10
+    seeds and Hutchinson on 3 of 10 seeds"."""
     split = re.findall(r"([^,(]+?) \((\d+)\)", text)
     if not split:
-        return f"`{text}`"
-    return " and ".join(f"`{m.strip()}` on {n} of {n_seeds} seeds" for m, n in split)
+        return method(text)
+    return " and ".join(f"{method(m.strip())} on {n} of {n_seeds} seeds" for m, n in split)
 
 
 def auto_clause(summary: pd.DataFrame, measure: str, n_seeds: int) -> str:
@@ -114,7 +121,8 @@ def auto_clause(summary: pd.DataFrame, measure: str, n_seeds: int) -> str:
     ratio, better = auto.hvps / fixed.hvps.min(), fixed.hvps.idxmin()
     if auto["ran as"] == better and 0.9 <= ratio <= 1.1:
         return (
-            f"chose `{better}` for the {NAMES[measure]}, the cheaper of the two forced choices, "
+            f"chose {method(better)} for the {NAMES[measure]}, the cheaper of the two forced "
+            "choices, "
             "and spent about as many HVPs as forcing it"
         )
     if ratio > 1.1:
@@ -125,7 +133,7 @@ def auto_clause(summary: pd.DataFrame, measure: str, n_seeds: int) -> str:
         how = "about as many HVPs as"
     return (
         f"ran as {_ran_as(auto['ran as'], n_seeds)} for the {NAMES[measure]} and spent {how} "
-        f"the better forced choice, `{better}`"
+        f"the better forced choice, {method(better)}"
     )
 
 
@@ -151,7 +159,8 @@ def honesty_sentence(summary: pd.DataFrame, runs: pd.DataFrame) -> str:
     text = (
         f"At {pct(tight)}, the reported standard errors were too small for "
         + listed(
-            f"`{r.method}` on the {NAMES[r.measure]} ({r.covered} of {r.runs} covered, interval "
+            f"{method(r.method)} on the {NAMES[r.measure]} ({r.covered} of {r.runs} covered, "
+            "interval "
             f"{_share(r.low)} to {_share(r.high)})"
             for r in bad.itertuples()
         )
@@ -177,7 +186,7 @@ def error_sentence(summary: pd.DataFrame) -> str:
     worst = summary.loc[ratio.idxmax()]
     return (
         f"The mean |relative error| stayed below the requested `rtol` in {int((ratio <= 1).sum())} "
-        f"of {len(summary)} cases; it was furthest above for `{worst.method}` "
+        f"of {len(summary)} cases; it was furthest above for {method(worst.method)} "
         f"({NAMES[worst.measure]}, `rtol` {pct(worst.rtol)}), at {ratio.max():.2g} times `rtol`."
     )
 
@@ -191,7 +200,7 @@ def gave_up_sentence(summary: pd.DataFrame, max_probes: int) -> str:
         f"Some runs stopped at {max_probes} probes short of their `rtol`, and said so "
         "(`converged=False`): "
         + "; ".join(
-            f"`{r.method}` for the {NAMES[r.measure]} at {pct(r.rtol)} in "
+            f"{method(r.method)} for the {NAMES[r.measure]} at {pct(r.rtol)} in "
             f"{_share(1 - r.converged)} of runs"
             for r in missed.itertuples()
         )
