@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from flatness import data as datasets
-from flatness.analysis import stats
+from flatness.analysis import names, stats
 from flatness.analysis.plotting import name as plain_name
 from flatness.data import DATASETS
 from flatness.errors import RunMissing
@@ -311,12 +311,13 @@ def excluded_markdown(results: Results) -> str:
         for arm, run, why in results.excluded
     )
     n = len(results.excluded)
-    return (
+    text = (
         f"**{n} of {total} runs excluded.** "
         f"{'It' if n == 1 else 'They'} learnt nothing, so no table, figure or verdict on this "
         f"page uses {'it' if n == 1 else 'them'}: {items}. "
         "The comparisons are judged on the remaining seeds."
     )
+    return names.words(text)
 
 
 def at_minimum(run: Run, share: float = MINIMUM_LOSS_SHARE) -> bool:
@@ -402,6 +403,8 @@ class Half:
     text: str
     #: what was compared, ``"<arm> vs <baseline>"``
     comparison: str = ""
+    #: the effects in words, without a judgement
+    evidence: str = ""
 
 
 @dataclass(frozen=True)
@@ -418,7 +421,8 @@ class Claim:
 
     @property
     def text(self) -> str:
-        return f"{self.sharper.text} {self.better.text}"
+        gap = "" if self.better.text.startswith(";") else " "
+        return f"{self.sharper.text}{gap}{self.better.text}"
 
 
 def _ratio_phrase(measure: str, iv: stats.Interval) -> str:
@@ -484,7 +488,9 @@ def sharper_half(
     }[outcome]
     if outcome == "not reproduced" and not judgeable.count("higher") + judgeable.count("lower"):
         lead += ", and the intervals exclude the paper's ratios"
-    return Half("sharper", outcome, dict(ratios), f"{lead} ({phrases}).", f"{arm} vs {baseline}")
+    return Half(
+        "sharper", outcome, dict(ratios), f"{lead} ({phrases}).", f"{arm} vs {baseline}", phrases
+    )
 
 
 def better_half(
@@ -516,17 +522,19 @@ def better_half(
         "not reproduced": f"{arm} does not clearly generalise better than {baseline}",
         "cannot be judged": f"whether {arm} generalises better than {baseline} cannot be judged",
     }[outcome]
-    detail = f"test-accuracy gain {pct.describe(stats.points_format(pct), ' points')}"
-    if outcome == "inconclusive" and paper is not None:
-        detail += f"; the interval still holds the paper's gain of {100 * paper:.3g} points"
-    elif outcome == "not reproduced" and paper is not None:
-        detail += f"; the interval excludes the paper's gain of {100 * paper:.3g} points"
+    evidence = f"test-accuracy gain {pct.describe(stats.points_format(pct), ' points')}"
+    detail = evidence
+    if paper is not None and outcome in ("inconclusive", "not reproduced"):
+        gain = f"{100 * paper:.3g} point{'' if 100 * paper == 1 else 's'}"
+        holds = "still holds" if outcome == "inconclusive" else "excludes"
+        detail += f"; the interval {holds} the paper's gain of {gain}"
     return Half(
         "generalises better",
         outcome,
         {"test_acc": accuracy},
         f"{lead} ({detail}).",
         f"{arm} vs {baseline}",
+        evidence,
     )
 
 
@@ -546,16 +554,20 @@ def combine(sharper: Half, better: Half) -> str:
     return "inconclusive"
 
 
-def not_at_minimum(half: Half, far: list[Run], share: float) -> Half:
-    """``half`` judged "not at a minimum": its effects kept, its outcome withheld."""
-    worst = max(float(r.metrics.get("train_loss", math.nan)) for r in far)
-    bound = share * math.log(datasets.num_classes(far[0].config.dataset))
-    what = (
-        f"not at a minimum: {len(far)} of its runs ended above training loss {bound:.3g} "
-        f"({share:g} ln K; the largest {worst:.3g}), so this is evidence neither for nor against "
-        "the claim"
-    )
-    return dataclasses.replace(half, outcome="not at a minimum", text=f"{half.text[:-1]}; {what}.")
+def not_at_minimum(half: Half, far: list[Run], share: float, *, first: bool) -> Half:
+    """``half`` judged "not at a minimum": its effects kept, its outcome withheld. The
+    ``first`` half of a claim says why; the second only gives its effects."""
+    if first:
+        worst = max(float(r.metrics.get("train_loss", math.nan)) for r in far)
+        bound = share * math.log(datasets.num_classes(far[0].config.dataset))
+        text = (
+            f"Not judged: {len(far)} of the runs of {half.comparison} ended above training loss "
+            f"{bound:.3g} ({share:g} ln K; the largest at {worst:.3g}), far from the low-loss "
+            f"solutions the claim concerns. The effects, for the record: {half.evidence}"
+        )
+    else:
+        text = f"; {half.evidence}."
+    return dataclasses.replace(half, outcome="not at a minimum", text=text)
 
 
 def effect(a, b) -> stats.Interval:
@@ -594,8 +606,8 @@ def judge_claim(
         if not at_minimum(r, s.minimum_loss_share)
     ]
     if far:
-        sharper = not_at_minimum(sharper, far, s.minimum_loss_share)
-        better = not_at_minimum(better, far, s.minimum_loss_share)
+        sharper = not_at_minimum(sharper, far, s.minimum_loss_share, first=True)
+        better = not_at_minimum(better, far, s.minimum_loss_share, first=False)
     return Claim(s.claim, setting, arm, baseline, sharper, better, combine(sharper, better))
 
 
@@ -729,7 +741,7 @@ def summary_table(results: Results, columns=None) -> pd.DataFrame:
     columns = [c for c in columns if c in table and table[c].notna().any()]
     rows = []
     for label, group in table.groupby("arm", sort=False):
-        row = {"runs": label, "seeds": len(group)}
+        row = {"runs": names.words(label), "seeds": len(group)}
         for c in columns:
             scale = 100 if c.endswith("acc") else 1
             mean, sd = scale * group[c].mean(), scale * group[c].std(ddof=1)
@@ -755,7 +767,7 @@ def claims_markdown(
         "runs at hand (the runs missing, or excluded, are listed at the top of the page)."
         for arm, base in unjudged
     ]
-    return "\n".join(lines)
+    return names.words("\n".join(lines))
 
 
 def rules_markdown(s: TrainingSettings, dataset: str | None = None) -> str:
@@ -790,7 +802,7 @@ def _describe_runs(configs: list[RunConfig]) -> str:
     first = configs[0]
     subset = first.hessian_examples
     return (
-        f"{', '.join(seen)} on {first.dataset}"
+        f"{', '.join(seen)} on {names.display(first.dataset)}"
         f"{'' if first.train_size is None else f' ({first.train_size:,} training examples)'}, "
         f"{first.epochs} epochs"
         + ("" if subset is None else f", Hessians on the first {subset:,} training examples")
@@ -801,8 +813,8 @@ def stand_in(s: TrainingSettings, paper: TrainingSettings) -> str:
     """A sentence saying whether this page runs the paper's setting or a reduced stand-in."""
     here, theirs = s.runs(), paper.runs()
     if [c.key() for c in here] == [c.key() for c in theirs]:
-        return f"This page runs the paper's setting: {_describe_runs(here)}."
-    return (
+        return names.words(f"This page runs the paper's setting: {_describe_runs(here)}.")
+    return names.words(
         f"**A reduced stand-in.** The paper's setting is {_describe_runs(theirs)} (the `paper` "
         f"profile); this page, built with the `{s.profile}` profile, trains "
         f"{_describe_runs(here)} instead, on real data, so that it runs without a GPU. "

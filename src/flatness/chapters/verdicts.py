@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 
 from flatness import data as datasets
-from flatness.analysis import plotting, stats
+from flatness.analysis import names, plotting, stats
 from flatness.analysis.plotting import name as plain_name
 from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, resnets, theory
 from flatness.chapters.rank import tables as rank_tables
@@ -49,9 +49,9 @@ def _row(
 ) -> dict:
     return {
         "claim": claim,
-        "setting": f"{setting} ({dataset})" if dataset else setting,
+        "setting": names.words(f"{setting} ({names.display(dataset)})" if dataset else setting),
         "half": half,
-        "effect [95 % CI]": effect,
+        "effect [95 % CI]": names.words(effect),
         "seeds": seeds,
         "outcome": outcome,
         "chapter": chapter,
@@ -169,9 +169,20 @@ def c6_rows(profile: str, *, data_root=None, train_missing=True) -> list[dict]:
     same."""
     s = rank.settings(profile)
     d = datasets.load(s.dataset, data_root=data_root, train_size=s.train_size)
-    found = rank.spectra(s, d, data_root=data_root, train_missing=train_missing)
+    fetch = dict(data_root=data_root, train_missing=train_missing)
+    # ask for both sets of runs before saying any is missing, so a lookup meets every run
+    gone = None
+    try:
+        found = rank.spectra(s, d, **fetch)
+    except RunMissing as err:
+        gone = err
+    try:
+        large = rank.large_net(s, d, **fetch)
+    except RunMissing as err:
+        gone = gone or err
+    if gone is not None:
+        raise gone
     table = rank_tables.rank_table(found, s, d)
-    large = rank.large_net(s, d, data_root=data_root, train_missing=train_missing)
     return [
         _row(
             "C6",
@@ -190,11 +201,11 @@ def c6_rows(profile: str, *, data_root=None, train_missing=True) -> list[dict]:
 
 def grid(profile: str) -> list:
     """The runs this chapter reads at ``profile``: every training chapter's and the rank
-    chapter's small nets (:class:`~flatness.training.config.RunConfig`)."""
+    chapter's (:class:`~flatness.training.config.RunConfig`)."""
     out = logreg.grid(profile)
     for module in (*TRAINING.values(), adaptive):
         out += module.grid(profile)
-    return out + rank.small_grid(profile)
+    return out + rank.grid(profile)
 
 
 def _not_tested(claim, chapter, profile, dataset, setting, missing: int, dead: int = 0) -> dict:
@@ -247,14 +258,14 @@ def rows(
         out += _chapter_rows(
             chapter, module.settings(profile), profile, c3, used, fetch, train_missing
         )
-    out.append(c4_row(c3, profile, ", ".join(sorted(used))))
+    out.append(c4_row(c3, profile, ", ".join(sorted(names.display(u) for u in used))))
     out += _chapter_rows(
         "adaptive", adaptive.settings(profile), profile, [], set(), fetch, train_missing
     )
     try:
         out += c6_rows(profile, data_root=data_root, train_missing=train_missing)
     except RunMissing:
-        missing = sum(1 for c in rank.small_grid(profile) if not _present(c))
+        missing = sum(1 for c in rank.grid(profile) if not _present(c))
         out.append(_not_tested("C6", "rank", profile, "", "rank bounds", missing))
     return pd.DataFrame(out)
 
