@@ -604,3 +604,30 @@ def test_chapter_kernels_train_without_progress_bars(tmp_path, monkeypatch):
             config, store=tmp_path, device="cpu", published=False, train_fn=train, progress=True
         )
     assert asked == [True, False]  # the command line keeps its bars
+
+
+def test_the_opening_sums_up_what_the_verdict_page_glued(tmp_path):
+    import nbformat
+
+    from flatness.book import build
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("glue(...)")
+    record = "application/papermill.record/text/markdown"
+    cell.outputs = [
+        nbformat.v4.new_output(
+            "display_data",
+            data={record: "On this build, C2: reproduced.", "text/plain": "''"},
+            metadata={"scrapbook": {"name": "summary_md", "mime_prefix": ""}},
+        )
+    ]
+    nb.cells = [cell]
+    path = tmp_path / "verdicts.ipynb"
+    nbformat.write(nb, path)
+    done = build.Execution("verdicts", "cpu", path, 1.0)
+    text = build.findings([done])
+    assert text.endswith("every row, its interval and its chapter): On this build, C2: reproduced.")
+    assert "`cpu` profile" in text
+    failed = build.Execution("verdicts", "cpu", path, 1.0, error="boom")
+    assert build.findings([failed]).startswith("The verdict page was not executed")
+    assert build.SUMMARY_MARKER in (build.checkout() / "book" / "index.md").read_text()

@@ -47,6 +47,8 @@ PLAIN_PAGES = ("book/index", "book/status", "book/troubleshooting", "book/biblio
 #: Where ``book/status.md`` gets the table of chapter executions, and the build environment.
 STATUS_MARKER = "<!-- execution-table -->"
 ENVIRONMENT_MARKER = "<!-- build-environment -->"
+#: Where ``book/index.md`` gets what this build found: the verdict page's glued summary.
+SUMMARY_MARKER = "<!-- verdict-summary -->"
 #: Packages whose versions the status page lists.
 VERSIONED = (
     "torch", "torchvision", "numpy", "scipy", "pandas", "seaborn", "matplotlib", "scikit-learn",
@@ -643,9 +645,39 @@ def build_book(
     if status.is_file():
         text = status.read_text().replace(STATUS_MARKER, _status_table(executions))
         status.write_text(text.replace(ENVIRONMENT_MARKER, environment_table(root)))
+    opening = stage / "book" / "index.md"
+    if opening.is_file():
+        opening.write_text(opening.read_text().replace(SUMMARY_MARKER, findings(executions)))
     index = render(stage, build)
     print(f"book written to {index}", file=sys.stderr)
     return index
+
+
+def glued(notebook: Path, name: str) -> str | None:
+    """The Markdown a chapter glued under ``name`` (myst_nb's ``glue``), or None."""
+    import nbformat
+
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            if output.get("metadata", {}).get("scrapbook", {}).get("name") == name:
+                data = output.get("data", {})
+                return data.get("application/papermill.record/text/markdown")
+    return None
+
+
+def findings(executions: list[Execution]) -> str:
+    """What the book's opening says this build found: the verdict page's summary, from the
+    notebook that page executed (or reused), and the profile it holds for."""
+    verdicts = next((r for r in executions if r.chapter == "verdicts"), None)
+    summary = None
+    if verdicts is not None and not verdicts.error and not verdicts.placeholder:
+        summary = glued(verdicts.notebook, "summary_md")
+    if summary is None:
+        return "The verdict page was not executed on this build, so it has no findings to sum up."
+    return (
+        f"What this build found, with the `{verdicts.profile}` profile "
+        f"(the {{doc}}`verdicts` page has every row, its interval and its chapter): {summary}"
+    )
 
 
 def _stage_notebook(executed: Path, staged: Path) -> None:
