@@ -133,7 +133,8 @@ _TOKEN = r"(?<![\w+\-])({})(?![\w+\-])"
 _IDENTIFIERS = "|".join([p.pattern for p, _ in _MODEL_PATTERNS] + [re.escape(k) for k in RAW])
 _RAW = re.compile(_TOKEN.format(_IDENTIFIERS))
 #: besides the table's, any snake_case name is code a reader should not meet in prose
-_LEFT = re.compile(_TOKEN.format(_IDENTIFIERS + r"|[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9_]+"))
+#: (lowercase words joined by underscores: ``x86_64`` or ``W_1`` are not such names)
+_LEFT = re.compile(_TOKEN.format(_IDENTIFIERS + r"|[a-z]+(?:_[a-z]+)+"))
 _AVERAGED = "+avg"
 _SNAKE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)+")
 
