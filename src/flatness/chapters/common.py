@@ -566,7 +566,7 @@ def not_at_minimum(half: Half, far: list[Run], share: float, *, first: bool) -> 
             f"solutions the claim concerns. The effects, for the record: {half.evidence}"
         )
     else:
-        text = f"; {half.evidence}."
+        text = f"; {half.comparison}: {half.evidence}."
     return dataclasses.replace(half, outcome="not at a minimum", text=text)
 
 

@@ -24,6 +24,8 @@ def claim(runs: list[Run], data: datasets.Dataset, *, device=None, resamples: in
     measure's ratio with Welch's t interval over seeds. *Generalises better*: the weight decay
     with the best mean **validation** accuracy (the test set never chooses it) against the
     baseline, in test accuracy, with a bootstrap over seeds and, paired, over test examples.
+    Both halves are "not at a minimum" when a run they compare ended above
+    :data:`~flatness.chapters.common.MINIMUM_LOSS_SHARE` ln K training loss.
     """
     table = final_table(runs)
     lo, hi = table.weight_decay.min(), table.weight_decay.max()
@@ -47,6 +49,16 @@ def claim(runs: list[Run], data: datasets.Dataset, *, device=None, resamples: in
     better = common.better_half(
         acc, f"{arm(best)} (best on validation data)", arm(lo), common.C3_REFERENCE
     )
+    # like every training chapter's: only low-loss solutions are evidence for or against C3
+    share = common.MINIMUM_LOSS_SHARE
+    far = [
+        r
+        for r in runs
+        if r.config.weight_decay in (lo, hi, best) and not common.at_minimum(r, share)
+    ]
+    if far:
+        sharper = common.not_at_minimum(sharper, far, share, first=True)
+        better = common.not_at_minimum(better, far, share, first=False)
     return common.Claim(
         "C3",
         f"softmax regression on {runs[0].config.dataset}",
