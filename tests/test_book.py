@@ -199,3 +199,30 @@ def test_a_real_browser_opens_every_page(smoke_book):
         shutil.copy2(shot, copy)
     finally:
         browser.quit()
+
+
+def test_figures_are_svg_shown_at_their_own_size(smoke_book):
+    """Figures stay sharp at any zoom (SVG), and the column shows them at the size their fonts
+    were chosen for (:data:`flatness.analysis.plotting.FONT`): not shrunk, not cut off."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    html = smoke_book.parent
+    browser = chromium_driver()
+    try:
+        shown = 0
+        for name in book.chapters(ROOT):
+            browser.get((html / "book" / f"{name}.html").as_uri())
+            WebDriverWait(browser, 20).until(
+                lambda b: b.execute_script("return document.readyState") == "complete"
+            )
+            figures = browser.execute_script(
+                "return Array.from(document.querySelectorAll('figure img')).map(i => "
+                "[i.src, i.clientWidth, i.naturalWidth, i.closest('article').clientWidth])"
+            )
+            for src, width, natural, column in figures:
+                assert src.endswith(".svg"), (name, src)
+                assert width >= 0.9 * natural and width <= column, (name, src, width, natural)
+            shown += len(figures)
+        assert shown >= 10
+    finally:
+        browser.quit()
