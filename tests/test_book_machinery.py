@@ -291,6 +291,22 @@ def test_the_status_page_lists_executions_and_the_build_environment(fake_book):
     assert "cpu (" in page or "cuda (" in page
 
 
+def test_the_status_page_shows_no_folder_of_the_build_machine(fake_book):
+    root, html = fake_book
+    page = (html / "book" / "status.html").read_text()
+    for folder in (root, ROOT, Path.home(), Path(sys.executable).parent, Path(sys.prefix)):
+        assert str(folder) not in page, folder
+    assert "/home/" not in page and "/Users/" not in page
+    assert "outside the checkout" in page  # the interpreter is named, not located
+
+
+def test_the_interpreter_is_named_relative_to_the_checkout(tmp_path, monkeypatch):
+    inside = tmp_path / ".venv" / "bin" / "python"
+    monkeypatch.setattr(sys, "executable", str(inside))
+    assert book._interpreter(tmp_path) == "`.venv/bin/python`"
+    assert str(tmp_path) not in book._interpreter(tmp_path / "elsewhere")
+
+
 def test_citations_resolve_and_the_bibliography_lists_every_entry(fake_book):
     _, html = fake_book
     chapter = (html / "book" / "fake.html").read_text()
@@ -370,13 +386,43 @@ def test_an_unchanged_chapter_is_reused_and_a_changed_one_executed_again(tmp_pat
         forced = book.execute_chapter("fake", profile="cpu", progress=False, reuse=False)
         expected = book.fingerprint("fake", "cpu", {}, root)
     assert not first.reused and first.seconds > 0
-    assert again.reused and again.seconds == 0.0
+    # a reused notebook keeps the date and duration of the execution that wrote it
+    assert again.reused and again.started == first.started
+    assert again.seconds == pytest.approx(first.seconds, abs=1e-3)
+    row = book._status_table([again])
+    assert "passed, reused" in row
+    assert (
+        first.started.strftime("%Y-%m-%d %H:%M UTC") in row and book.duration(first.seconds) in row
+    )
     assert not other.reused  # another profile is another page
     assert not edited.reused  # the source changed
     assert not forced.reused
     # the notebook (one path per chapter) now holds the last, forced, execution's fingerprint
     stamp = json.loads(forced.notebook.read_text())["metadata"]["flatness"]["fingerprint"]
     assert stamp == expected
+
+
+def test_a_notebook_executed_before_the_book_recorded_times_has_papermills(tmp_path):
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["papermill"] = {
+        "start_time": "2026-01-02T03:04:05.678901",
+        "end_time": "2026-01-02T03:06:10.678901",
+        "duration": 125.0,
+    }
+    path = tmp_path / "old.ipynb"
+    nbformat.write(notebook, path)
+    started, seconds = book.executed_when(path)
+    assert started.isoformat().startswith("2026-01-02T03:04:05") and seconds == 125.0
+    assert book.duration(seconds) == "2 min 05 s"
+    assert book.executed_when(tmp_path / "missing.ipynb") == (None, None)
+
+
+def test_durations_read_as_words():
+    assert book.duration(4.24) == "4.2 s"
+    assert book.duration(3 * 3600 + 7 * 60 + 20) == "3 h 07 min"
+    assert book.duration(None) == "unknown"
 
 
 KERNEL_PARENT = """

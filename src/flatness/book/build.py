@@ -37,10 +37,10 @@ from pathlib import Path
 import yaml
 
 from flatness.book import availability
-from flatness.profiles import get_profile
-from flatness.errors import FlatnessError, unknown
 from flatness.book.parameters import _data_root, read_parameter, read_parameters  # noqa: F401  (re-exported)
+from flatness.errors import FlatnessError, unknown
 from flatness.paths import project_root
+from flatness.profiles import get_profile
 
 #: Pages of the table of contents that are plain Markdown, not executed notebooks.
 PLAIN_PAGES = ("book/index", "book/status", "book/troubleshooting", "book/bibliography")
@@ -75,6 +75,9 @@ class Execution:
     grid: int = 0
     #: nothing was executed: the page is the chapter's opening and a note on the missing runs
     placeholder: bool = False
+    #: when the notebook's execution started (UTC); a reused notebook keeps its own, and its
+    #: :attr:`seconds` are that execution's (None where the notebook does not say)
+    started: dt.datetime | None = None
 
 
 def checkout() -> Path:
@@ -430,15 +433,17 @@ def execute_chapter(
     executable = "train_missing" in valid and len(at_hand.missing) < len(at_hand.grid)
     say = functools.partial(print, file=sys.stderr, flush=True) if announce else lambda _: None
     if reuse and _reusable(target, stamp):
-        say(f"reusing {name} (profile {profile}, executed {_executed_at(target)})")
+        started, seconds = executed_when(target)
+        say(f"reusing {name} (profile {profile}, executed {_stamp(started)})")
         return Execution(
             name,
             profile,
             target,
-            0.0,
+            seconds,
             reused=True,
             **counts,
             placeholder=bool(partial and not executable),
+            started=started,
         )
     if partial and not executable:
         say(
@@ -446,13 +451,14 @@ def execute_chapter(
             f"{len(at_hand.grid)} runs missing, its page is a note"
         )
         text = availability.note(at_hand, executed=False)
-        _write(availability.placeholder(notebook, text), target, stamp)
+        now = _now()
+        _write(availability.placeholder(notebook, text), target, stamp, started=now, seconds=0.0)
         failed.unlink(missing_ok=True)
-        return Execution(name, profile, target, 0.0, **counts, placeholder=True)
+        return Execution(name, profile, target, 0.0, **counts, placeholder=True, started=now)
     say(f"executing {name} (profile {profile})")
     # papermill writes its output as it goes: into a notebook of this execution's own
     temporary = target.with_name(f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.executing.ipynb")
-    start = time.perf_counter()
+    start, started = time.perf_counter(), _now()
     try:
         try:
             papermill.execute_notebook(
@@ -473,17 +479,19 @@ def execute_chapter(
                 os.replace(temporary, failed)  # kept to debug it; the good notebook stays
             else:
                 failed.unlink(missing_ok=True)  # an earlier failure's: not this one's
-            return Execution(name, profile, failed, time.perf_counter() - start, error, **counts)
+            seconds = time.perf_counter() - start
+            return Execution(name, profile, failed, seconds, error, **counts, started=started)
         seconds = time.perf_counter() - start
         note = availability.note(at_hand, executed=True) if partial else None
         # the runs it trained are at hand now: the next build with nothing changed reuses it
         present = availability.availability(name, profile).present_keys
         executed = nbformat.read(temporary, as_version=4)
-        _write(executed, target, fingerprint(name, profile, parameters, root, present), note)
+        stamp = fingerprint(name, profile, parameters, root, present)
+        _write(executed, target, stamp, note, started=started, seconds=seconds)
         failed.unlink(missing_ok=True)
     finally:
         temporary.unlink(missing_ok=True)
-    return Execution(name, profile, target, seconds, **counts)
+    return Execution(name, profile, target, seconds, **counts, started=started)
 
 
 def failed_notebook(executed: Path) -> Path:
@@ -491,17 +499,61 @@ def failed_notebook(executed: Path) -> Path:
     return executed.with_name(f"{executed.stem}.failed.ipynb")
 
 
-def _executed_at(notebook: Path) -> str:
-    when = dt.datetime.fromtimestamp(notebook.stat().st_mtime, dt.UTC)
-    return when.strftime("%Y-%m-%d %H:%M UTC")
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-def _write(notebook, target: Path, stamp: str, note: str | None = None) -> None:
-    """Write ``notebook`` with its fingerprint and the note on missing runs its page starts
-    with; it replaces ``target`` in one step, so a reader never sees half a notebook."""
+def _stamp(when: dt.datetime | None) -> str:
+    return when.strftime("%Y-%m-%d %H:%M UTC") if when is not None else "unknown"
+
+
+def executed_when(notebook: Path) -> tuple[dt.datetime | None, float | None]:
+    """When the execution that wrote ``notebook`` started (UTC) and how many seconds it took.
+
+    Read from what the book wrote into the notebook's metadata (``flatness.started`` and
+    ``flatness.seconds``), else from papermill's (``papermill.start_time`` and ``duration``);
+    ``(None, None)`` where neither says, or the notebook cannot be read."""
+    import nbformat
+
+    try:
+        meta = nbformat.read(notebook, as_version=4).metadata
+    except Exception:  # damaged or missing: nothing to say about it
+        return None, None
+    ours, theirs = meta.get("flatness", {}), meta.get("papermill", {})
+    started = _parse_time(ours.get("started") or theirs.get("start_time"))
+    seconds = ours.get("seconds", theirs.get("duration"))
+    return started, float(seconds) if isinstance(seconds, (int, float)) else None
+
+
+def _parse_time(text) -> dt.datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+
+
+def _write(
+    notebook,
+    target: Path,
+    stamp: str,
+    note: str | None = None,
+    *,
+    started: dt.datetime | None = None,
+    seconds: float | None = None,
+) -> None:
+    """Write ``notebook`` with its fingerprint, the note on missing runs its page starts with,
+    and when its execution started and how long it took (which a later build that reuses it
+    reports); it replaces ``target`` in one step, so a reader never sees half a notebook."""
     import nbformat
 
     notebook.metadata["flatness"] = {"fingerprint": stamp}
+    if started is not None:
+        notebook.metadata["flatness"]["started"] = started.isoformat()
+    if seconds is not None:
+        notebook.metadata["flatness"]["seconds"] = round(seconds, 3)
     if note:
         notebook.metadata["flatness"]["note"] = note
     temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.ipynb")
@@ -512,11 +564,26 @@ def _write(notebook, target: Path, stamp: str, note: str | None = None) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def duration(seconds: float | None) -> str:
+    """Seconds in words for a reader: ``4.2 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    if seconds is None:
+        return "unknown"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
 def _status_table(runs: list[Execution]) -> str:
-    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    """The status page's table: per chapter, its profile, outcome, and when its notebook was
+    executed and how long that took; a reused notebook keeps its own execution's date and
+    duration and is marked reused."""
     lines = [
-        "| chapter | profile | status | seconds | executed |",
-        "|---|---|---|---:|---|",
+        "| chapter | profile | status | executed | duration |",
+        "|---|---|---|---|---:|",
     ]
     for r in runs:
         status = "failed" if r.error else "passed"
@@ -525,11 +592,11 @@ def _status_table(runs: list[Execution]) -> str:
         elif r.missing:
             status += f" ({r.missing} of {r.grid} runs missing)"
         if r.reused:  # its notebook's fingerprint matched: code, source and store unchanged
-            status, seconds, stamp = f"{status}, reused", "0", _executed_at(r.notebook)
-        else:
-            seconds, stamp = f"{r.seconds:.1f}", when
+            status += ", reused"
+        took = "none" if r.placeholder else duration(r.seconds)
+        when = _stamp(r.started)
         lines.append(
-            f"| [{r.chapter}]({r.chapter}.ipynb) | {r.profile} | {status} | {seconds} | {stamp} |"
+            f"| [{r.chapter}]({r.chapter}.ipynb) | {r.profile} | {status} | {when} | {took} |"
         )
     return "\n".join(lines)
 
@@ -567,13 +634,24 @@ def _device() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+def _interpreter(root: Path) -> str:
+    """The interpreter's path relative to the checkout; outside it, its name alone (the build
+    machine's folders, a home folder among them, are no reader's business)."""
+    executable = Path(sys.executable)
+    try:
+        return f"`{executable.relative_to(root.resolve()).as_posix()}`"
+    except ValueError:
+        venv = " in a virtual environment" if sys.prefix != sys.base_prefix else ""
+        return f"`{executable.name}`{venv} outside the checkout"
+
+
 def environment_table(root: Path) -> str:
     """What this build ran with, as a Markdown table: Python, platform, git commit, device and
     the versions of :data:`VERSIONED` (``not installed`` where absent)."""
     from importlib import metadata
 
     rows = [
-        ("Python", f"{platform.python_version()} (`{sys.executable}`)"),
+        ("Python", f"{platform.python_version()} ({_interpreter(root)})"),
         ("platform", platform.platform()),
         ("git commit", _git_state(root)),
         ("device", _device()),
