@@ -185,3 +185,25 @@ def test_no_table_is_cut_off_in_chromium_at_1280_px(html):
         assert not scrolled, f"tables wider than the text column: {scrolled}"
     finally:
         browser.quit()
+
+
+SAMPLE = """<html><body><nav>lambda_max in the navigation</nav><article class="bd-article">
+<p>The trace $\\operatorname{Tr} H$ is \\(x\\) and <span class="math notranslate">\\(\\lambda\\)</span>.</p>
+<div class="cell docutils container"><div class="cell_input docutils container">
+<pre>weight_decay = 0.1  # lenet5</pre></div>
+<div class="cell_output docutils container"><table><tr><th>λ_max</th><th>s.e.</th></tr>
+<tr><td>1.0</td><td>nan</td></tr><tr><td>2.0</td><td>— (one probe)</td></tr></table></div></div>
+<p>Trained <code>allcnn</code> on cifar100 with weight_decay<br/>and LeNet-5 on CIFAR-100.</p>
+</article></body></html>"""
+
+
+def test_the_scans_find_what_a_reader_would_trip_over(tmp_path):
+    page = tmp_path / "page.html"
+    page.write_text(SAMPLE)
+    math = unrendered_math(page)
+    assert len(math) == 3 and "\\operatorname" in math[0] and "\\(x" in math[1]  # $..$, \( \)
+    assert empty_cells(page) == ["nan"]
+    found = raw_identifiers(page)
+    assert [f.split()[0] for f in found] == ["'cifar100'", "'weight_decay'"]
+    page.write_text(SAMPLE.replace("$\\operatorname{Tr} H$", "Tr H").replace("\\(x\\)", "x"))
+    assert unrendered_math(page) == []  # \lambda inside a math span is MathJax's
