@@ -671,9 +671,11 @@ def test_the_opening_sums_up_what_the_verdict_page_glued(tmp_path):
     path = tmp_path / "verdicts.ipynb"
     nbformat.write(nb, path)
     done = build.Execution("verdicts", "cpu", path, 1.0)
-    text = build.findings([done])
-    assert text.endswith("every row, its interval and its chapter): On this build, C2: reproduced.")
+    other = build.Execution("theory", "cpu", path, 150.0)
+    text = build.findings([other, done])
+    assert "its chapter): On this build, C2: reproduced.\n\n" in text
     assert "`cpu` profile" in text
+    assert "Its 2 executed chapters took 2 min 31 s of execution in all" in text
     failed = build.Execution("verdicts", "cpu", path, 1.0, error="boom")
     assert build.findings([failed]).startswith("The verdict page was not executed")
     assert build.SUMMARY_MARKER in (build.checkout() / "book" / "index.md").read_text()

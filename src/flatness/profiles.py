@@ -38,7 +38,7 @@ PROFILES: dict[str, Profile] = {
     ),
     "cpu": Profile(
         name="cpu",
-        description="real offline data (scikit-learn's digits), minutes on a laptop",
+        description="real offline data (scikit-learn's digits), on a CPU",
         progress=True,
     ),
     "paper": Profile(

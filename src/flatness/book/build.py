@@ -750,11 +750,23 @@ def findings(executions: list[Execution]) -> str:
     summary = None
     if verdicts is not None and not verdicts.error and not verdicts.placeholder:
         summary = glued(verdicts.notebook, "summary_md")
+    timed = [r.seconds for r in executions if not r.placeholder and r.seconds is not None]
+    took = (
+        f"\n\nIts {len(timed)} executed chapters took {duration(sum(timed))} of execution in "
+        "all, training included where a run was not yet stored (the {doc}`status` page gives "
+        "each chapter's duration and date)."
+        if timed
+        else ""
+    )
     if summary is None:
-        return "The verdict page was not executed on this build, so it has no findings to sum up."
+        return (
+            "The verdict page was not executed on this build, so it has no findings to sum up."
+            + took
+        )
     return (
         f"What this build found, with the `{verdicts.profile}` profile "
         f"(the {{doc}}`verdicts` page has every row, its interval and its chapter): {summary}"
+        + took
     )
 
 
