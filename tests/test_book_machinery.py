@@ -679,3 +679,15 @@ def test_the_opening_sums_up_what_the_verdict_page_glued(tmp_path):
     failed = build.Execution("verdicts", "cpu", path, 1.0, error="boom")
     assert build.findings([failed]).startswith("The verdict page was not executed")
     assert build.SUMMARY_MARKER in (build.checkout() / "book" / "index.md").read_text()
+
+
+def test_the_status_page_names_chapters_by_their_titles_and_packages_as_code(tmp_path):
+    from flatness.book import build
+
+    page = build.checkout() / "book" / "rank.md"
+    heading = next(line for line in page.read_text().splitlines() if line.startswith("# "))
+    assert build.chapter_title("rank") == heading[2:].strip()
+    assert build.chapter_title("no-such-chapter") == "no-such-chapter"
+    done = build.Execution("rank", "cpu", tmp_path / "rank.ipynb", 2.0)
+    assert f"| [{heading[2:].strip()}](rank.ipynb) | cpu |" in build._status_table([done])
+    assert "| `pyhessian` |" in build.environment_table(build.checkout())

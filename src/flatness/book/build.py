@@ -577,6 +577,15 @@ def duration(seconds: float | None) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def chapter_title(name: str, root: Path | None = None) -> str:
+    """The chapter's title, its page's first ``# `` heading (the name when it has none)."""
+    try:
+        lines = chapter_source(name, root).read_text().splitlines()
+    except (FlatnessError, OSError):
+        return name
+    return next((line[2:].strip() for line in lines if line.startswith("# ")), name)
+
+
 def _status_table(runs: list[Execution]) -> str:
     """The status page's table: per chapter, its profile, outcome, and when its notebook was
     executed and how long that took; a reused notebook keeps its own execution's date and
@@ -596,7 +605,8 @@ def _status_table(runs: list[Execution]) -> str:
         took = "none" if r.placeholder else duration(r.seconds)
         when = _stamp(r.started)
         lines.append(
-            f"| [{r.chapter}]({r.chapter}.ipynb) | {r.profile} | {status} | {when} | {took} |"
+            f"| [{chapter_title(r.chapter)}]({r.chapter}.ipynb) | {r.profile} | "
+            f"{status} | {when} | {took} |"
         )
     return "\n".join(lines)
 
@@ -657,10 +667,10 @@ def environment_table(root: Path) -> str:
         ("device", _device()),
     ]
     for package in VERSIONED:
-        try:
-            rows.append((package, metadata.version(package)))
+        try:  # a package is named as pip names it: code, not words
+            rows.append((f"`{package}`", metadata.version(package)))
         except metadata.PackageNotFoundError:
-            rows.append((package, "not installed"))
+            rows.append((f"`{package}`", "not installed"))
     lines = ["| item | value |", "|---|---|"]
     return "\n".join(lines + [f"| {item} | {value} |" for item, value in rows])
 

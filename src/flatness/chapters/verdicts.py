@@ -34,12 +34,12 @@ FIGURES = {
 #: Chapter titles as the table of contents gives them (the introduction is the book's index).
 TITLES = {
     "introduction": "Introduction",
-    "theory": "Theory",
+    "theory": "Theory, exactly",
     "logreg": "Logistic regression",
     "mlp": "Multi-layer perceptrons",
     "cnn": "A simple CNN",
     "resnets": "Residual networks",
-    "adaptive": "Adaptive optimisers",
+    "adaptive": "Adaptive optimisers with iterate averaging",
     "rank": "Is the Hessian low-rank?",
 }
 
