@@ -285,7 +285,8 @@ def test_the_status_page_lists_executions_and_the_build_environment(fake_book):
     assert book.STATUS_MARKER not in page and book.ENVIRONMENT_MARKER not in page
     assert "fake" in page and "smoke" in page and "passed" in page
     for package in ("torch", "seaborn", "papermill", "jupyter-book"):
-        assert f"<p>{package}</p></td>\n<td><p>{metadata.version(package)}</p>" in page
+        name = f'<code class="docutils literal notranslate"><span class="pre">{package}</span></code>'
+        assert f"<p>{name}</p></td>\n<td><p>{metadata.version(package)}</p>" in page
     assert sys.version.split()[0] in page
     assert "not a git checkout" in page  # the fake checkout has no git history
     assert "cpu (" in page or "cuda (" in page
