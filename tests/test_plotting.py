@@ -224,6 +224,9 @@ def test_a_series_measured_at_few_epochs_is_drawn_as_points():
     assert not drawn_lines(measured)  # two epochs: no line between them
     points = [line for line in measured.get_lines() if line.get_marker() == "o"]
     assert len(points) == len(ARMS) and all(len(p.get_xdata()) == 2 for p in points)
+    # side by side at each epoch (measured every 15), not hiding each other's bars
+    first = sorted(float(p.get_xdata()[0]) for p in points)
+    assert min(np.diff(first)) >= 1.0 and max(np.abs(np.array(first) - 15)) < 7.5
     assert measured.collections  # the error bars over seeds
     assert len(drawn_lines(by[plotting.label("weight_norm")])) == len(ARMS)  # every epoch: lines
     # five measured epochs make a line again

@@ -214,9 +214,10 @@ def curves(history: pd.DataFrame, columns, *, hue: str, hue_order=None, logy=Tru
     )
     order = hue_order if hue_order is not None else sorted(history[hue].unique())
     cols = colours(len(order))
-    epochs = np.sort(history["epoch"].unique())
-    step = float(np.diff(epochs).min()) if len(epochs) > 1 else 1.0
     for ax, column in zip(axes.flat, columns):
+        # the spacing of this measure's epochs: points of one epoch sit side by side in it
+        epochs = np.sort(history.dropna(subset=[column])["epoch"].unique())
+        step = float(np.diff(epochs).min()) if len(epochs) > 1 else 1.0
         for k, (value, colour) in enumerate(zip(order, cols)):
             sub = history[history[hue] == value].dropna(subset=[column])
             if sub.empty:
@@ -225,7 +226,7 @@ def curves(history: pd.DataFrame, columns, *, hue: str, hue_order=None, logy=Tru
             mean, low, high = per_epoch.mean(), per_epoch.min(), per_epoch.max()
             if len(mean) < FEW:
                 # side by side, so that error bars of the same epoch do not hide each other
-                shift = (k - (len(order) - 1) / 2) * 0.25 * max(step, 1.0) / max(len(order), 1)
+                shift = (k - (len(order) - 1) / 2) * 0.3 * step / max(len(order), 1)
                 ax.errorbar(
                     mean.index + shift,
                     mean.values,
