@@ -55,6 +55,7 @@ def test_an_unclear_accuracy_gain_is_inconclusive_only_while_it_reaches_the_pape
     assert "-0.10 points to +0.74 points" in wide.text
     reaching = common.better_half(_iv(-0.001, 0.012, 0.0), "a", "b", REF)
     assert reaching.outcome == "inconclusive" and "still holds the paper's gain" in reaching.text
+    assert reaching.text.startswith("Whether a generalises better than b is inconclusive")
     tiny = common.better_half(_iv(0.00004, 0.0074, 0.0), "a", "b", REF)
     assert tiny.outcome == "reproduced" and "+0.004 points to +0.740 points" in tiny.text
 

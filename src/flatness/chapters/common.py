@@ -488,6 +488,7 @@ def sharper_half(
     }[outcome]
     if outcome == "not reproduced" and not judgeable.count("higher") + judgeable.count("lower"):
         lead += ", and the intervals exclude the paper's ratios"
+    lead = names.sentence(lead)
     return Half(
         "sharper", outcome, dict(ratios), f"{lead} ({phrases}).", f"{arm} vs {baseline}", phrases
     )
@@ -522,6 +523,7 @@ def better_half(
         "not reproduced": f"{arm} does not clearly generalise better than {baseline}",
         "cannot be judged": f"whether {arm} generalises better than {baseline} cannot be judged",
     }[outcome]
+    lead = names.sentence(lead)
     evidence = f"test-accuracy gain {pct.describe(stats.points_format(pct), ' points')}"
     detail = evidence
     if paper is not None and outcome in ("inconclusive", "not reproduced"):
