@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from flatness.analysis import names
 from flatness.chapters import adaptive, cnn, logreg, mlp, resnets
 from flatness.errors import RunMissing
 from flatness.profiles import get_profile
@@ -138,8 +139,8 @@ def table(found: list[Spectrum]) -> pd.DataFrame:
         w2 = s.weight_norm**2
         rows.append(
             {
-                "model": s.model,
-                "run": s.arm,
+                "model": names.display(s.model),
+                "run": names.words(s.arm),
                 "spectrum": s.source,
                 "‖w‖₂": s.weight_norm,
                 "λ_max": lmax,
@@ -174,9 +175,9 @@ def sentence(flips: pd.DataFrame) -> str:
     if flips.empty:
         return "No model has two runs to compare."
     n, k = len(flips), int(flips.reversed.sum())
-    which = ", ".join(flips[flips.reversed].model) or "none"
+    which = ", ".join(names.display(m) for m in flips[flips.reversed].model) or "none"
     return (
-        f"Multiplying lambda_max by the squared weight norm reverses the order of the two runs in "
+        f"Multiplying λ_max by the squared weight norm reverses the order of the two runs in "
         f"{k} of {n} models ({which})."
     )
 
