@@ -815,6 +815,9 @@ def render(stage: Path, build: Path) -> Path:
         "html",
         "-W",
         "--keep-going",
+        # a fresh Sphinx environment: one pickled by an earlier build keeps a stale view of
+        # references.bib (a key added since fails the build with a KeyError)
+        "--all",
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
