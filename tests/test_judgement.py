@@ -234,3 +234,12 @@ def test_the_readme_states_the_thresholds_the_code_uses():
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert f"(final training loss at least {published.COLLAPSED_SHARE:g} ln K)" in text
     assert f"a run above training loss {common.MINIMUM_LOSS_SHARE:g} ln K" in text
+
+
+def test_an_unclear_gain_with_no_known_paper_gain_is_inconclusive():
+    # the paper's C3 accuracy gains are not recorded: [+0.00, +0.74] points cannot count against
+    assert common.C3_REFERENCE.accuracy_points is None
+    half = common.better_half(_iv(0.0, 0.0074, 0.0), "a", "b", common.C3_REFERENCE)
+    assert half.outcome == "inconclusive"
+    rules = common.rules_markdown(cnn.settings("cpu"))
+    assert "an unclear gain is inconclusive, never evidence against it" in rules

@@ -66,7 +66,8 @@ OUTCOME_DEFINITIONS = {
     "partly reproduced": "*sharper* on some measures, with no measure clearly flatter; a claim "
     "is partly reproduced when one half is (at least partly) reproduced and the other is not",
     "inconclusive": "no interval excludes the null, but each still reaches an effect as large "
-    "as the paper's: the runs cannot tell whether the claim holds",
+    "as the paper's (or the paper's effect is not known): the runs cannot tell whether the "
+    "claim holds",
     "not reproduced": "the intervals exclude an effect as large as the paper's without lying "
     "on the claim's side, or the measures disagree (some clearly sharper, some clearly "
     "flatter): evidence against the claim at the paper's effect size",
@@ -91,11 +92,12 @@ class Reference:
 
     ``ratios`` maps a measure to the paper's ratio (arm over baseline; a ``_bn_train``
     measure uses its base measure's); ``accuracy_points`` is the paper's test-accuracy gain
-    in percentage points; ``source`` says where they come from.
+    in percentage points, ``None`` where the paper's gain is not known (then an unclear gain
+    is never evidence against the claim); ``source`` says where they come from.
     """
 
     ratios: dict
-    accuracy_points: float
+    accuracy_points: float | None
     source: str
 
     def ratio(self, measure: str) -> float | None:
@@ -104,13 +106,11 @@ class Reference:
 
 #: C3 (weight decay 5e-4 against 0): the authors' PreResNet-110 spectra on CIFAR-100
 #: (``../shared/paper-notes.md`` section 5): lambda_max 30.4 / 3.77, trace 4.2e3 / 99,
-#: Frobenius 80 / 6.1. The paper's accuracy gains for C3 are not recorded; 1 point stands in.
+#: Frobenius 80 / 6.1. The paper's accuracy gains for C3 are not recorded: none is assumed.
 C3_REFERENCE = Reference(
     {"lambda_max": 30.4 / 3.77, "trace": 4.2e3 / 99, "frobenius": 80 / 6.1},
-    1.0,
-    "ratios: the authors' PreResNet-110 spectra on CIFAR-100 at weight decay 5e-4 and 0; "
-    "accuracy: a 1-point gain, the book's choice, since the paper's C3 accuracy gains are not "
-    "recorded",
+    None,
+    "the authors' PreResNet-110 spectra on CIFAR-100 at weight decay 5e-4 and 0",
 )
 
 #: C5 (Gadam against SGD): the abstract's "30x sharper", and the same group's reported
@@ -501,7 +501,8 @@ def better_half(
     with no clear difference, *inconclusive* while the interval still reaches the paper's gain
     (``reference``; without one, always), *not reproduced* once it excludes it."""
     verdict = stats.judge(accuracy)
-    paper = None if reference is None else reference.accuracy_points / 100
+    known = reference is not None and reference.accuracy_points is not None
+    paper = reference.accuracy_points / 100 if known else None
     outcome = {
         "higher": "reproduced",
         "lower": "opposite",
@@ -786,7 +787,13 @@ def rules_markdown(s: TrainingSettings, dataset: str | None = None) -> str:
         "difference of means); *generalises better* on the test-accuracy gain (a bootstrap "
         "over seeds and, paired, over test examples).",
         f"The paper's effects, which an interval must exclude to count against the claim: "
-        f"{ratios}; a test-accuracy gain of {ref.accuracy_points:.3g} points ({ref.source}).",
+        f"{ratios} ({ref.source}); "
+        + (
+            f"a test-accuracy gain of {ref.accuracy_points:.3g} points."
+            if ref.accuracy_points is not None
+            else "no test-accuracy gain, since the paper's are not recorded for this claim: an "
+            "unclear gain is inconclusive, never evidence against it."
+        ),
         f"Every run must end below training loss {bound:.3g} ({s.minimum_loss_share:g} ln K, "
         f"K = {datasets.num_classes(dataset)} classes) for its comparison to be judged.",
         "The outcomes:",
