@@ -4,6 +4,7 @@ and nothing trained unless asked."""
 import nbformat
 import pytest
 
+from flatness.analysis import names
 from flatness.book import availability
 from flatness.book import build as book
 from flatness.chapters import common, grids, mlp
@@ -70,7 +71,7 @@ def test_a_chapter_with_some_runs_at_hand_executes_on_them_and_says_which_are_mi
     assert results.unjudged == s.comparisons[1:] and results.unjudged
     outputs = str([c.get("outputs") for c in nb.cells if c.cell_type == "code"])
     for arm, base in s.comparisons[1:]:
-        assert f"*not yet judged*: {arm} vs {base}" in outputs
+        assert f"*not yet judged*: {names.words(arm)} vs {names.words(base)}" in outputs
     assert outputs.count("not yet judged") == len(s.comparisons) - 1
 
 

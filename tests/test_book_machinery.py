@@ -285,7 +285,9 @@ def test_the_status_page_lists_executions_and_the_build_environment(fake_book):
     assert book.STATUS_MARKER not in page and book.ENVIRONMENT_MARKER not in page
     assert "fake" in page and "smoke" in page and "passed" in page
     for package in ("torch", "seaborn", "papermill", "jupyter-book"):
-        name = f'<code class="docutils literal notranslate"><span class="pre">{package}</span></code>'
+        name = (
+            f'<code class="docutils literal notranslate"><span class="pre">{package}</span></code>'
+        )
         assert f"<p>{name}</p></td>\n<td><p>{metadata.version(package)}</p>" in page
     assert sys.version.split()[0] in page
     assert "not a git checkout" in page  # the fake checkout has no git history
@@ -676,7 +678,7 @@ def test_the_opening_sums_up_what_the_verdict_page_glued(tmp_path):
     text = build.findings([other, done])
     assert "its chapter): On this build, C2: reproduced.\n\n" in text
     assert "`cpu` profile" in text
-    assert "Its 2 executed chapters took 2 min 31 s of execution in all" in text
+    assert "Executing its 2 chapters took 2 min 31 s in all" in text
     failed = build.Execution("verdicts", "cpu", path, 1.0, error="boom")
     assert build.findings([failed]).startswith("The verdict page was not executed")
     assert build.SUMMARY_MARKER in (build.checkout() / "book" / "index.md").read_text()

@@ -93,19 +93,29 @@ class Interval:
     def describe(self, fmt: str = ".3g", unit: str = "") -> str:
         """``"2.1 (95 % CI 1.4 to 3.0)"``, or the estimate and why it cannot be judged."""
         if not self.judgeable:
-            return f"{self.estimate:{fmt}}{unit} ({self.reason or 'no interval'})"
+            return f"{number(self.estimate, fmt)}{unit} ({self.reason or 'no interval'})"
         pct = round(100 * self.level)
         return (
-            f"{self.estimate:{fmt}}{unit} ({pct} % CI {self.low:{fmt}}{unit} to "
-            f"{self.high:{fmt}}{unit})"
+            f"{number(self.estimate, fmt)}{unit} ({pct} % CI {number(self.low, fmt)}{unit} to "
+            f"{number(self.high, fmt)}{unit})"
         )
 
     def short(self, fmt: str = ".3g", scale: float = 1.0) -> str:
         """``"2.1 [1.4, 3.0]"`` (the interval in brackets), or ``"2.1 (one seed)"``."""
-        est = f"{scale * self.estimate:{fmt}}"
+        est = number(scale * self.estimate, fmt)
         if not self.judgeable:
             return f"{est} ({self.reason.split(':')[0] or 'no interval'})"
-        return f"{est} [{scale * self.low:{fmt}}, {scale * self.high:{fmt}}]"
+        return f"{est} [{number(scale * self.low, fmt)}, {number(scale * self.high, fmt)}]"
+
+
+def number(value: float, fmt: str) -> str:
+    """``value`` in ``fmt``, except that an exact zero reads ``0``: a signed format would write
+    ``+0.00``, which a reader cannot tell from a small positive value.
+
+    >>> number(0.0, "+.2f"), number(0.001, "+.2f"), number(0.25, "+.2f")
+    ('0', '+0.00', '+0.25')
+    """
+    return "0" if value == 0 else f"{value:{fmt}}"
 
 
 def _unjudgeable(estimate, null, method, n, reason) -> Interval:

@@ -762,9 +762,11 @@ def findings(executions: list[Execution]) -> str:
         summary = glued(verdicts.notebook, "summary_md")
     timed = [r.seconds for r in executions if not r.placeholder and r.seconds is not None]
     took = (
-        f"\n\nIts {len(timed)} executed chapters took {duration(sum(timed))} of execution in "
-        "all, training included where a run was not yet stored (the {doc}`status` page gives "
-        "each chapter's duration and date)."
+        f"\n\nExecuting its {len(timed)} chapters took {duration(sum(timed))} in all; a "
+        "chapter trains only the runs its results store does not hold yet, so this time "
+        "includes training only where a chapter's execution did (the {doc}`status` page gives "
+        "each chapter's duration and date, and each training chapter's opening note how long "
+        "its runs took to train)."
         if timed
         else ""
     )

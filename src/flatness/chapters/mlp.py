@@ -11,6 +11,7 @@ Networks of at most 2,000 parameters get exact Hessians, larger ones Lanczos and
 
 from __future__ import annotations
 
+from flatness.analysis import names
 from flatness.chapters.common import (
     Results,
     TrainingSettings,
@@ -75,14 +76,14 @@ def shrinkage_sentence(results: Results, profile: str) -> str:
             here[c.model] = (c.weight_decay, shrinkage(c, len(results.data.y_train)))
     paper = {c.model: shrinkage(c, 55_000) for c in SETTINGS["paper"].runs() if c.weight_decay}
     wd = max(w for w, _ in here.values())
-    listed = ", ".join(f"{m} {v:.3g}" for m, (_, v) in here.items())
+    listed = ", ".join(f"{names.display(m)} {v:.3g}" for m, (_, v) in here.items())
     sentence = (
         f"Weight decay acts through the product of learning rate, decay and the number of steps;"
         f" at weight decay {wd:g} it is {listed}"
     )
     if get_profile(profile).name == "paper":
         return sentence + "."
-    theirs = ", ".join(f"{m} {paper[m]:.3g}" for m in here if m in paper)
+    theirs = ", ".join(f"{names.display(m)} {paper[m]:.3g}" for m in here if m in paper)
     return (
         f"{sentence}, against {theirs} for the `paper` profile (weight decay 5e-4 for 300 epochs"
         " of MNIST, at the learning rates chosen there)."

@@ -24,8 +24,10 @@ NEARLY_VACUOUS = 0.9
 #: the outcome labels, each with what it means for a bound
 OUTCOMES = {
     "reproduced": "it holds in every case that could decide it",
-    "partly reproduced": "it holds in some of the cases that could decide it and fails in others",
-    "not reproduced": "it fails in every case that could decide it",
+    "partly reproduced": "it holds in at least half of the cases that could decide it and "
+    "fails in the others",
+    "not reproduced": "it fails in more than half of the cases that could decide it (the row "
+    "says in how many it holds)",
     "inconclusive": "no test could decide it: it cannot fail on the small nets and SLQ's "
     "bracket straddles its prediction in every case",
     "cannot be judged": "there is nothing to judge it on",
@@ -99,7 +101,8 @@ class Judgement:
             return "inconclusive"
         if self.failed == 0:
             return "reproduced"
-        return "not reproduced" if self.held == 0 else "partly reproduced"
+        # a bound that fails in most cases is refuted, not "partly" true
+        return "partly reproduced" if self.held >= self.failed else "not reproduced"
 
     def _exact(self) -> str:
         if not self.exact_cases:

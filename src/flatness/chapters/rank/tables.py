@@ -135,7 +135,9 @@ def findings(table: pd.DataFrame) -> str:
             continue
         failed = table[~table[f"holds_{b}"]]
         where = _where(failed, table)
-        held_text = f"it holds at {_listed(held)}" if held else "at every tolerance it fails in some case"
+        held_text = (
+            f"it holds at {_listed(held)}" if held else "at every tolerance it fails in some case"
+        )
         lines.append(
             f"- **{name}** fails in {len(failed)} of {len(table)} cases ({where}); {held_text}."
         )
