@@ -313,3 +313,12 @@ def test_tick_labels_do_not_collide(name):
                     name,
                     [t.get_text() for t in labels],
                 )
+
+
+def test_numeric_settings_are_written_as_numbers():
+    frame = history().assign(
+        weight_decay=lambda f: f.arm.map({"wd 0": 0.0, "wd 0.0005": 5e-4, "wd 0.01": 0.01})
+    )
+    fig = plotting.curves(frame, ["weight_norm"], hue="weight_decay")
+    entries = [t.get_text() for t in legends(fig)[0].get_texts()]
+    assert entries == ["0", "0.0005", "0.01"]

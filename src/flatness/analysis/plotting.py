@@ -249,8 +249,13 @@ def curves(history: pd.DataFrame, columns, *, hue: str, hue_order=None, logy=Tru
         above = axes.flat[list(axes.flat).index(ax) - ncols]
         above.xaxis.set_tick_params(labelbottom=True)
     handles = [plt.Line2D([], [], color=c, marker="o", ms=5, lw=1.4) for c in cols[: len(order)]]
-    legend_below(fig, handles, [str(v) for v in order], title=name(hue))
+    legend_below(fig, handles, [_value(v) for v in order], title=name(hue))
     return fig
+
+
+def _value(v) -> str:
+    """A legend entry for a value: 0.0005 and 0, not 0.0005 and 0.0."""
+    return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
 
 
 def forest(
