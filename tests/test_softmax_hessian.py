@@ -146,14 +146,28 @@ def test_image_shaped_float32_inputs_are_flattened():
     assert np.abs(spectrum.eigenvalues - torch.linalg.eigvalsh(dense).numpy()).max() < 1e-10
 
 
-def test_the_general_product_path_matches_blas(monkeypatch):
-    """Devices other than the CPU accumulate with plain products; check that path here."""
+def test_chunked_grams_match_one_chunk():
+    """Examples taken a few at a time (the batched Grams added up chunk by chunk) give the
+    dense Hessian as one chunk does."""
     model, x = problem(5, 4, 30, constant=(1,))
-    blas = hessian.softmax_regression_hessian(model, x)
-    monkeypatch.setattr(softmax, "_add_gram_blas", softmax._add_gram_torch)
-    plain = hessian.softmax_regression_hessian(model, x)
-    assert torch.allclose(plain, blas, rtol=0, atol=1e-13)
-    assert torch.allclose(plain, dense_hessian(model, x), rtol=0, atol=1e-10)
+    whole = hessian.softmax_regression_hessian(model, x)
+    # 45 numbers per chunk: one example at a time (6 class pairs x 6 Gram columns = 36)
+    pieces = hessian.softmax_regression_hessian(model, x, max_chunk_elements=45)
+    assert torch.allclose(pieces, whole, rtol=0, atol=1e-13)
+    assert torch.allclose(pieces, dense_hessian(model, x), rtol=0, atol=1e-10)
+
+
+def test_syrk_path_matches_the_batched_one(monkeypatch):
+    """Wide inputs take SciPy's syrk, narrow ones one batched product: both give the dense
+    Hessian and the same spectrum."""
+    model, x = problem(5, 4, 30, constant=(1,))
+    batched = hessian.softmax_regression_hessian(model, x)
+    narrow = hessian.softmax_regression_spectrum(model, x).eigenvalues
+    monkeypatch.setattr(softmax, "SYRK_COLUMNS", 1)
+    wide = hessian.softmax_regression_hessian(model, x)
+    assert torch.allclose(wide, batched, rtol=0, atol=1e-13)
+    assert torch.allclose(wide, dense_hessian(model, x), rtol=0, atol=1e-10)
+    assert np.abs(hessian.softmax_regression_spectrum(model, x).eigenvalues - narrow).max() < 1e-12
 
 
 def test_one_class_has_a_zero_hessian():

@@ -10,10 +10,10 @@ Since ``S = sum_{k<l} p_k p_l (e_k - e_l)(e_k - e_l)^T`` (its off-diagonal entri
     H = sum_{k<l} (e_k - e_l)(e_k - e_l)^T kron G_kl,   G_kl = (1/N) X~^T diag(p_k p_l) X~,
 
 so ``H``'s class block (k, l) is ``-G_kl`` and block (k, k) is ``sum_{l != k} G_kl``. Each of the
-K(K-1)/2 symmetric Gram matrices ``G_kl`` is one rank-N update (BLAS ``syrk``, half the work of
-a general product) of the rows of ``X~`` scaled by ``sqrt(p_k p_l)``, taken from the
-log-probabilities. No weight is a difference, so a saturated softmax (``p_k`` rounding to 1)
-keeps its relative precision.
+K(K-1)/2 symmetric Gram matrices ``G_kl`` is one rank-N update of the rows of ``X~`` scaled by
+``sqrt(p_k p_l)``, taken from the log-probabilities (BLAS ``syrk`` for wide inputs, one batched
+product for narrow ones). No weight is a difference, so a saturated softmax (``p_k`` rounding
+to 1) keeps its relative precision.
 
 The spectrum is taken on a smaller matrix with the same non-zero eigenvalues. Let ``Q`` be a
 K x (K-1) orthonormal basis of the complement of the all-ones vector ``1``, and let ``V`` be the
@@ -262,44 +262,92 @@ def _ones_complement(k: int) -> np.ndarray:
     return q[:, 1:]
 
 
+#: from this many Gram columns on, BLAS ``syrk`` (half the flops) beats one batched product:
+#: at MNIST size (r = 718) it took 18 s against 23 s for the batched product
+SYRK_COLUMNS = 256
+
+
 def _pair_grams(weight, bias, x, keep, last, max_chunk_elements):
     """The K(K-1)/2 Gram matrices ``G_kl = (1/N) Z^T diag(p_k p_l) Z`` for k < l as a
     (K(K-1)/2, r, r) tensor, with ``z_i = [x_i[keep]; last]``, and the trace closed form
-    ``(1/N) sum_i (1 - ||p_i||^2) ||x~_i||^2``."""
-    n, d = x.shape
-    k = weight.shape[0]
-    pairs = _pairs(k)
-    r = len(keep) + 1
-    grams = torch.zeros(len(pairs), r, r, dtype=torch.float64, device=weight.device)
+    ``(1/N) sum_i (1 - ||p_i||^2) ||x~_i||^2``: by ``syrk`` for wide inputs on the CPU, else
+    batched in torch."""
+    if weight.device.type == "cpu" and len(keep) + 1 >= SYRK_COLUMNS:
+        return _syrk_grams(weight, bias, x, keep, last, max_chunk_elements)
+    return _batched_grams(weight, bias, x, keep, last, max_chunk_elements)
+
+
+def _chunks(weight, bias, x, keep, last, chunk):
+    """Per chunk of examples: the log-probabilities, the rows ``z_i = [x_i[keep]; last]`` and
+    the chunk's share of the trace closed form ``(1/N) sum_i (1 - ||p_i||^2) ||x~_i||^2``."""
+    n, k = len(x), weight.shape[0]
     off_diagonal = ~torch.eye(k, dtype=torch.bool, device=weight.device)
-    # the largest arrays of a chunk of c examples: c x (d + 1) and c x K x K numbers
-    chunk = max(1, max_chunk_elements // max(d + 1, k * k))
-    add_gram = _add_gram_blas if grams.device.type == "cpu" else _add_gram_torch
-    scaled = None  # one buffer for the scaled rows: no fresh pages for each of K(K-1)/2 copies
-    trace = 0.0
     for start in range(0, n, chunk):
         xc = x[start : start + chunk].double()
         logp = torch.log_softmax(xc @ weight.T + bias, dim=1)
         # 1 - ||p||^2 = sum_{k != l} p_k p_l: a sum of positive terms, exact when saturated
         products = torch.exp(logp[:, :, None] + logp[:, None, :])
         tr_s = (products * off_diagonal).sum(dim=(1, 2))
-        trace += (tr_s * ((xc**2).sum(dim=1) + 1)).sum().item() / n
+        part = (tr_s * ((xc**2).sum(dim=1) + 1)).sum().item() / n
         z = torch.cat([xc[:, keep], torch.full_like(xc[:, :1], last)], dim=1)
         del xc, products
+        yield logp, z, part
+
+
+def _batched_grams(weight, bias, x, keep, last, max_chunk_elements):
+    """The K(K-1)/2 Gram matrices ``G_kl = (1/N) Z^T diag(p_k p_l) Z`` for k < l as a
+    (K(K-1)/2, r, r) tensor, with ``z_i = [x_i[keep]; last]``, and the trace closed form
+    ``(1/N) sum_i (1 - ||p_i||^2) ||x~_i||^2``.
+
+    All K(K-1)/2 Grams of a chunk are one batched product in torch, for small ``r``: there,
+    SciPy's ``syrk`` calls are so short that its thread pool and torch's spin against each
+    other, and with one other busy process on 2 cores the digits-size measurement (r = 65)
+    took 0.26 s instead of 0.02 s (``make bench``, its exact-measurement rows)."""
+    n, d = x.shape
+    k = weight.shape[0]
+    pairs = _pairs(k)
+    first = torch.tensor([i for i, _ in pairs], dtype=torch.long, device=weight.device)
+    second = torch.tensor([j for _, j in pairs], dtype=torch.long, device=weight.device)
+    r = len(keep) + 1
+    grams = torch.zeros(len(pairs), r, r, dtype=torch.float64, device=weight.device)
+    # the largest arrays of a chunk of c examples: c x (d + 1), c x K x K and K(K-1)/2 x c x r
+    chunk = max(1, max_chunk_elements // max(d + 1, k * k, len(pairs) * r))
+    trace = 0.0
+    for logp, z, part in _chunks(weight, bias, x, keep, last, chunk):
+        trace += part
+        # rows scaled by sqrt(p_k p_l), from the log-probabilities: no weight is a difference
+        scale = torch.exp(0.5 * (logp[:, first] + logp[:, second])).T  # (pairs, c)
+        rows = z[None] * scale[:, :, None]
+        grams.baddbmm_(rows.transpose(1, 2), rows, alpha=1 / n)
+        del rows
+    return (grams + grams.transpose(1, 2)) / 2, trace
+
+
+def _syrk_grams(weight, bias, x, keep, last, max_chunk_elements):
+    """The K(K-1)/2 Gram matrices ``G_kl = (1/N) Z^T diag(p_k p_l) Z`` for k < l as a
+    (K(K-1)/2, r, r) tensor, with ``z_i = [x_i[keep]; last]``, and the trace closed form
+    ``(1/N) sum_i (1 - ||p_i||^2) ||x~_i||^2``; one ``syrk`` (half the flops of a general
+    product) per pair and chunk on the CPU, where ``r`` is large enough for it to pay."""
+    n, d = x.shape
+    k = weight.shape[0]
+    pairs = _pairs(k)
+    r = len(keep) + 1
+    grams = torch.zeros(len(pairs), r, r, dtype=torch.float64, device=weight.device)
+    # the largest arrays of a chunk of c examples: c x (d + 1) and c x K x K numbers
+    chunk = max(1, max_chunk_elements // max(d + 1, k * k))
+    scaled = None  # one buffer for the scaled rows: no fresh pages for each of K(K-1)/2 copies
+    trace = 0.0
+    for logp, z, part in _chunks(weight, bias, x, keep, last, chunk):
+        trace += part
         if scaled is None:
             scaled = torch.empty_like(z)
         rows = scaled[: len(z)]
         for index, (i, j) in enumerate(pairs):
             torch.mul(z, torch.exp(0.5 * (logp[:, i] + logp[:, j]))[:, None], out=rows)
-            add_gram(grams[index], rows, 1 / n)
-    for g in grams:  # each holds its lower triangle (BLAS) or all of it; mirror the lower one
+            _add_gram_blas(grams[index], rows, 1 / n)
+    for g in grams:  # each holds its lower triangle: mirror it
         g.copy_(g.tril() + g.tril(diagonal=-1).T)
     return grams, trace
-
-
-def _add_gram_torch(acc: torch.Tensor, rows: torch.Tensor, alpha: float) -> None:
-    """``acc += alpha * rows^T rows`` (r, r), on any device."""
-    acc.add_(rows.T @ rows, alpha=alpha)
 
 
 def _add_gram_blas(acc: torch.Tensor, rows: torch.Tensor, alpha: float) -> None:
