@@ -52,6 +52,7 @@ from flatness.hessian.exact import (
     weight_norm,
 )
 from flatness.hessian.gauss_newton import ggn_trace
+from flatness.hessian.joint import Measurement, joint_measurement
 from flatness.hessian.lanczos import Eigenpairs, SpectralDensity, lanczos_density, lanczos_top
 from flatness.hessian.operator import BN_MODES, CURVATURES, HessianOperator
 from flatness.hessian.reference import PyHessianEstimate, pyhessian_estimate, pyhessian_hvp
@@ -66,6 +67,7 @@ __all__ = [
     "Eigenpairs",
     "Estimate",
     "HessianOperator",
+    "Measurement",
     "Measures",
     "PyHessianEstimate",
     "Rank",
@@ -75,6 +77,7 @@ __all__ = [
     "frobenius_norm",
     "ggn_trace",
     "hessian_rank",
+    "measure_all",
     "pyhessian_estimate",
     "pyhessian_hvp",
     "softmax_regression_hessian",
@@ -214,6 +217,67 @@ def frobenius_norm(
     op = _operator(model, loss_fn, data, curvature, bn_mode, l2, output)
     return frobenius_estimate(
         op, probes, rtol=rtol, max_probes=max_probes, method=method, batch=batch, seed=seed
+    )
+
+
+def measure_all(
+    model: nn.Module,
+    loss_fn: Callable,
+    data,
+    *,
+    k: int = 1,
+    tol: float = 1e-3,
+    rtol: float = 0.05,
+    block: int | None = None,
+    max_probes: int = 1000,
+    slq_steps: int = 0,
+    seed: int = 0,
+    curvature: str = "hessian",
+    bn_mode: str = "eval",
+    l2: float = 0.0,
+    output: Output = None,
+) -> Measurement:
+    """The top ``k`` eigenvalues, the trace and the Frobenius norm (with standard errors), and
+    with ``slq_steps`` an SLQ density, all from one stream of Hessian-vector products.
+
+    A block Lanczos run of ``block`` vectors (default 4, or ``k`` with ``slq_steps``) runs until
+    the top ``k`` Ritz pairs have relative residuals at most ``tol`` (as
+    :func:`top_eigenvalues`), and for at least ``slq_steps`` steps. Its Krylov space is then
+    taken exactly, and Rademacher probes deflated against it are drawn in blocks until the
+    trace's and the norm's relative standard errors are at most ``rtol`` (at least 16 probes,
+    so that the reported error is itself sound; at most ``max_probes``). Each probe's one
+    product gives both the trace's and the norm's sample: the module text of
+    :mod:`flatness.hessian.joint` has the identities. Work is counted once: ``hvps``,
+    ``passes`` and ``seconds`` are the whole measurement's, in the result and in its two
+    estimates. A limit reached before a tolerance gives ``converged=False`` and a
+    :class:`ConvergenceWarning`.
+
+    For ``H = diag(2, 1)`` (least squares of two orthogonal inputs of squared norms 2 and 1),
+    the Krylov space is everything, so no probe is needed and every answer is exact:
+
+    >>> import torch
+    >>> model = torch.nn.Linear(2, 1, bias=False)
+    >>> x, y = torch.tensor([[2**0.5, 0.0], [0.0, 1.0]]), torch.zeros(2, 1)
+    >>> m = measure_all(model, torch.nn.functional.mse_loss, (x, y))
+    >>> round(m.lambda_max, 5), round(m.trace.estimate, 5), round(m.frobenius.estimate**2, 5)
+    (2.0, 3.0, 5.0)
+    >>> m.trace.stderr, m.trace.probes, m.hvps
+    (0.0, 0, 2)
+
+    Raises:
+        FlatnessError: bad options (``k``, ``tol``, ``rtol``, ``block``, ``max_probes``,
+            ``slq_steps``, ``seed``) or input the checks refuse.
+    """
+    op = _operator(model, loss_fn, data, curvature, bn_mode, l2, output)
+    return joint_measurement(
+        op,
+        k=k,
+        tol=tol,
+        rtol=rtol,
+        block=block,
+        max_probes=max_probes,
+        slq_steps=slq_steps,
+        seed=seed,
     )
 
 

@@ -97,6 +97,104 @@ def _next_block(
     return q
 
 
+def default_max_steps(op: HessianOperator, k: int, block: int) -> int:
+    """Block steps enough for ``min(P, max(100, 30 k))`` vectors."""
+    return math.ceil(min(op.size, max(100, 30 * k)) / block)
+
+
+@dataclass(frozen=True)
+class Krylov:
+    """A block Krylov space of ``op`` and what the products that built it tell.
+
+    ``basis`` (m, P) has orthonormal rows ``q_i``; ``t = Q H Q^T`` (m, m, float64) is assembled
+    from the products; ``squared_norms`` is ``sum_i ||H q_i||^2 = ||H Q^T||_F^2``, the part of
+    ``||H||_F^2`` the space sees exactly."""
+
+    basis: torch.Tensor
+    t: torch.Tensor
+    squared_norms: float
+    #: Ritz values of ``t`` (ascending) and its eigenvectors (columns)
+    theta: torch.Tensor
+    ritz_vectors: torch.Tensor
+    #: indices into ``theta`` of the top k, descending, and their values and residuals
+    top: torch.Tensor
+    values: torch.Tensor
+    residuals: torch.Tensor
+    converged: bool
+    steps: int
+    block: int
+    history: torch.Tensor
+
+
+def block_krylov(
+    op: HessianOperator,
+    start: torch.Tensor,
+    k: int,
+    tol: float,
+    *,
+    max_steps: int,
+    gen: torch.Generator,
+    min_steps: int = 0,
+) -> Krylov:
+    """Block Lanczos from the rows of ``start`` until the top ``k`` Ritz pairs have relative
+    residuals at most ``tol`` (and at least ``min_steps`` block steps), or ``max_steps``."""
+    q, _ = torch.linalg.qr(start.T)
+    current = q.T  # (b, P), orthonormal
+    b = len(current)
+    basis = current
+    t = torch.zeros(0, 0, dtype=torch.float64)
+    history = []
+    squared_norms = 0.0
+    converged = False
+    steps = 0
+    while True:
+        w = op.matmat(current)  # (b, P)
+        squared_norms += (w.double() ** 2).sum().item()
+        coupling = basis @ w.T  # (m, b): column block of Q^T H Q for the newest vectors
+        m, new = len(basis), len(current)
+        grown = torch.zeros(m, m, dtype=torch.float64)
+        grown[: m - new, : m - new] = t
+        grown[:, m - new :] = coupling.double().cpu()
+        grown[m - new :, :] = coupling.double().cpu().T
+        t = (grown + grown.T) / 2
+        r = _orthogonalise(w - coupling.T @ basis, basis)  # residual block, (new, P)
+        steps += 1
+        theta, s = torch.linalg.eigh(t)
+        top = torch.arange(m - 1, max(m - 1 - k, -1), -1)
+        # H y - theta y = r^T s_last for the Ritz vector y = Q s (exact in exact arithmetic)
+        s_last = s[m - new :, top].to(r)  # (new, len(top))
+        residuals = (r.T @ s_last).norm(dim=0).double().cpu()
+        scale = theta.abs().max().item()
+        if m >= op.size:
+            # the basis spans everything: exact in exact arithmetic, rounding in any other
+            residuals = torch.zeros_like(residuals)
+        residuals = residuals + RESIDUAL_FLOOR * torch.finfo(op.dtype).eps * scale
+        row = torch.full((k,), float("nan"), dtype=torch.float64)
+        row[: len(top)] = theta[top]
+        history.append(row)
+        converged = len(top) == k and bool(
+            (residuals <= tol * theta[top].abs().clamp_min(1e-300)).all()
+        )
+        if (converged and steps >= min_steps) or steps >= max_steps or m >= op.size:
+            break
+        current = _next_block(r, basis, min(b, op.size - m), gen, op, scale)
+        basis = torch.cat([basis, current])
+    return Krylov(
+        basis=basis,
+        t=t,
+        squared_norms=squared_norms,
+        theta=theta,
+        ritz_vectors=s,
+        top=top,
+        values=theta[top],
+        residuals=residuals,
+        converged=converged,
+        steps=steps,
+        block=b,
+        history=torch.stack(history),
+    )
+
+
 @with_autograd
 def lanczos_top(
     op: HessianOperator,
@@ -160,55 +258,21 @@ def lanczos_top(
     start = time.perf_counter()
     hvps0 = op.hvps
     if max_steps is None:
-        max_steps = math.ceil(min(op.size, max(100, 30 * k)) / b)
+        max_steps = default_max_steps(op, k, b)
     gen = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(op.gaussian(b, gen).T)
-    current = q.T  # (b, P), orthonormal
-    basis = current
-    t = torch.zeros(0, 0, dtype=torch.float64)
-    history = []
-    converged = False
-    steps = 0
-    while True:
-        w = op.matmat(current)  # (b, P)
-        coupling = basis @ w.T  # (m, b): column block of Q^T H Q for the newest vectors
-        m, new = len(basis), len(current)
-        grown = torch.zeros(m, m, dtype=torch.float64)
-        grown[: m - new, : m - new] = t
-        grown[:, m - new :] = coupling.double().cpu()
-        grown[m - new :, :] = coupling.double().cpu().T
-        t = (grown + grown.T) / 2
-        r = _orthogonalise(w - coupling.T @ basis, basis)  # residual block, (new, P)
-        steps += 1
-        theta, s = torch.linalg.eigh(t)
-        top = torch.arange(m - 1, max(m - 1 - k, -1), -1)
-        # H y - theta y = r^T s_last for the Ritz vector y = Q s (exact in exact arithmetic)
-        s_last = s[m - new :, top].to(r)  # (new, len(top))
-        residuals = (r.T @ s_last).norm(dim=0).double().cpu()
-        scale = theta.abs().max().item()
-        if m >= op.size:
-            # the basis spans everything: exact in exact arithmetic, rounding in any other
-            residuals = torch.zeros_like(residuals)
-        residuals = residuals + RESIDUAL_FLOOR * torch.finfo(op.dtype).eps * scale
-        row = torch.full((k,), float("nan"), dtype=torch.float64)
-        row[: len(top)] = theta[top]
-        history.append(row)
-        if len(top) == k and bool((residuals <= tol * theta[top].abs().clamp_min(1e-300)).all()):
-            converged = True
-        if converged or steps >= max_steps or m >= op.size:
-            break
-        current = _next_block(r, basis, min(b, op.size - m), gen, op, scale)
-        basis = torch.cat([basis, current])
-    values = theta[top]
-    if not converged:
+    krylov = block_krylov(op, op.gaussian(b, gen), k, tol, max_steps=max_steps, gen=gen)
+    values, residuals, top = krylov.values, krylov.residuals, krylov.top
+    if not krylov.converged:
         worst = (residuals / values.abs().clamp_min(1e-300)).max().item() if len(top) else math.inf
         warnings.warn(
-            f"top_eigenvalues: {len(top)} of k={k} pairs after {steps} steps, the largest relative "
-            f"residual {worst:.3g} above tol={tol:g} (converged=False); raise max_steps or tol, "
-            "or use a float64 model",
+            f"top_eigenvalues: {len(top)} of k={k} pairs after {krylov.steps} steps, the largest "
+            f"relative residual {worst:.3g} above tol={tol:g} (converged=False); raise max_steps "
+            "or tol, or use a float64 model",
             ConvergenceWarning,
             stacklevel=4,  # the caller of flatness.hessian.top_eigenvalues
         )
+    s, basis, steps, converged = krylov.ritz_vectors, krylov.basis, krylov.steps, krylov.converged
+    history = krylov.history
     vectors = s[:, top].T.to(basis) @ basis if eigenvectors else None
     return Eigenpairs(
         eigenvalues=values,
@@ -218,7 +282,7 @@ def lanczos_top(
         steps=steps,
         hvps=op.hvps - hvps0,
         seconds=time.perf_counter() - start,
-        history=torch.stack(history),
+        history=history,
     )
 
 

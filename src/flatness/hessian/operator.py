@@ -4,8 +4,9 @@ Vectors are flat: one row of length P per vector, parameters in ``model.paramete
 Several vectors go through the data together (``matmat``): for a DataLoader that is one pass
 over the data for all of them, so the forward and backward work is shared.
 
-Hessian-vector products are a double backward through the gradient graph, all vectors at once
-(``is_grads_batched``); for a single batch the graph is built once and kept, as PyHessian does.
+Hessian-vector products are a double backward through the gradient graph, built once per batch
+for all vectors (for a single batch built once and kept, as PyHessian does); on the CPU the
+vectors then go through it one by one, elsewhere all at once (``is_grads_batched``).
 Gauss-Newton products ``J^T H_z J v`` use ``torch.func``: a ``jvp`` of the logits, the loss's
 Hessian in the logits, and a ``vjp``, with ``vmap`` over the vectors. The operator is a snapshot:
 change the model's parameters and build a new one.
@@ -50,6 +51,10 @@ __all__ = [
 ]
 
 CURVATURES = ("hessian", "ggn", "residual")
+#: a block of vectors goes one by one through a CPU batch's graph from this many examples ...
+ONE_BY_ONE_EXAMPLES = 64
+#: ... and this many variables (:meth:`HessianOperator._one_by_one`)
+ONE_BY_ONE_PARAMETERS = 10_000
 
 
 class HessianOperator:
@@ -114,7 +119,7 @@ class HessianOperator:
         first = named[0][1]
         self.device, self.dtype = first.device, first.dtype
         self.size = sum(p.numel() for _, p in named)
-        self._graph = (self._variables, grads) if keep else None
+        self._graph = (self._variables, grads, len(data[1])) if keep else None
         if curvature == "ggn":
             # GGN products are built on torch.func, which must see every use of a variable
             with curvature_modes(model, bn_mode):
@@ -179,16 +184,23 @@ class HessianOperator:
         grads = [
             g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self._variables)
         ]
-        return self._variables, grads
+        return self._variables, grads, len(x)
 
     def _hessian_products(self, graph, vectors: torch.Tensor, *, keep: bool) -> torch.Tensor:
-        """Double backward through a gradient graph, all vectors at once (``is_grads_batched``)."""
-        params, grads = graph
+        """Double backward through a gradient graph, all vectors at once (``is_grads_batched``),
+        or one after another through the kept graph where that is cheaper (:meth:`_one_by_one`)."""
+        params, grads = graph[:2]
         tangents = self.unflatten(vectors)
         # a gradient that does not depend on the parameters (a loss linear in them) adds nothing
         live = [(g, tangents[n]) for g, n in zip(grads, self.names) if g.requires_grad]
         if not live:
             return torch.zeros_like(vectors)
+        if len(vectors) > 1 and self._one_by_one(graph):
+            rows = [
+                self._double_backward(params, live, i, keep=keep or i < len(vectors) - 1)
+                for i in range(len(vectors))
+            ]
+            return torch.cat(rows)
         single = len(vectors) == 1
         hv = torch.autograd.grad(
             [g for g, _ in live],
@@ -204,6 +216,34 @@ class HessianOperator:
         return self.flatten(
             [h.expand(*lead, *p.shape) if h.dim() == p.dim() else h for h, p in zip(hv, params)]
         )
+
+    def _one_by_one(self, graph) -> bool:
+        """Whether a block of vectors is cheaper one by one through the kept graph: on the CPU,
+        for batches of at least :data:`ONE_BY_ONE_EXAMPLES` examples and models of at least
+        :data:`ONE_BY_ONE_PARAMETERS` variables. There, on 2 cores, the batched backward cost
+        more per vector than single ones: the 784-512-256-10 MLP on 4,096 MNIST images 72 ms
+        per vector in blocks of 4 against 38 ms one by one, the bench's BatchNorm CNN on 64
+        images 42 against 25 ms in blocks of 16. With 8 images per batch the batched backward
+        won (43 against 55 ms), and so it did for the 7,510-parameter digits MLP
+        (``make bench``, its block-cost rows). On a GPU the batched backward is kept."""
+        examples = graph[2] if len(graph) > 2 else 0
+        return (
+            self.device.type == "cpu"
+            and examples >= ONE_BY_ONE_EXAMPLES
+            and self.size >= ONE_BY_ONE_PARAMETERS
+        )
+
+    def _double_backward(self, params, live, index: int, *, keep: bool) -> torch.Tensor:
+        """``H v`` for the ``index``-th vector alone, as a (1, P) row."""
+        hv = torch.autograd.grad(
+            [g for g, _ in live],
+            params,
+            grad_outputs=[t[index] for _, t in live],
+            retain_graph=keep,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return self.flatten([h[None] for h in hv])
 
     @with_autograd
     def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
