@@ -2,9 +2,10 @@
 
 Every ``run`` builds the tool's operator itself (graph building and data passes are part of
 the time, as they are for a user) and returns what the tool returns plus the HVPs it spent.
-Peers are benchmark-only dependencies (``requirements-bench.txt``); nothing in ``src/``
-imports them. The model is in eval mode for every tool (PyHessian sets it itself; the others
-use the module as given).
+The peers are pinned in ``requirements.txt`` (the estimators chapter compares them too, in
+``flatness.chapters.estimators.peers``, the only module of the package that imports them); this
+module is the benchmark's own wrapper, and nothing in ``src/`` imports it. The model is in eval
+mode for every tool (PyHessian sets it itself; the others use the module as given).
 
 Quirks handled here:
 - hessian-eigenthings averages a loader's batches with equal weights; the digits loader's

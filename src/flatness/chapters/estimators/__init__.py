@@ -11,6 +11,8 @@ Its parts: :mod:`~flatness.chapters.estimators.design` (sizes, budgets and seeds
 density), :mod:`~flatness.chapters.estimators.trace` (trace, Frobenius norm and the coverage
 of reported standard errors) and :mod:`~flatness.chapters.estimators.prose` (the sentences
 that judge them, chosen from the data). Every name of the first four is served from here.
+:mod:`~flatness.chapters.estimators.peers` puts PyHessian, hessian-eigenthings and curvlinops
+beside flatness; the chapter imports it as a module (it alone imports the last two).
 """
 
 from flatness.chapters.estimators.design import (

@@ -293,3 +293,165 @@ def slq_trust(z1: float, z2: float) -> str:
         told + f", more than the {Z} an honest standard error allows: read its density for the "
         "rough shape only, and its moments not beyond their order of magnitude."
     )
+
+
+# -- the peers: PyHessian, hessian-eigenthings and curvlinops beside flatness -----------------
+def _level(level: float) -> str:
+    return f"{level:g}" if level < 0.01 else pct(level)
+
+
+def reach_sentence(what: str, found, level: float) -> str:
+    """Which tools (and methods) got ``what`` to a relative error of ``level`` in every seed on
+    the fewest HVPs, from :func:`flatness.chapters.estimators.peers.reaches` (cheapest first):
+    the fastest (ties together), the others in order, then those that never got there."""
+    done = [r for r in found if r.reached]
+    short = [r for r in found if not r.reached]
+    head = f"{names.sentence(what)} to a relative error of {_level(level)} in every seed: "
+    if not done:
+        most = max(r.hvps for r in short)
+        return head + f"no tool got there within {most} HVPs."
+    best = [r for r in done if r.hvps == done[0].hvps]
+    rest = done[len(best) :]
+    tie = " (tied)" if len(best) > 1 else ""
+    text = head + f"{listed(r.method for r in best)}{tie} needed the fewest HVPs, {best[0].hvps}"
+    if rest:
+        text += "; then " + ", ".join(f"{r.method} {r.hvps}" for r in rest)
+    if short:
+        text += (
+            f"; {listed(r.method for r in short)} did not get there "
+            f"(within {max(r.hvps for r in short)} HVPs)"
+        )
+    return text + "."
+
+
+def peer_coverage_sentence(rows: pd.DataFrame) -> str:
+    """Whose reported standard errors covered the truth as often as they claim, from
+    :func:`flatness.chapters.estimators.peers.coverage_rows`; the tools that report none."""
+    reporting = rows[rows.reports]
+    label = lambda r: f"{r.tool} ({method(r.method)}, {NAMES[r.measure]})"  # noqa: E731
+    ok = [label(r) for r in reporting.itertuples() if r.honest]
+    low = [
+        f"{label(r)}, {int(r.covered)} of {int(r.runs)}"
+        for r in reporting.itertuples()
+        if not r.honest
+    ]
+    silent = [t for t, g in rows.groupby("tool", sort=False) if not g.reports.any()]
+    parts = []
+    if ok:
+        parts.append(
+            f"the standard errors of {listed(ok)} covered the truth within {Z} of them as often "
+            f"as an honest one would (the coverage's 95 % interval reaches {100 * NOMINAL:.0f} %)"
+        )
+    if low:
+        parts.append(f"those of {listed(low)} covered it clearly less often")
+    text = "; ".join(parts)
+    text = names.sentence(text) + "." if text else "No tool reported a standard error."
+    if silent:
+        verb = "reports" if len(silent) == 1 else "report"
+        text += f" {listed(silent)} {verb} none: nothing in their output says how far off it is."
+    return text
+
+
+def _kinds_of(runs: pd.DataFrame, tool: str, outcome: str, labels: dict) -> list[str]:
+    rows = runs[(runs.tool == tool) & (runs.outcome == outcome)]
+    return [labels[k] for k in rows.kind]
+
+
+def misuse_sentences(runs: pd.DataFrame, labels: dict, tools) -> dict:
+    """The page's sentences on :func:`flatness.chapters.estimators.peers.misuse_runs`: per
+    tool, what it refused and what it got wrong without a word (``labels``: kind -> words;
+    ``tools``: in the table's order); and which returned BatchNorm's eval-mode value for a
+    model in train mode."""
+    out = {}
+    for i, tool in enumerate(tools):
+        refused = _kinds_of(runs, tool, "refused", labels)
+        wrong = _kinds_of(runs, tool, "silently wrong", labels)
+        warned = _kinds_of(runs, tool, "wrong, with a warning", labels)
+        parts = []
+        if refused:
+            parts.append(f"raised an error for {listed(refused)}")
+        if wrong:
+            parts.append(f"returned a wrong number without a warning for {listed(wrong)}")
+        if warned:
+            parts.append(f"returned a wrong number, with a warning, for {listed(warned)}")
+        if not parts:
+            parts.append("got every input right")
+        out[f"misuse_{i}"] = f"{tool} {'; it '.join(parts)}."
+    bn = runs[(runs.kind == "batchnorm") & runs["eval mode"].eq(True)]
+    if len(bn):
+        who = list(bn.tool)
+        verb = "returns" if len(who) == 1 else "return"
+        text = (
+            f"For BatchNorm with the model in train mode, {listed(who)} {verb} the eval-mode "
+            "value (running statistics), not the batch-statistics one"
+        )
+        asked = runs[runs.tool.str.startswith("flatness (")]
+        if "flatness" in who and len(asked):
+            right = asked.outcome.iloc[0] == "right"
+            text += (
+                "; flatness takes the mode from its `bn_mode` argument, not from the model, and "
+                f"with `bn_mode='train'` {'gets it right' if right else 'is still off'}"
+            )
+        out["misuse_bn"] = text + "."
+    else:
+        out["misuse_bn"] = "No tool returned BatchNorm's eval-mode value for a model in train mode."
+    return out
+
+
+def trust_peers(top1, trace, misuse: pd.DataFrame, tools) -> str:
+    """The peers in two sentences for "What to trust": which got the largest eigenvalue and
+    the trace to their levels on the fewest HVPs (:func:`reach_sentence`'s lists), and how many
+    of the misused inputs each tool answered with a wrong number and no warning."""
+
+    def fastest(found) -> str:
+        if not found or not found[0].reached:
+            return "no tool got there"
+        return listed(r.method for r in found if r.reached and r.hvps == found[0].hvps)
+
+    kinds = misuse[misuse.kind != "control"].kind.nunique()
+    counts = [
+        f"{tool} {int(((misuse.tool == tool) & (misuse.outcome == 'silently wrong')).sum())}"
+        for tool in tools
+    ]
+    return (
+        f"the fewest HVPs to the largest eigenvalue: {fastest(top1)}; to the trace: "
+        f"{fastest(trace)}. Wrong numbers without a warning, of the {kinds} inputs that define no "
+        f"fixed mean-loss Hessian or are easy to get wrong: {listed(counts)}."
+    )
+
+
+def coinciding(estimates: pd.DataFrame, rtol: float = 1e-5) -> list[tuple[str, str, list]]:
+    """(measure, method, tools) for the tools whose estimates by the same method agreed to
+    ``rtol`` in every run (budget and seed) they share, at least two tools each."""
+    found = []
+    for (measure, name), group in estimates.groupby(["measure", "method"], sort=False):
+        table = group.pivot_table(index=["budget", "seed"], columns="tool", values="rel error")
+        tools = list(dict.fromkeys(group.tool))
+        while len(tools) > 1:
+            first, rest = tools[0], tools[1:]
+            same = [
+                t
+                for t in rest
+                if table[[first, t]].dropna().shape[0] > 0
+                and ((table[first] + 1) - (table[t] + 1)).abs().max() <= rtol
+            ]
+            if same:
+                found.append((measure, name, [first, *same]))
+            tools = [t for t in rest if t not in same]
+    return found
+
+
+def coinciding_sentence(estimates: pd.DataFrame) -> str:
+    """Which tools' estimates coincided run for run (:func:`coinciding`), and why that can be."""
+    found = coinciding(estimates)
+    if not found:
+        return "No two tools returned the same estimates run for run."
+    parts = [
+        f"{listed(tools)} with {method(name)} on the {NAMES[measure]}"
+        for measure, name, tools in found
+    ]
+    return (
+        f"Some tools returned the same estimates run for run (to five digits): {'; '.join(parts)}. "
+        "They draw the same random sign vectors from the same seed and take the same averages, "
+        "so their curves and their counts coincide."
+    )

@@ -122,3 +122,60 @@ def slq_moments(exact_trace: float, exact_trace2: float, exact_top: float, densi
         missing={"SLQ standard error": [ONE_PROBE, ONE_PROBE, NO_STDERR]},
     )
     return frame, styler
+
+
+def peer_coverage(rows: pd.DataFrame):
+    """:func:`~flatness.chapters.estimators.peers.coverage_rows`: per measure and estimator,
+    how often ``estimate +- Z stderr`` covered the truth at its largest budget, with the 95 %
+    interval of that coverage, or that it reports no standard error; cells may wrap."""
+    none = "no standard error reported"
+    shown = pd.DataFrame(
+        {
+            "measure": rows.measure,
+            "estimator": [f"{t}: {names.display(m)}" for t, m in zip(rows.tool, rows.method)],
+            "runs covered": [
+                f"{c:.0f} of {n:.0f}" if r else None
+                for c, n, r in zip(rows.covered, rows.runs, rows.reports)
+            ],
+            "95 % interval of the coverage": [
+                f"{100 * lo:.0f} % to {100 * hi:.0f} %" if r else None
+                for lo, hi, r in zip(rows.low, rows.high, rows.reports)
+            ],
+        }
+    )
+    styler = names.table(
+        shown,
+        missing={"runs covered": none, "95 % interval of the coverage": none},
+        columns={"runs covered": f"runs covered (±{Z} s.e.)"},
+    )
+    return styler.set_table_attributes('class="wrap"')
+
+
+def _outcome_cell(row) -> str:
+    """One cell of the misuse table: the outcome and, in brackets, what it was."""
+    if row.outcome == "refused":
+        return f"refused ({row.error.split(':')[0]})"
+    if row.outcome == "right":
+        return "right"
+    if row["eval mode"] is True:
+        how = "eval mode"
+    else:
+        truth = row.truth
+        worst = max(range(len(truth)), key=lambda i: abs(row["values"][i] / truth[i] - 1))
+        ratio = row["values"][worst] / truth[worst]
+        how = f"×{ratio:,.3g}" if not 0.5 <= ratio <= 2 else f"{100 * (ratio - 1):+.2g} %"
+    return f"{row.outcome} ({how})"
+
+
+def misuse(runs: pd.DataFrame, labels: dict, tools):
+    """:func:`~flatness.chapters.estimators.peers.misuse_runs` as kinds (rows, named by
+    ``labels``) against ``tools`` (columns): each cell the outcome, with the error raised,
+    how far off or "eval mode" in brackets."""
+    runs = runs[runs.tool.isin(tools)]
+    cells = {(r.kind, r.tool): _outcome_cell(r) for _, r in runs.iterrows()}
+    kinds = list(dict.fromkeys(runs.kind))
+    shown = pd.DataFrame(
+        {"input": [labels[k] for k in kinds]}
+        | {tool: [cells[(k, tool)] for k in kinds] for tool in tools}
+    )
+    return names.table(shown).set_table_attributes('class="wrap"')
