@@ -19,6 +19,7 @@ def test_gpu_check_writes_a_report_and_step_times_plan_can_read(tmp_path):
     assert set(rows) == {"logreg", "lenet5"}
     for r in rows.values():
         assert r["images_per_s"] > 0 and r["lambda_max"] > 0 and r["trace_se"] >= 0
+        assert r["frobenius"] > 0 and r["measure_seconds"] > 0 and r["measure_epochs"] > 0
     assert rows["logreg"]["parameters"] == 7850  # the paper's MNIST logistic regression
     from flatness.results.plan import read_step_times
 

@@ -9,11 +9,13 @@ deterministic, unaugmented images:
   so ``lambda_max``, trace and Frobenius norm carry no error (their standard errors are 0);
   BatchNorm networks always get the estimators, as their dense Hessian in two modes over a
   loader of batches takes minutes even at a thousand parameters;
-- larger models, :mod:`flatness.hessian` estimators: ``lambda_max`` by Lanczos, trace and
-  Frobenius norm with their standard errors down to the run's ``hessian_rtol``;
+- larger models, one joint measurement (:func:`flatness.hessian.measure_all`): ``lambda_max``
+  by block Lanczos, and trace and Frobenius norm from the same probes, deflated against that
+  Lanczos run's space, with their standard errors down to the run's ``hessian_rtol``;
 - after the last epoch, the whole spectrum: exact eigenvalues up to :data:`EXACT_LIMIT`
   (softmax regression up to :data:`SOFTMAX_EXACT_LIMIT`), otherwise a stochastic Lanczos
-  quadrature density with the run's ``slq_steps``.
+  quadrature density with the run's ``slq_steps``, from the Lanczos run that also gives
+  ``lambda_max`` (as the authors took theirs).
 
 Networks with BatchNorm are measured in both modes: ``eval`` (running statistics, PyHessian's
 convention; the columns without suffix) and ``train`` (each batch's own statistics, batches of
@@ -88,26 +90,49 @@ def _exact(model, x, y, bn_mode: str, batch_size: int) -> tuple[dict, np.ndarray
 
 
 def _estimated(
-    model, x, y, bn_mode: str, batch_size: int, *, rtol: float, seed: int, max_probes: int
-) -> dict:
+    model,
+    x,
+    y,
+    bn_mode: str,
+    batch_size: int,
+    *,
+    rtol: float,
+    seed: int,
+    max_probes: int,
+    slq_steps: int = 0,
+) -> tuple[dict, dict]:
+    """One joint measurement (:func:`flatness.hessian.measure_all`): ``lambda_max`` to a
+    relative residual of 1e-3, trace and Frobenius norm to ``rtol``, and the SLQ density of
+    ``slq_steps`` steps from the same Lanczos run."""
     data = _data(x, y, batch_size, bn_mode == "train")
-    top = hessian.top_eigenvalues(model, _loss, data, k=1, tol=1e-3, seed=seed, bn_mode=bn_mode)
     with warnings.catch_warnings():
         # a stop at max_probes is in the standard errors the run records beside the estimates
         warnings.simplefilter("ignore", hessian.ConvergenceWarning)
-        tr = hessian.trace(
-            model, _loss, data, rtol=rtol, max_probes=max_probes, seed=seed, bn_mode=bn_mode
+        m = hessian.measure_all(
+            model,
+            _loss,
+            data,
+            tol=1e-3,
+            rtol=rtol,
+            max_probes=max_probes,
+            slq_steps=slq_steps,
+            seed=seed,
+            bn_mode=bn_mode,
         )
-        fro = hessian.frobenius_norm(
-            model, _loss, data, rtol=rtol, max_probes=max_probes, seed=seed, bn_mode=bn_mode
-        )
-    return {
-        "lambda_max": float(top.eigenvalues[0]),
-        "trace": tr.estimate,
-        "trace_se": tr.stderr,
-        "frobenius": fro.estimate,
-        "frobenius_se": fro.stderr,
+    values = {
+        "lambda_max": m.lambda_max,
+        "trace": m.trace.estimate,
+        "trace_se": m.trace.stderr,
+        "frobenius": m.frobenius.estimate,
+        "frobenius_se": m.frobenius.stderr,
     }
+    arrays = {}
+    if m.density is not None:
+        arrays = {
+            "slq_nodes": m.density.nodes.cpu().numpy(),
+            "slq_weights": m.density.weights.cpu().numpy(),
+        }
+    return values, arrays
 
 
 def measure(
@@ -152,16 +177,18 @@ def measure(
             if final:
                 arrays[f"eigenvalues{suffix}"] = eigenvalues
         else:
-            found = _estimated(
-                model, x, y, mode, batch_size, rtol=rtol, seed=seed, max_probes=max_probes
+            found, density = _estimated(
+                model,
+                x,
+                y,
+                mode,
+                batch_size,
+                rtol=rtol,
+                seed=seed,
+                max_probes=max_probes,
+                slq_steps=slq_steps if final else 0,
             )
-            if final and slq_steps > 0:
-                data = _data(x, y, batch_size, mode == "train")
-                density = hessian.spectral_density(
-                    model, _loss, data, steps=slq_steps, probes=1, seed=seed, bn_mode=mode
-                )
-                arrays[f"slq_nodes{suffix}"] = density.nodes.cpu().numpy()
-                arrays[f"slq_weights{suffix}"] = density.weights.cpu().numpy()
+            arrays |= {f"{k}{suffix}": v for k, v in density.items()}
         values |= {f"{k}{suffix}": float(v) for k, v in found.items()}
     values["hessian_seconds"] = time.perf_counter() - start
     return values, arrays
