@@ -289,7 +289,7 @@ def test_coverage_rows_count_the_runs_covered_at_the_largest_budget():
     assert sentence.endswith("B reports none: nothing in their output says how far off it is.")
     shown = tables.peer_coverage(PE.coverage_rows(frame)).data
     assert shown.iloc[0, 2] == "7 of 10"
-    assert shown.iloc[1, 2] == "— (no standard error reported)"
+    assert shown.iloc[1, 2] == "— (none reported)"
 
 
 def test_reach_takes_the_cheapest_knob_where_every_seed_is_within_the_level():

@@ -128,7 +128,7 @@ def peer_coverage(rows: pd.DataFrame):
     """:func:`~flatness.chapters.estimators.peers.coverage_rows`: per measure and estimator,
     how often ``estimate +- Z stderr`` covered the truth at its largest budget, with the 95 %
     interval of that coverage, or that it reports no standard error; cells may wrap."""
-    none = "no standard error reported"
+    none = "none reported"
     shown = pd.DataFrame(
         {
             "measure": rows.measure,
@@ -163,7 +163,10 @@ def _outcome_cell(row) -> str:
         truth = row.truth
         worst = max(range(len(truth)), key=lambda i: abs(row["values"][i] / truth[i] - 1))
         ratio = row["values"][worst] / truth[worst]
-        how = f"×{ratio:,.3g}" if not 0.5 <= ratio <= 2 else f"{100 * (ratio - 1):+.2g} %"
+        if 0.5 <= ratio <= 2:
+            how = f"{100 * (ratio - 1):+.2g} %"
+        else:
+            how = f"×{ratio:,.0f}" if ratio >= 100 else f"×{ratio:.3g}"
     return f"{row.outcome} ({how})"
 
 
