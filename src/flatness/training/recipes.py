@@ -94,7 +94,7 @@ SCALES = {
     "smoke": Scale("digits", 3, 1 / 16, 200, 3, 0.2, 32, 8),
     "cpu": Scale("digits", 40, 1 / 8, None, 10, 0.05, 256, 40),
     # CIFAR networks: one measurement of the whole training split costs about as much as
-    # 100 HVPs x 352 batches, far more than an epoch; like the authors (spectra of stored
+    # 60 HVPs x 352 batches (results/plan.py), far more than an epoch; like the authors (spectra of stored
     # checkpoints), the paper profile measures them after the last epoch only
     # MNIST networks are measured every 50 epochs: the authors measured stored checkpoints
     # after training, and a measurement of 55,000 images costs minutes on a CPU
