@@ -11,8 +11,8 @@ a run is
 
 with N the training split, B the batch size, ``modes`` 2 for BatchNorm networks (eval and
 train mode) and 1 otherwise. :data:`HVPS_PER_MEASUREMENT` is the mean of a few measured
-networks, stated in the table, not a measurement of each run. Models small enough for exact Hessians are charged the same, which
-overstates their cost.
+networks, stated in the table, not a measurement of each run. Models small enough for exact
+Hessians are charged the same, which overstates their cost.
 """
 
 from __future__ import annotations
