@@ -7,7 +7,11 @@ reference computed here without any of the tools (reference.py). Cells:
 
 - top-1 / top-5 eigenvalues to a relative error of 1e-3: each tool's cheapest setting that
   gets there (its tol, or its number of Lanczos steps), timed best of 3;
-- trace / Frobenius norm to a 1 % relative standard error, per estimator (search.py).
+- trace / Frobenius norm to a 1 % relative standard error, per estimator (search.py);
+- a full measurement (all three measures to those targets, ``measure_all``) against the sum
+  of the fastest peer calls for the same numbers, with its cost in training epochs; HVP cost
+  per vector by block size; one exact softmax-regression measurement at the digits size
+  (quiet and beside one busy process) and at the MNIST size (full.py).
 
 The table gives, per cell, flatness's time, the best peer's time and name, and their ratio
 (below 1: flatness is faster); the detail block lists every tool's setting, achieved error and
@@ -27,6 +31,7 @@ import warnings
 from pathlib import Path
 
 import extras
+import full
 import peers
 import search
 import torch
@@ -152,6 +157,33 @@ def print_table(rows: list[dict]) -> None:
     )
 
 
+def print_full(rows: list[dict], exact: dict | None) -> None:
+    """The full measurement against the peers' three calls, and its cost in training epochs."""
+    print(
+        "\nfull measurement (lambda_max to the eigenvalue target, trace and Frobenius norm to "
+        "the standard-error target) = flatness.hessian.measure_all / the fastest peer calls "
+        "for the same three numbers:"
+    )
+    for row in rows:
+        f = row["full"]
+        epochs = (
+            f", {f['seconds'] / row['epoch_seconds']:.1f} training epochs "
+            f"(one epoch {fmt_s(row['epoch_seconds'])})"
+            if f.get("reached")
+            else ""
+        )
+        line = full.describe_full(f, row["full_peers"])
+        print(f"  {row['model'] + ', ' + row['mode']:26} {line}{epochs}")
+    if exact:
+        print(
+            f"exact softmax regression, one measurement: digits ({exact['digits_parameters']} "
+            f"parameters, {exact['digits_examples']} examples) {fmt_s(exact['digits_seconds'])}, "
+            f"beside one busy process {fmt_s(exact['digits_seconds_beside_one_busy_process'])}; "
+            f"MNIST size (7,850 parameters, 60,000 examples of {exact['mnist_source']}) "
+            f"{fmt_s(exact['mnist_seconds'])}"
+        )
+
+
 def print_detail(rows: list[dict]) -> None:
     print("\ndetail (setting, time, HVPs, relative standard error, error against the reference):")
     for row in rows:
@@ -215,8 +247,13 @@ def main() -> None:
             ours.append({"model": problem.name, "mode": mode, "cells": cells})
             ours[-1].update(parameters=problem.parameters, examples=len(problem.x))
         search.pool_hutchinson(ours)  # Hutchinson's probes needed from all its samples here
+        epoch = full.epoch_seconds(problem)
         for row in ours:
             row["summary"] = summarise(row["cells"])
+            row["full"] = full.full_cell(problem, row["mode"], ref, cfg)
+            row["full_peers"] = full.peers_sum(row["summary"])
+            row["epoch_seconds"] = epoch
+            print(f"  full      {full.describe_full(row['full'], row['full_peers'])}", flush=True)
         rows += ours
         extra = {
             "model": problem.name,
@@ -230,6 +267,12 @@ def main() -> None:
                 f"16 per pass {c['flatness_passes_per_hvp_batched16']:.2f}",
                 flush=True,
             )
+            extra["block_cost"] = b = full.block_cost(problem)
+            print(
+                "HVP seconds per vector: "
+                + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in b.items()),
+                flush=True,
+            )
             extra["slq_memory"] = m = extras.slq_memory(problem)
             print(
                 f"SLQ 30 steps x 4 probes: peak extra RSS {m['peak_extra_mib']:.1f} MiB "
@@ -239,7 +282,9 @@ def main() -> None:
         side.append(extra)
     if peers._COUNTER is not None:
         peers._COUNTER.close()
+    exact = None if args.no_extras else full.exact_rows()
     print_table(rows)
+    print_full(rows, exact)
     print_detail(rows)
     total = time.perf_counter() - start
     print(
@@ -259,6 +304,7 @@ def main() -> None:
                 "torch_threads": torch.get_num_threads(),
                 "rows": [_plain(row) for row in rows],
                 "side": side,
+                "exact": exact,
             },
             indent=2,
             default=str,
