@@ -153,10 +153,13 @@ def test_batchnorm_in_train_mode_is_the_batch_statistics_hessian(small, misuse):
         train = case.model.train()(x)
     assert torch.allclose(train, evaluated, rtol=1e-10, atol=1e-12)
     assert abs(case.eval_truth[0].item() / top - 1) > 0.05
-    # PyHessian and flatness (by default) measure running statistics; flatness asked does not
-    for tool in ("PyHessian", "flatness"):
-        row = outcome(misuse, "batchnorm", tool)
-        assert row.outcome == "silently wrong" and row["eval mode"] is True, tool
+    # PyHessian and flatness (by default) measure running statistics; flatness warns that the
+    # model's mode says otherwise, and asked for train mode gets the batch statistics' Hessian
+    row = outcome(misuse, "batchnorm", "PyHessian")
+    assert row.outcome == "silently wrong" and row["eval mode"] is True
+    row = outcome(misuse, "batchnorm", "flatness")
+    assert row.outcome == "wrong, with a warning" and row["eval mode"] is True
+    assert any("bn_mode was not given" in w for w in row["warned"])
     asked = outcome(misuse, "batchnorm", "flatness (bn_mode='train')")
     assert asked.outcome == "right"
     assert asked["values"][0] == pytest.approx(top, rel=1e-6)
@@ -322,9 +325,13 @@ def test_the_misuse_table_and_sentences_say_what_the_runs_hold(misuse):
     shown = tables.misuse(misuse, PE.KINDS, PE.TOOLS).data.set_index("input")
     assert shown.loc[PE.KINDS["sum"], "curvlinops"] == f"silently wrong (×{N})"
     assert shown.loc[PE.KINDS["tuple"], "PyHessian"] == "refused (TypeError)"
-    assert shown.loc[PE.KINDS["batchnorm"], "flatness"] == "silently wrong (eval mode)"
+    assert shown.loc[PE.KINDS["batchnorm"], "flatness"] == "wrong, with a warning (eval mode)"
     assert list(shown.columns) == list(PE.TOOLS)  # the extra bn_mode='train' row is not a column
     said = prose.misuse_sentences(misuse, PE.PHRASES, PE.TOOLS)
+    assert (
+        "warns when that argument is left unset, and with `bn_mode='train'` gets it right"
+        in (said["misuse_bn"])
+    )
     assert said["misuse_0"].startswith(
         "flatness raised an error for the shuffling loader and the sum"
     )

@@ -189,3 +189,26 @@ def test_no_warning_when_everything_converges():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert H.measure_all(model, ce, data, rtol=0.1).converged
+
+
+def test_a_batchnorm_model_in_train_mode_warns_unless_a_mode_is_given():
+    """Left unset, bn_mode is eval (running statistics); a model whose BatchNorm trains says
+    otherwise, so the caller is warned, and gets exactly the eval-mode answer."""
+    model, data = make("cnn")
+    model.train()
+    with pytest.warns(H.ModeWarning, match=r"BatchNorm layers are in training mode \(bn\)"):
+        default = H.top_eigenvalues(model, ce, data, k=1, tol=1e-8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        given = H.top_eigenvalues(model, ce, data, k=1, tol=1e-8, bn_mode="eval")
+        H.trace(model, ce, data, probes=6, bn_mode="train")
+        model.eval()
+        H.measure_all(model, ce, data, rtol=0.2)  # eval mode: nothing to warn of
+    assert torch.equal(default.eigenvalues, given.eigenvalues)
+    assert model.bn.training is False  # the caller's modes are left as they were
+    for fn in (H.trace, H.frobenius_norm, H.measure_all, H.spectral_density):
+        model.train()
+        with pytest.warns(H.ModeWarning) as caught:
+            fn(model, ce, data, seed=0, **({} if fn is H.spectral_density else {"rtol": 0.2}))
+        assert [w.filename for w in caught] == [__file__]  # the caller's line is named
+        assert model.bn.training

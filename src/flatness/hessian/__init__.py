@@ -10,7 +10,9 @@ loss, mismatched dtypes, unused parameters) is refused with a FlatnessError befo
 - ``curvature``: ``"hessian"`` (default), ``"ggn"`` (the generalised Gauss-Newton part
   ``J^T H_z J``) or ``"residual"`` (the rest, Hessian minus GGN);
 - ``bn_mode``: BatchNorm with running statistics (``"eval"``, PyHessian's convention) or with
-  each batch's statistics (``"train"``, the authors'); the model's modes are restored after;
+  each batch's statistics (``"train"``, the authors'); the model's modes are restored after.
+  Left unset it is ``"eval"``, with a :class:`ModeWarning` when a BatchNorm layer is in
+  training mode, since the model's own mode then says otherwise;
 - ``l2``: add ``l2 * I``, the Hessian of ``l2/2 ||w||^2`` (``l2 >= 0``; default 0: the data loss alone);
 - ``output``: which model output the loss is taken of, for models returning a tuple or a
   dict (default: the tensor, a tuple's first element, a mapping's ``"logits"``).
@@ -39,7 +41,12 @@ from collections.abc import Callable
 
 from torch import nn
 
-from flatness.hessian.checks import ConvergenceWarning, Output
+from flatness.hessian.checks import (
+    ConvergenceWarning,
+    ModeWarning,
+    Output,
+    warn_if_batchnorm_trains,
+)
 from flatness.hessian.exact import (
     MAX_EXACT_PARAMS,
     Measures,
@@ -63,6 +70,7 @@ __all__ = [
     "CURVATURES",
     "ConvergenceWarning",
     "MAX_EXACT_PARAMS",
+    "ModeWarning",
     "METHODS",
     "Eigenpairs",
     "Estimate",
@@ -90,6 +98,10 @@ __all__ = [
 
 
 def _operator(model, loss_fn, data, curvature, bn_mode, l2, output) -> HessianOperator:
+    if bn_mode is None:
+        bn_mode = "eval"
+        # the caller of the public function, two frames up from here
+        warn_if_batchnorm_trains(model, stacklevel=3)
     return HessianOperator(
         model, loss_fn, data, curvature=curvature, bn_mode=bn_mode, l2=l2, output=output
     )
@@ -107,7 +119,7 @@ def top_eigenvalues(
     eigenvectors: bool = False,
     block: int | None = None,
     curvature: str = "hessian",
-    bn_mode: str = "eval",
+    bn_mode: str | None = None,
     l2: float = 0.0,
     output: Output = None,
 ) -> Eigenpairs:
@@ -141,7 +153,7 @@ def trace(
     method: str = "auto",
     batch: int = 32,
     curvature: str = "hessian",
-    bn_mode: str = "eval",
+    bn_mode: str | None = None,
     l2: float = 0.0,
     output: Output = None,
 ) -> Estimate:
@@ -199,7 +211,7 @@ def frobenius_norm(
     method: str = "auto",
     batch: int = 32,
     curvature: str = "hessian",
-    bn_mode: str = "eval",
+    bn_mode: str | None = None,
     l2: float = 0.0,
     output: Output = None,
 ) -> Estimate:
@@ -233,7 +245,7 @@ def measure_all(
     slq_steps: int = 0,
     seed: int = 0,
     curvature: str = "hessian",
-    bn_mode: str = "eval",
+    bn_mode: str | None = None,
     l2: float = 0.0,
     output: Output = None,
 ) -> Measurement:
@@ -290,7 +302,7 @@ def spectral_density(
     *,
     seed: int = 0,
     curvature: str = "hessian",
-    bn_mode: str = "eval",
+    bn_mode: str | None = None,
     l2: float = 0.0,
     output: Output = None,
 ) -> SpectralDensity:

@@ -44,6 +44,34 @@ class ConvergenceWarning(UserWarning):
     of the accuracy asked for; its result says ``converged=False``."""
 
 
+class ModeWarning(UserWarning):
+    """A model whose BatchNorm layers are in training mode, measured without ``bn_mode``: the
+    default, running statistics, may not be what the caller meant."""
+
+
+def warn_if_batchnorm_trains(model, stacklevel: int) -> None:
+    """A :class:`ModeWarning` when a BatchNorm layer with running statistics is in training
+    mode: the caller left ``bn_mode`` unset, and eval mode will be measured."""
+    if not isinstance(model, nn.Module):
+        return
+    training = [
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+    if training:
+        warnings.warn(
+            f"BatchNorm layers are in training mode ({training[0] or 'the model'}"
+            + (f" and {len(training) - 1} more" if len(training) > 1 else "")
+            + ") but bn_mode was not given: measuring with their running statistics "
+            "(bn_mode='eval', PyHessian's convention). Pass bn_mode='train' for each batch's own "
+            "statistics (the authors' convention), or bn_mode='eval' (or call model.eval()) to "
+            "measure running statistics without this warning",
+            ModeWarning,
+            stacklevel=stacklevel + 1,
+        )
+
+
 def _is_inputs(x) -> bool:
     return torch.is_tensor(x) or (
         isinstance(x, (Mapping, tuple, list)) and any(map(torch.is_tensor, tree_leaves(x)))

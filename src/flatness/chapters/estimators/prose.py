@@ -388,9 +388,12 @@ def misuse_sentences(runs: pd.DataFrame, labels: dict, tools) -> dict:
         asked = runs[runs.tool.str.startswith("flatness (")]
         if "flatness" in who and len(asked):
             right = asked.outcome.iloc[0] == "right"
+            ours = runs[(runs.kind == "batchnorm") & (runs.tool == "flatness")]
+            warns = bool(len(ours)) and ours.outcome.iloc[0] == "wrong, with a warning"
             text += (
-                "; flatness takes the mode from its `bn_mode` argument, not from the model, and "
-                f"with `bn_mode='train'` {'gets it right' if right else 'is still off'}"
+                "; flatness takes the mode from its `bn_mode` argument, not from the model"
+                + (", warns when that argument is left unset," if warns else ",")
+                + f" and with `bn_mode='train'` {'gets it right' if right else 'is still off'}"
             )
         out["misuse_bn"] = text + "."
     else:
