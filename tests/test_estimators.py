@@ -186,15 +186,15 @@ def test_same_seed_same_results_and_modes_restored():
     runs = [
         (
             H.top_eigenvalues(model, ce, data, k=2, seed=4, bn_mode="train").eigenvalues,
-            H.trace(model, ce, data, probes=9, seed=4).estimate,
-            H.spectral_density(model, ce, data, steps=5, probes=2, seed=4).nodes,
+            H.trace(model, ce, data, probes=9, seed=4, bn_mode="eval").estimate,
+            H.spectral_density(model, ce, data, steps=5, probes=2, seed=4, bn_mode="eval").nodes,
         )
         for _ in range(2)
     ]
     assert torch.equal(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
     assert torch.equal(runs[0][2], runs[1][2])
     assert model.training and model.bn.training and model.bn.track_running_stats
-    assert H.trace(model, ce, data, probes=9, seed=5).estimate != runs[0][1]
+    assert H.trace(model, ce, data, probes=9, seed=5, bn_mode="eval").estimate != runs[0][1]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -246,11 +246,12 @@ def test_loaders_that_change_the_operator_are_refused():
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, 2), nn.BatchNorm1d(2))
     with pytest.raises(FlatnessError, match="RandomHorizontalFlip.*test-time transform"):
-        H.trace(model, ce, DataLoader(Augmented(x, y), batch_size=4))
+        H.trace(model, ce, DataLoader(Augmented(x, y), batch_size=4), bn_mode="eval")
     shuffled = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True)
     with pytest.raises(FlatnessError, match="shuffle=False"):
         H.trace(model, ce, shuffled, bn_mode="train")
-    assert math.isfinite(H.trace(model, ce, shuffled, probes=3).estimate)  # fine in eval mode
+    # fine in eval mode
+    assert math.isfinite(H.trace(model, ce, shuffled, probes=3, bn_mode="eval").estimate)
 
 
 @pytest.mark.parametrize("name,k,max_steps", [("tanh", 1, 40), ("logreg", 3, None)])
