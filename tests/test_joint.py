@@ -41,7 +41,7 @@ def test_every_measure_matches_the_dense_hessian(case):
         # at 3 is tested over 50 seeds below
         assert abs(est.estimate - float(truth[name])) <= 4 * est.stderr + 1e-12 * est.estimate, est
         assert est.stderr <= 0.02 * abs(est.estimate)
-        assert est.hvps == m.hvps and est.method == "krylov+hutchinson"
+        assert est.hvps == m.hvps and est.method == "krylov"
     # every product is counted once: the Krylov space's and the probes'
     assert m.hvps == m.krylov_dimension + m.trace.probes
     assert m.converged
@@ -212,3 +212,18 @@ def test_a_batchnorm_model_in_train_mode_warns_unless_a_mode_is_given():
             fn(model, ce, data, seed=0, **({} if fn is H.spectral_density else {"rtol": 0.2}))
         assert [w.filename for w in caught] == [__file__]  # the caller's line is named
         assert model.bn.training
+
+
+def test_krylov_takes_no_fixed_budget_and_auto_runs_it_where_the_ggn_is_not_cheap():
+    model, data = make("cnn")
+    with pytest.raises(FlatnessError, match="method='krylov' stops at rtol"):
+        H.trace(model, ce, data, probes=30, method="krylov")
+    # batch statistics make the Gauss-Newton trace no shortcut: auto deflates against Krylov
+    t = H.trace(model, ce, data, rtol=0.05, seed=0, bn_mode="train")
+    f = H.frobenius_norm(model, ce, data, rtol=0.05, seed=0, bn_mode="train")
+    exact = H.exact_hessian(model, ce, data, bn_mode="train")
+    assert t.method == f.method == "krylov" and t.probes >= 16
+    assert abs(t.estimate - torch.trace(exact).item()) <= 4 * t.stderr
+    assert abs(f.estimate - torch.linalg.matrix_norm(exact).item()) <= 4 * f.stderr
+    # with a fixed budget auto stays Hutch++
+    assert H.trace(model, ce, data, probes=30, bn_mode="train").method == "hutch++"

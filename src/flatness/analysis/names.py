@@ -103,6 +103,7 @@ ESTIMATORS = {
     "hutchinson": "Hutchinson",
     "hutch++": "Hutch++",
     "ggn+hutchinson": "GGN + Hutchinson",
+    "krylov": "Krylov + Hutchinson",
     "ggn": "GGN",
     "lanczos": "Lanczos",
     "slq": "SLQ",

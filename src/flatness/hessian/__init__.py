@@ -168,14 +168,17 @@ def trace(
     about as cheap as a few products (every variable in a Linear, a small Conv2d or a
     BatchNorm with running statistics, and no batch statistics: one batched backward per
     batch, :func:`flatness.hessian.gauss_newton.ggn_trace`)
-    and probes only the residual, which is small near a minimum. Its probing starts with a
-    block of ``batch`` Hutchinson probes and keeps sampling them when their spread says at
-    most four times as many reach ``rtol`` (a dominant diagonal); otherwise it reuses the
-    block's products as Hutch++'s sketch and probes only the deflated rest (a few dominant
-    eigenvalues). With a fixed budget it is Hutch++. ``"ggn+hutchinson"`` (``"ggn+hutch++"``:
-    Hutch++ on the residual) forces the split
+    and probes only the residual, which is small near a minimum. Its probing of that residual
+    starts with a block of ``batch`` Hutchinson probes and keeps sampling them when their
+    spread says at most four times as many reach ``rtol`` (a dominant diagonal); otherwise it
+    reuses the block's products as Hutch++'s sketch and probes only the deflated rest (a few
+    dominant eigenvalues). Where the Gauss-Newton trace is not cheap it is ``"krylov"``: a
+    short block Lanczos run whose space is taken exactly, and Hutchinson on probes deflated
+    against it (at least 16), as :func:`measure_all` does. With a fixed budget it is Hutch++.
+    ``"ggn+hutchinson"`` (``"ggn+hutch++"``: Hutch++ on the residual) forces the split
     (on any model with BatchNorm in eval mode and a per-example mean loss, through
-    per-example products elsewhere); ``"hutchinson"`` and ``"hutch++"`` force one estimator.
+    per-example products elsewhere); ``"hutchinson"``, ``"hutch++"`` and ``"krylov"`` (``rtol``
+    only) force one estimator.
     The returned ``method`` says which ran (and can be passed back); ``probes`` counts the
     random probes behind ``stderr`` and ``hvps`` every Hessian-vector product (sketches
     included, the GGN's Jacobian products not).

@@ -42,7 +42,8 @@ MIN_PROBES = 16
 #: vectors per block when none is asked for: block products share each batch's gradient graph
 #: (a DataLoader's pass serves the whole block), and a wider space deflates more
 DEFAULT_BLOCK = 4
-METHOD = "krylov+hutchinson"
+#: the method the estimates report (and :func:`flatness.hessian.trace` takes)
+METHOD = "krylov"
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,12 @@ def joint_measurement(
     max_probes: int = 1000,
     slq_steps: int = 0,
     seed: int = 0,
+    targets: tuple[str, ...] = ("trace", "frobenius"),
+    warn: bool = True,
 ) -> Measurement:
-    """All measures of ``op``; see :func:`flatness.hessian.measure_all`."""
+    """All measures of ``op``; see :func:`flatness.hessian.measure_all`. ``targets``: the
+    estimates whose relative standard errors must reach ``rtol`` (the others come along);
+    ``warn=False`` leaves the warning to a caller that reports one estimate."""
     _check(k, tol, rtol, block, max_probes, slq_steps, seed, op.size)
     start, hvps0, passes0 = time.perf_counter(), op.hvps, op.passes
     gen = torch.Generator().manual_seed(seed)
@@ -167,10 +172,11 @@ def joint_measurement(
         trace_value = abs(exact_trace + t_mean)
         square_value = abs(exact_square + s_mean)
         # the norm's relative standard error is half its square's (delta method)
-        need = max(
-            (t_sd / (rtol * trace_value)) ** 2 if trace_value > 0 else math.inf,
-            (s_sd / (2 * rtol * square_value)) ** 2 if square_value > 0 else math.inf,
-        )
+        needs = {
+            "trace": (t_sd / (rtol * trace_value)) ** 2 if trace_value > 0 else math.inf,
+            "frobenius": (s_sd / (2 * rtol * square_value)) ** 2 if square_value > 0 else math.inf,
+        }
+        need = max(needs[t] for t in targets)
         if n >= need:
             reached = True
             break
@@ -202,7 +208,7 @@ def joint_measurement(
     if slq_steps:
         nodes, weights = _density(krylov)
         density = SpectralDensity(nodes, weights, op.size, hvps, seconds)
-    if not (krylov.converged and reached):
+    if warn and not (krylov.converged and reached):
         parts = []
         if not krylov.converged:
             parts.append(f"the top {k} eigenvalues missed tol={tol:g} after {krylov.steps} steps")

@@ -68,8 +68,8 @@ def coverage(covered) -> Coverage:
 FIXED_METHODS = ("hutchinson", "hutch++")
 #: the methods each adaptive measure offers
 ADAPTIVE_METHODS = {
-    "trace": ("auto", "hutchinson", "hutch++", "ggn+hutchinson"),
-    "frobenius": ("auto", "hutchinson", "hutch++"),
+    "trace": ("auto", "hutchinson", "hutch++", "ggn+hutchinson", "krylov"),
+    "frobenius": ("auto", "hutchinson", "hutch++", "krylov"),
 }
 
 
