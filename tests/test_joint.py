@@ -149,7 +149,7 @@ def test_an_unreachable_precision_warns_and_says_so():
     "kwargs,match",
     [
         (dict(k=0), "k must be an integer from 1"),
-        (dict(tol=0), "tol must be a positive number"),
+        (dict(tol=0), "tol must be a positive finite number"),
         (dict(rtol=1.5), "rtol must be a number between 0 and 1"),
         (dict(k=3, block=2), "block must be None or an integer from k=3"),
         (dict(max_probes=8), "max_probes must be an integer of at least 16"),
@@ -227,3 +227,76 @@ def test_krylov_takes_no_fixed_budget_and_auto_runs_it_where_the_ggn_is_not_chea
     assert abs(f.estimate - torch.linalg.matrix_norm(exact).item()) <= 4 * f.stderr
     # with a fixed budget auto stays Hutch++
     assert H.trace(model, ce, data, probes=30, bn_mode="train").method == "hutch++"
+
+
+def test_what_a_breaking_review_found_is_refused_or_exact():
+    """Non-finite products, an infinite tol, a Hessian that is exactly 0 and zero eigenvalues
+    in a space that spans everything: one clear error, or an exact answer called converged."""
+
+    class Sqrt(nn.Module):
+        def forward(self, h):
+            return torch.relu(h).sqrt()
+
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 4, dtype=torch.float64), torch.randint(0, 3, (20,))
+    model = nn.Sequential(nn.Linear(4, 6), Sqrt(), nn.Linear(6, 3)).double()
+    for fn in (H.measure_all, H.top_eigenvalues, H.trace):
+        with pytest.raises(FlatnessError, match="Hessian-vector products are not finite"):
+            fn(model, ce, (x, y))
+    tanh, data = make("tanh")
+    for fn in (H.measure_all, H.top_eigenvalues):
+        with pytest.raises(FlatnessError, match="tol must be a positive finite number"):
+            fn(tanh, ce, data, tol=float("inf"))
+    # softmax regression's residual curvature is exactly 0: no probe spread, nothing to chase
+    logreg, data = make("logreg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zero = H.measure_all(logreg, ce, data, curvature="residual")
+    assert zero.trace.estimate == 0.0 and zero.trace.stderr == 0.0 and zero.converged
+    assert zero.trace.probes == 16
+    # least squares on 2 examples of 5 inputs: eigenvalues 2 non-zero and 3 exact zeros
+    lsq = nn.Linear(5, 1).double()
+    x2, y2 = torch.randn(2, 5, dtype=torch.float64), torch.randn(2, 1, dtype=torch.float64)
+    dense = H.exact_hessian(lsq, nn.functional.mse_loss, (x2, y2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = H.measure_all(lsq, nn.functional.mse_loss, (x2, y2), k=3)
+    assert m.converged and m.krylov_dimension == 6
+    assert torch.allclose(m.eigenvalues, torch.linalg.eigvalsh(dense).flip(0)[:3], atol=1e-12)
+
+
+class DenseOperator:
+    """A symmetric matrix behind the operator's interface (products, probes, counters)."""
+
+    model = None
+
+    def __init__(self, a: torch.Tensor):
+        self.a, self.size, self.dtype, self.device = a, len(a), a.dtype, a.device
+        self.hvps = self.passes = 0
+
+    def matmat(self, v):
+        self.hvps, self.passes = self.hvps + len(v), self.passes + 1
+        return v @ self.a
+
+    rademacher = H.HessianOperator.rademacher
+    gaussian = H.HessianOperator.gaussian
+
+
+def test_a_trace_near_zero_is_held_to_the_hessians_scale_not_its_own():
+    """A spectrum whose eigenvalues sum to 0, so Tr H = 0: the trace's error is held to rtol times
+    ||H||_F, and the run stops instead of spending max_probes on a relative precision that
+    does not exist."""
+    from flatness.hessian.joint import joint_measurement
+
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(200, 200, generator=gen, dtype=torch.float64))
+    # two outliers above a flat bulk (a gap for Lanczos), shifted so that they sum to 0
+    values = torch.cat([torch.tensor([4.0, 3.0]), torch.linspace(-1, 1, 198)]).double()
+    values -= values.mean()
+    a = q @ torch.diag(values) @ q.T
+    fro = values.norm().item()
+    runs = [joint_measurement(DenseOperator(a), rtol=0.05, seed=s) for s in range(20)]
+    assert all(m.converged and m.trace.probes < 1000 for m in runs)
+    assert all(m.trace.stderr <= 0.05 * fro for m in runs)
+    assert sum(abs(m.trace.estimate) <= 3 * m.trace.stderr for m in runs) >= 18
+    assert all(abs(m.frobenius.estimate - fro) <= 4 * m.frobenius.stderr for m in runs)

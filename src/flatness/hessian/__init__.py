@@ -260,7 +260,9 @@ def measure_all(
     :func:`top_eigenvalues`), and for at least ``slq_steps`` steps. Its Krylov space is then
     taken exactly, and Rademacher probes deflated against it are drawn in blocks until the
     trace's and the norm's relative standard errors are at most ``rtol`` (at least 16 probes,
-    so that the reported error is itself sound; at most ``max_probes``). Each probe's one
+    so that the reported error is itself sound; at most ``max_probes``). A trace near 0 has no
+    relative precision to reach, so its standard error is held to ``rtol`` times the larger of
+    ``|Tr H|`` and ``||H||_F``. Each probe's one
     product gives both the trace's and the norm's sample: the module text of
     :mod:`flatness.hessian.joint` has the identities. Work is counted once: ``hvps``,
     ``passes`` and ``seconds`` are the whole measurement's, in the result and in its two

@@ -29,9 +29,9 @@ import torch
 
 from flatness.errors import FlatnessError
 from flatness.hessian.checks import ConvergenceWarning, check_options, with_autograd
+from flatness.hessian.estimates import Estimate
 from flatness.hessian.lanczos import SpectralDensity, block_krylov, default_max_steps
 from flatness.hessian.operator import HessianOperator
-from flatness.hessian.stochastic import Estimate
 
 #: fewest deflated probes behind a reported standard error. The error is the spread of the
 #: probes' samples, itself uncertain when they are few: with 16, a normal error lies beyond 3
@@ -91,8 +91,8 @@ def _check(k, tol, rtol, block, max_probes, slq_steps, seed, size):
     check_options(seed=seed)
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= size:
         raise FlatnessError(f"k must be an integer from 1 to {size}, got {k!r}")
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol > 0:
-        raise FlatnessError(f"tol must be a positive number, got {tol!r}")
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not 0 < tol < math.inf:
+        raise FlatnessError(f"tol must be a positive finite number, got {tol!r}")
     if not isinstance(rtol, (int, float)) or isinstance(rtol, bool) or not 0 < rtol < 1:
         raise FlatnessError(f"rtol must be a number between 0 and 1, got {rtol!r}")
     if block is not None and (
@@ -108,6 +108,14 @@ def _check(k, tol, rtol, block, max_probes, slq_steps, seed, size):
         )
     if not isinstance(slq_steps, int) or isinstance(slq_steps, bool) or slq_steps < 0:
         raise FlatnessError(f"slq_steps must be a non-negative integer, got {slq_steps!r}")
+
+
+def _probes_needed(sd: float, target_se: float) -> float:
+    """Probes for a standard error of ``target_se`` at a per-probe spread ``sd``: none more
+    where the samples do not vary (a remainder that is exactly 0)."""
+    if sd == 0:
+        return 0.0
+    return (sd / target_se) ** 2 if target_se > 0 else math.inf
 
 
 def _spread(samples: torch.Tensor) -> tuple[float, float]:
@@ -169,12 +177,14 @@ def joint_measurement(
         n = len(t_samples)
         t_mean, t_sd = _spread(t_samples)
         s_mean, s_sd = _spread(s_samples)
-        trace_value = abs(exact_trace + t_mean)
         square_value = abs(exact_square + s_mean)
+        # a trace near 0 has no relative precision to reach: its error is measured against
+        # the larger of |Tr H| and ||H||_F, the Hessian's own scale
+        trace_value = max(abs(exact_trace + t_mean), math.sqrt(square_value))
         # the norm's relative standard error is half its square's (delta method)
         needs = {
-            "trace": (t_sd / (rtol * trace_value)) ** 2 if trace_value > 0 else math.inf,
-            "frobenius": (s_sd / (2 * rtol * square_value)) ** 2 if square_value > 0 else math.inf,
+            "trace": _probes_needed(t_sd, rtol * trace_value),
+            "frobenius": _probes_needed(s_sd, 2 * rtol * square_value),
         }
         need = max(needs[t] for t in targets)
         if n >= need:

@@ -172,9 +172,13 @@ def block_krylov(
         row = torch.full((k,), float("nan"), dtype=torch.float64)
         row[: len(top)] = theta[top]
         history.append(row)
-        converged = len(top) == k and bool(
-            (residuals <= tol * theta[top].abs().clamp_min(1e-300)).all()
-        )
+        rounding = RESIDUAL_FLOOR * torch.finfo(op.dtype).eps * scale
+        met = residuals <= tol * theta[top].abs().clamp_min(1e-300)
+        if m >= op.size:
+            # a basis that spans everything: an eigenvalue at rounding level is an exact 0,
+            # which no relative residual can reach
+            met |= theta[top].abs() <= rounding
+        converged = len(top) == k and bool(met.all())
         if (converged and steps >= min_steps) or steps >= max_steps or m >= op.size:
             break
         current = _next_block(r, basis, min(b, op.size - m), gen, op, scale)
@@ -247,8 +251,8 @@ def lanczos_top(
     if max_steps is not None and (not isinstance(max_steps, int) or max_steps < 1):
         raise FlatnessError(f"max_steps must be a positive integer or None, got {max_steps!r}")
     check_options(seed=seed)
-    if not isinstance(tol, (int, float)) or not tol > 0:
-        raise FlatnessError(f"tol must be a positive number, got {tol!r}")
+    if not isinstance(tol, (int, float)) or not 0 < tol < math.inf:
+        raise FlatnessError(f"tol must be a positive finite number, got {tol!r}")
     b = k if block is None else block
     if not isinstance(b, int) or isinstance(b, bool) or not k <= b <= op.size:
         raise FlatnessError(

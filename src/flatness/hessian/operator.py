@@ -275,6 +275,13 @@ class HessianOperator:
             total /= examples  # batches weighted by their size: the mean over the whole data set
         if self.l2:
             total += self.l2 * vectors.to(total)
+        if not bool(torch.isfinite(total).all()):
+            # a finite loss can still have infinite second derivatives (sqrt or log at 0)
+            raise FlatnessError(
+                "the Hessian-vector products are not finite at these parameters (NaN or inf): "
+                "the loss has no finite second derivative here, e.g. an activation like sqrt or "
+                "log evaluated at 0; measure at other parameters or use a smooth activation"
+            )
         self.hvps += vectors.shape[0]
         self.passes += 1
         self.seconds += time.perf_counter() - start

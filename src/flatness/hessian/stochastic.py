@@ -21,12 +21,13 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from flatness.errors import FlatnessError, unknown
 from flatness.hessian.checks import ConvergenceWarning, check_options, with_autograd
+from flatness.hessian.estimates import Estimate
+from flatness.hessian.joint import joint_measurement
 from flatness.hessian.operator import HessianOperator
 
 METHODS = ("auto", "hutchinson", "hutch++", "ggn+hutchinson", "ggn+hutch++", "krylov")
@@ -43,8 +44,6 @@ KRYLOV_BLOCK, KRYLOV_TOL = 8, 0.03
 def _krylov(op, quantity: str, *, rtol: float, max_probes: int, seed: int) -> Estimate:
     """The trace or the Frobenius norm by Hutchinson on probes deflated against a block Krylov
     space taken exactly (:func:`flatness.hessian.joint.joint_measurement`)."""
-    from flatness.hessian.joint import joint_measurement
-
     m = joint_measurement(
         op,
         tol=KRYLOV_TOL,
@@ -56,28 +55,6 @@ def _krylov(op, quantity: str, *, rtol: float, max_probes: int, seed: int) -> Es
         warn=False,
     )
     return getattr(m, quantity)
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A randomised estimate with its standard error and the work it cost."""
-
-    estimate: float
-    stderr: float
-    #: the estimator that ran, one of :data:`METHODS` other than "auto" (``method=`` takes it)
-    method: str
-    #: Hessian-vector products spent (random probes, sketch and exact products)
-    hvps: int
-    #: passes over the data
-    passes: int
-    seconds: float
-    #: random probes behind the standard error
-    probes: int = 0
-    #: whether the requested relative standard error was reached; None for a fixed budget of
-    #: probes, which has no target to reach
-    converged: bool | None = None
-    #: the part of the estimate computed without randomness (Hutch++'s sketch, the GGN trace)
-    exact_part: float = 0.0
 
 
 Quadratic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
