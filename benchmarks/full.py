@@ -16,7 +16,6 @@ in training epochs, product cost by block size, and the exact softmax-regression
 from __future__ import annotations
 
 import copy
-import math
 import subprocess
 import sys
 import time
@@ -155,6 +154,3 @@ def describe_full(full: dict, peer: tuple) -> str:
         else f"{full['seconds']:.3f}s ({names})"
     )
 
-
-def finite(x) -> bool:
-    return x is not None and math.isfinite(x)

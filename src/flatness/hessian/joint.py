@@ -78,7 +78,7 @@ class Measurement:
         return float(self.eigenvalues[0])
 
 
-def _density(krylov) -> SpectralDensity:
+def _density(krylov) -> tuple[torch.Tensor, torch.Tensor]:
     """Gauss quadrature of the Lanczos run for each vector of its first (Haar-random) block:
     nodes the Ritz values, weights the squared first-block components of the Ritz vectors."""
     b = krylov.block

@@ -225,8 +225,9 @@ class HessianOperator:
         per vector in blocks of 4 against 38 ms one by one, the bench's BatchNorm CNN on 64
         images 42 against 25 ms in blocks of 16. With 8 images per batch the batched backward
         won (43 against 55 ms), and so it did for the 7,510-parameter digits MLP
-        (``make bench``, its block-cost rows). On a GPU the batched backward is kept."""
-        examples = graph[2] if len(graph) > 2 else 0
+        (timed per block, best of 3; ``make bench`` prints such block-cost rows for its
+        problems). On a GPU the batched backward is kept."""
+        examples = graph[2]
         return (
             self.device.type == "cpu"
             and examples >= ONE_BY_ONE_EXAMPLES

@@ -49,7 +49,7 @@ def _krylov(op, quantity: str, *, rtol: float, max_probes: int, seed: int) -> Es
         tol=KRYLOV_TOL,
         rtol=rtol,
         block=min(KRYLOV_BLOCK, op.size),
-        max_probes=max(max_probes, 16),
+        max_probes=max_probes,
         seed=seed,
         targets=(quantity,),
         warn=False,
