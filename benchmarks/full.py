@@ -153,4 +153,3 @@ def describe_full(full: dict, peer: tuple) -> str:
         if total
         else f"{full['seconds']:.3f}s ({names})"
     )
-
