@@ -36,6 +36,8 @@ def _rank_lookups(profile):
 
 
 def _verdict_lookups(profile, monkeypatch):
+    if profile == "paper" and not HAVE_MNIST:  # the paper's verdicts read MNIST's runs
+        pytest.skip(f"the real MNIST files are not at {SHARED_DATA} (CI has them)")
     # C2 is computed from the theory chapter (minutes at paper scale) and reads no runs
     monkeypatch.setattr(verdicts, "c2_row", lambda *a, **k: verdicts._row(*["C2"] * 9))
     table = verdicts.rows(profile, train_missing=False)
