@@ -173,6 +173,52 @@ def test_a_loader_is_the_same_operator_as_the_whole_batch():
     )
 
 
+@pytest.mark.parametrize("keep", ["all", "half", "none"])
+@pytest.mark.parametrize(
+    "name, bn_mode, curvature",
+    [
+        ("tanh", "eval", "hessian"),
+        ("tanh", "eval", "residual"),
+        ("cnn", "train", "hessian"),
+        ("cnn", "eval", "ggn"),
+    ],
+)
+def test_a_loader_kept_from_its_first_pass_is_the_same_operator(
+    monkeypatch, name, bn_mode, curvature, keep
+):
+    """Later passes reuse the batches and gradient graphs of the first while they fit in
+    KEEP_BYTES; each pass, kept or read again, multiplies by the dense Hessian of its curvature."""
+    from flatness.hessian import operator
+
+    model, (x, y) = make(name)
+    loader = DataLoader(TensorDataset(x, y), batch_size=16)
+    dense = H.exact_hessian(model, ce, loader, curvature=curvature, bn_mode=bn_mode)
+    whole = H.HessianOperator(model, ce, loader, curvature=curvature, bn_mode=bn_mode)
+    whole.matvec(torch.zeros(whole.size, dtype=torch.float64))
+    assert whole.kept_bytes > x.numel() * 8  # the inputs, and for the Hessian its graphs
+    budget = {"all": operator.KEEP_BYTES, "half": whole.kept_bytes // 2, "none": 0}
+    monkeypatch.setattr(operator, "KEEP_BYTES", budget[keep])
+    op = H.HessianOperator(model, ce, loader, curvature=curvature, bn_mode=bn_mode)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        v = torch.randn(3, op.size, dtype=torch.float64, generator=gen)
+        assert torch.allclose(op.matmat(v), v @ dense, atol=1e-10)
+    assert (op._kept is not None) == (keep == "all")
+    assert op.passes == 3 and op.hvps == 9
+
+
+def test_a_kept_graph_is_counted_by_what_autograd_saves():
+    """The graph of a linear model's gradient saves its inputs (for the weight's gradient)."""
+    from flatness.hessian.operator import _SavedBytes
+
+    w = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(50, 6, dtype=torch.float64)
+    saved = _SavedBytes([w])
+    with saved:
+        torch.autograd.grad((x @ w.T).square().sum(), w, create_graph=True)
+    assert x.numel() * 8 <= saved.bytes <= 10 * x.numel() * 8
+
+
 def test_l2_shifts_the_spectrum():
     model, data = make("tanh")
     evals = torch.linalg.eigvalsh(H.exact_hessian(model, ce, data))

@@ -31,7 +31,12 @@ from torch.utils._pytree import tree_leaves, tree_map
 from torch.utils.data import DataLoader
 
 from flatness.errors import FlatnessError, unknown
-from flatness.hessian.loaders import all_random_states_kept, check_loader, uses_batch_statistics
+from flatness.hessian.loaders import (
+    all_random_states_kept,
+    check_loader,
+    reseed,
+    uses_batch_statistics,
+)
 
 BN_MODES = ("eval", "train")
 _DTYPES = (torch.float32, torch.float64)
@@ -739,8 +744,8 @@ def check_model(
     check_dtypes(model, x, y)
     several = isinstance(data, DataLoader) and len(data) > 1
     with curvature_modes(model, bn_mode):
-        with all_random_states_kept():
-            torch.manual_seed(0)
+        with all_random_states_kept(device):
+            reseed(0, device)
             try:
                 with warnings.catch_warnings(record=True) as seen:
                     warnings.simplefilter("always")
@@ -753,7 +758,7 @@ def check_model(
             reentrant = _reentrant_checkpoint(seen)
             out = select_output(raw, output)
             before = [(n, b.detach().clone()) for n, b in model.named_buffers()]
-            torch.manual_seed(1)
+            reseed(1, device)
             again = select_output(model(x), output).detach()
             changed = [n for (n, b0), b in zip(before, model.buffers()) if not torch.equal(b, b0)]
         check_rows(out, raw, x, n, output)

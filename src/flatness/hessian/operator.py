@@ -6,7 +6,9 @@ over the data for all of them, so the forward and backward work is shared.
 
 Hessian-vector products are a double backward through the gradient graph, built once per batch
 for all vectors (for a single batch built once and kept, as PyHessian does); on the CPU the
-vectors then go through it one by one, elsewhere all at once (``is_grads_batched``).
+vectors then go through it one by one, elsewhere all at once (``is_grads_batched``). A loader's
+batches, and their gradient graphs, are kept from the first pass for the later ones while they
+take at most :data:`KEEP_BYTES`: later passes then cost a double backward per batch only.
 Gauss-Newton products ``J^T H_z J v`` use ``torch.func``: a ``jvp`` of the logits, the loss's
 Hessian in the logits, and a ``vjp``, with ``vmap`` over the vectors. The operator is a snapshot:
 change the model's parameters and build a new one.
@@ -21,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
+from torch.utils._pytree import tree_leaves
 
 from flatness.errors import FlatnessError, unknown
 from flatness.hessian.checks import (
@@ -55,6 +58,9 @@ CURVATURES = ("hessian", "ggn", "residual")
 ONE_BY_ONE_EXAMPLES = 64
 #: ... and this many variables (:meth:`HessianOperator._one_by_one`)
 ONE_BY_ONE_PARAMETERS = 10_000
+#: a loader's batches and gradient graphs (the tensors autograd saves for the double backward)
+#: are kept in memory, on the model's device, for later passes up to this many bytes in all
+KEEP_BYTES = 2**30
 
 
 class HessianOperator:
@@ -86,6 +92,8 @@ class HessianOperator:
 
     Attributes:
         hvps: how many vectors have been multiplied so far.
+        kept_bytes: the memory a loader's batches and gradient graphs, kept from the first pass
+            for later ones, take (0 when they did not fit in :data:`KEEP_BYTES`).
         passes: how many passes over the data have been made.
     """
 
@@ -128,6 +136,9 @@ class HessianOperator:
         if curvature == "residual" and is_batch(data):
             with curvature_modes(model, bn_mode):
                 self._graph = self._gradient_graph(*next(batches(data, self.device))[:2])
+        #: a loader's (inputs, targets, size, graph or None) per batch once kept (:meth:`_pass`)
+        self._kept: list | None = None
+        self.kept_bytes = 0
         self.hvps = 0
         self.passes = 0
         self.seconds = 0.0
@@ -264,11 +275,9 @@ class HessianOperator:
             examples = 0
             tangents = self.unflatten(vectors)
             with curvature_modes(self.model, self.bn_mode):
-                for x, y, n in batches(self.data, self.device):
+                for x, y, n, graph, keep in self._pass():
                     if self.curvature != "ggn":
-                        part = self._hessian_products(
-                            self._gradient_graph(x, y), vectors, keep=False
-                        )
+                        part = self._hessian_products(graph, vectors, keep=keep)
                     else:
                         part = self._products(x, y, tangents)
                     total += n * part
@@ -288,6 +297,32 @@ class HessianOperator:
         self.seconds += time.perf_counter() - start
         return total
 
+    def _pass(self):
+        """(inputs, targets, size, gradient graph or None, whether the graph is kept) for each
+        batch of the loader. The first pass reads the loader and keeps what it read while it
+        fits in :data:`KEEP_BYTES`; later passes reuse it. The checks made sure that every pass
+        covers the same examples (and, where BatchNorm uses batch statistics, in the same
+        batches), so a kept pass is the same operator."""
+        if self._kept is not None:
+            for x, y, n, graph in self._kept:
+                yield x, y, n, graph, True
+            return
+        kept, size = [], 0
+        for x, y, n in batches(self.data, self.device):
+            graph = None
+            size += _bytes(x) + _bytes(y)
+            if self.curvature != "ggn":
+                saved = _SavedBytes(self._variables)
+                with saved:
+                    graph = self._gradient_graph(x, y)
+                size += saved.bytes
+            if kept is not None and size > KEEP_BYTES:
+                kept = None
+            if kept is not None:
+                kept.append((x, y, n, graph))
+            yield x, y, n, graph, kept is not None
+        self._kept, self.kept_bytes = kept, size if kept is not None else 0
+
     def matvec(self, vector: torch.Tensor) -> torch.Tensor:
         return self.matmat(vector.reshape(1, -1))[0]
 
@@ -300,3 +335,25 @@ class HessianOperator:
         return torch.randn(count, self.size, generator=generator, dtype=torch.float64).to(
             self.device, self.dtype
         )
+
+
+def _bytes(tree) -> int:
+    return sum(t.numel() * t.element_size() for t in tree_leaves(tree) if torch.is_tensor(t))
+
+
+class _SavedBytes(torch.autograd.graph.saved_tensors_hooks):
+    """Counts the bytes of the distinct tensors autograd saves while a graph is built (the
+    graph's memory), leaving out the variables themselves, which exist anyway."""
+
+    def __init__(self, variables):
+        self.bytes = 0
+        seen = {p.untyped_storage().data_ptr() for p in variables}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                self.bytes += storage.nbytes()
+            return t
+
+        super().__init__(pack, lambda t: t)
