@@ -140,7 +140,11 @@ def test_no_table_cell_reads_nan(html, page):
     assert not found, f"{page}: table cells without a value or a reason: {found}"
 
 
-@pytest.mark.parametrize("page", PAGES)
+#: pages written in words; the API page's names and arguments are identifiers by nature
+PROSE = [page for page in PAGES if page != "book/api.html"]
+
+
+@pytest.mark.parametrize("page", PROSE)
 def test_no_page_shows_a_raw_identifier(html, page):
     found = raw_identifiers(html / page)
     assert not found, f"{page}: raw identifiers where a reader expects words: {found}"
@@ -207,3 +211,78 @@ def test_the_scans_find_what_a_reader_would_trip_over(tmp_path):
     assert [f.split()[0] for f in found] == ["'cifar100'", "'weight_decay'"]
     page.write_text(SAMPLE.replace("$\\operatorname{Tr} H$", "Tr H").replace("\\(x\\)", "x"))
     assert unrendered_math(page) == []  # \lambda inside a math span is MathJax's
+
+
+class Links(HTMLParser):
+    """Every ``href`` and ``src`` of a page, and every ``id`` it defines."""
+
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            if key in ("href", "src") and value:
+                self.links.append(value)
+            if key in ("id", "name") and value:
+                self.ids.add(value)
+
+
+def _links(page: Path) -> Links:
+    parsed = Links()
+    parsed.feed(page.read_text(errors="replace"))
+    return parsed
+
+
+def test_every_internal_link_and_anchor_resolves(html):
+    """Every link from one page of the book to a file of the book (a page, an image, a
+    download, a stylesheet) finds that file, and a link to a place in a page finds its id."""
+    # the theme's template fragments under _static are not pages
+    pages = sorted(p for p in html.rglob("*.html") if "_static" not in p.relative_to(html).parts)
+    parsed = {p.resolve(): _links(p) for p in pages}
+    broken = []
+    for page, links in parsed.items():
+        for link in links.links:
+            if re.match(r"^(https?:|mailto:|data:|javascript:|//)", link):
+                continue
+            path, _, fragment = link.partition("#")
+            target = (page.parent / path.split("?")[0]).resolve() if path else page
+            if not target.exists():
+                broken.append(f"{page.relative_to(html.resolve())}: {link}")
+            elif fragment and target in parsed and fragment not in parsed[target].ids:
+                broken.append(f"{page.relative_to(html.resolve())}: {link} (no such anchor)")
+    assert len(pages) > 10 and not broken, broken[:20]
+
+
+@pytest.mark.parametrize("name", book.chapters(ROOT))
+def test_every_chapter_offers_its_notebook_its_source_and_a_colab_link(html, name):
+    import nbformat
+
+    page = html / "book" / f"{name}.html"
+    links = _links(page).links
+    downloads = {
+        Path(link).name: (page.parent / link).resolve() for link in links if "_downloads" in link
+    }
+    notebook = nbformat.read(downloads[f"{name}.ipynb"], as_version=4)
+    tags = [t for c in notebook.cells for t in c.metadata.get("tags", [])]
+    assert "injected-parameters" in tags  # the parameters papermill injected
+    assert any(c.get("outputs") for c in notebook.cells if c.cell_type == "code")
+    first = notebook.cells[0]
+    assert "google.colab" in first.source and first.metadata["tags"] == ["remove-cell"]
+    source = downloads[f"{name}.md"].read_text()
+    assert source == (ROOT / "book" / f"{name}.md").read_text()
+    away = book.TakeAway.of(name, "smoke", ROOT)
+    assert away.colab in links
+    text = " ".join(re.sub(r"<[^>]+>", "", page.read_text()).split())
+    assert "This page shows the smoke profile" in text
+    assert away.command in text
+
+
+def test_the_api_page_documents_every_public_estimator(html):
+    from flatness import hessian
+
+    text = (html / "book" / "api.html").read_text()
+    for name in ("measure_all", "top_eigenvalues", "trace", "frobenius_norm", "exact_hessian"):
+        assert f'id="flatness.hessian.{name}"' in text, name
+        assert getattr(hessian, name).__doc__.split("\n")[0].split("``")[0][:20] in text
+    assert "Raises" in text and "FlatnessError" in text

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flatness.training.config import RunConfig
 from flatness.errors import FlatnessError
+from flatness.training.config import RunConfig
 
 #: Listed one by one up to this many; beyond, the note gives counts per network.
 LISTED = 24

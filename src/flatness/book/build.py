@@ -43,7 +43,13 @@ from flatness.paths import project_root
 from flatness.profiles import get_profile
 
 #: Pages of the table of contents that are plain Markdown, not executed notebooks.
-PLAIN_PAGES = ("book/index", "book/status", "book/troubleshooting", "book/bibliography")
+PLAIN_PAGES = (
+    "book/index",
+    "book/api",
+    "book/status",
+    "book/troubleshooting",
+    "book/bibliography",
+)
 #: Where ``book/status.md`` gets the table of chapter executions, and the build environment.
 STATUS_MARKER = "<!-- execution-table -->"
 ENVIRONMENT_MARKER = "<!-- build-environment -->"
@@ -721,9 +727,12 @@ def build_book(
             announce=True,
         )
         executions.append(run)
-        (stage / "book" / f"{name}.md").unlink()
+        sources = stage / "book" / SOURCES
+        sources.mkdir(exist_ok=True)
+        (stage / "book" / f"{name}.md").replace(sources / f"{name}.md")
         if not run.error:
-            _stage_notebook(run.notebook, stage / "book" / f"{name}.ipynb")
+            away = TakeAway.of(name, profile, root)
+            _stage_notebook(run.notebook, stage / "book" / f"{name}.ipynb", away)
     failures = [
         f"{r.error}\nthe partly executed notebook: {r.notebook}" for r in executions if r.error
     ]
@@ -782,9 +791,11 @@ def findings(executions: list[Execution]) -> str:
     )
 
 
-def _stage_notebook(executed: Path, staged: Path) -> None:
+def _stage_notebook(executed: Path, staged: Path, away: TakeAway | None = None) -> None:
     """Copy an executed notebook for rendering, without papermill's injected-parameters cell
-    (each chapter's provenance admonition already names its profile and settings)."""
+    (each chapter's provenance admonition already names its profile and settings), and with
+    ``away``'s box under the title and its install cell first (both hidden from no one who
+    downloads the notebook: the page's download is this staged notebook)."""
     import nbformat
 
     notebook = nbformat.read(executed, as_version=4)
@@ -793,14 +804,91 @@ def _stage_notebook(executed: Path, staged: Path) -> None:
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
     note = notebook.metadata.get("flatness", {}).get("note")
-    if note:  # under the title: the first cell holds it
-        notebook.cells.insert(1, nbformat.v4.new_markdown_cell(note))
+    under_title = [note] if note else []  # under the title: the first cell holds it
+    if away is not None:
+        under_title.append(away.box())
+    for offset, text in enumerate(under_title, start=1):
+        notebook.cells.insert(offset, nbformat.v4.new_markdown_cell(text))
+    if away is not None:
+        install = nbformat.v4.new_code_cell(away.install_cell())
+        install.metadata["tags"] = ["remove-cell"]
+        notebook.cells.insert(0, install)
     nbformat.write(notebook, staged)
+
+
+#: the branch the deploy workflow (.github/workflows/book.yml) publishes _build/html to
+PAGES_BRANCH = "gh-pages"
+
+
+@dataclass(frozen=True)
+class TakeAway:
+    """What a chapter page offers a reader who wants it on their own machine: the executed
+    notebook (the theme's download button and a link), its MyST source, a Colab launch link
+    and the command that re-executes it. The repository is ``repository.url`` in
+    ``_config.yml``, the one place it is set."""
+
+    chapter: str
+    profile: str
+    repository: str
+
+    @classmethod
+    def of(cls, chapter: str, profile: str, root: Path) -> TakeAway:
+        config = yaml.safe_load((root / "_config.yml").read_text()) or {}
+        url = str((config.get("repository") or {}).get("url", "")).rstrip("/")
+        if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+            raise FlatnessError(
+                f"_config.yml's repository.url must be a GitHub repository "
+                f"(https://github.com/OWNER/NAME), got {url!r}: the chapters' Colab links "
+                "and install cells are made from it"
+            )
+        return cls(chapter, profile, url)
+
+    @property
+    def colab(self) -> str:
+        """Colab opens the executed notebook the deploy workflow publishes on the pages branch."""
+        path = self.repository.removeprefix("https://github.com/")
+        return (
+            f"https://colab.research.google.com/github/{path}/blob/{PAGES_BRANCH}"
+            f"/_sources/book/{self.chapter}.ipynb"
+        )
+
+    @property
+    def command(self) -> str:
+        return f"python -m flatness chapter {self.chapter} --profile {self.profile}"
+
+    def box(self) -> str:
+        return (
+            ":::{admonition} Take this chapter away\n"
+            ":class: tip\n"
+            f"This page shows the **{self.profile}** profile.\n"
+            f"- {{download}}`The executed notebook <{self.chapter}.ipynb>`, with its outputs and "
+            "the parameters papermill injected, and "
+            f"{{download}}`its MyST Markdown source <{SOURCES}/{self.chapter}.md>`.\n"
+            f"- [Open it in Colab]({self.colab}): its first cell installs flatness from "
+            f"[the repository]({self.repository}).\n"
+            f"- Re-execute it in a checkout: `{self.command}`.\n"
+            ":::"
+        )
+
+    def install_cell(self) -> str:
+        return (
+            "# On Colab, flatness comes from the repository first; elsewhere it is installed\n"
+            "import sys\n\n"
+            'if "google.colab" in sys.modules:\n'
+            "    get_ipython().run_line_magic(\n"
+            f'        "pip", "install --quiet git+{self.repository}"\n'
+            "    )"
+        )
+
+
+#: where the staged book keeps the chapters' MyST sources, for download
+SOURCES = "sources"
 
 
 def render(stage: Path, build: Path) -> Path:
     """Render the book in ``stage`` with Jupyter Book 1 into ``build/html``; any Sphinx warning
-    fails (``-W``). Returns the path of ``index.html``.
+    fails (``-W``), an unresolved cross-reference included (nitpicky, ``-n``). Returns the path
+    of ``index.html``.
 
     Raises:
         ChapterError: when Jupyter Book fails; the message holds the end of its output.
@@ -816,6 +904,7 @@ def render(stage: Path, build: Path) -> Path:
         "--builder",
         "html",
         "-W",
+        "-n",  # nitpicky: every cross-reference must resolve
         "--keep-going",
         # a fresh Sphinx environment: one pickled by an earlier build keeps a stale view of
         # references.bib (a key added since fails the build with a KeyError)

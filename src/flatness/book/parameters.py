@@ -8,7 +8,6 @@ with ``1e-2`` read as the number it means, which YAML 1.1 keeps as text
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import yaml

@@ -167,7 +167,7 @@ def trace(
     Methods: ``"auto"`` (default) takes the Gauss-Newton part's trace exactly where that is
     about as cheap as a few products (every variable in a Linear, a small Conv2d or a
     BatchNorm with running statistics, and no batch statistics: one batched backward per
-    batch, :func:`flatness.hessian.gauss_newton.ggn_trace`)
+    batch, :func:`flatness.hessian.ggn_trace`)
     and probes only the residual, which is small near a minimum. Its probing of that residual
     starts with a block of ``batch`` Hutchinson probes and keeps sampling them when their
     spread says at most four times as many reach ``rtol`` (a dominant diagonal); otherwise it

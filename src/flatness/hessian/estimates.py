@@ -11,7 +11,8 @@ class Estimate:
 
     estimate: float
     stderr: float
-    #: the estimator that ran, one of :data:`METHODS` other than "auto" (``method=`` takes it)
+    #: the estimator that ran, one of :data:`~flatness.hessian.METHODS` other than "auto"
+    #: (``method=`` takes it)
     method: str
     #: Hessian-vector products spent (random probes, sketch and exact products)
     hvps: int

@@ -235,7 +235,7 @@ def _batch_curvature(
 class Rank:
     """Numerical ranks of a symmetric matrix at several relative tolerances."""
 
-    #: relative tolerance -> number of eigenvalues with |lambda| > tol * max |lambda|
+    #: relative tolerance -> number of eigenvalues with ``|lambda| > tol * max |lambda|``
     ranks: dict[float, int]
     size: int
     eigenvalues: torch.Tensor

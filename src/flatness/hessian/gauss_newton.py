@@ -2,7 +2,7 @@
 
 For a mean loss ``L = (1/N) sum_i l(z_i, y_i)`` with logits ``z_i = f(w, x_i)``, the GGN is
 ``G = (1/N) sum_i J_i^T H_i J_i`` with ``H_i = d2 l / dz_i^2`` (K x K). Writing
-``H_i = sum_c lambda_ic u_ic u_ic^T``,
+``H_i = sum_c lambda_ic u_ic u_ic^T``::
 
     Tr G = (1/N) sum_i sum_c lambda_ic ||J_i^T u_ic||^2,
 
@@ -13,7 +13,7 @@ cross-entropy it is small, because it is weighted by ``dL/dz = p - y``.
 
 Applicable when each example's logits depend on that example alone (BatchNorm in eval mode,
 not with batch statistics) and the loss is a mean of per-example terms; otherwise
-:func:`ggn_trace` raises :class:`NotSeparable` and the caller falls back to probes.
+:func:`~flatness.hessian.ggn_trace` raises :class:`NotSeparable` and the caller falls back to probes.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def ggn_trace(
     parameters.
 
     Args:
-        model, loss_fn, data, bn_mode, output: as for :class:`HessianOperator`.
+        model, loss_fn, data, bn_mode, output: as for :class:`~flatness.hessian.HessianOperator`.
         chunk_bytes: examples are processed in chunks whose K x P per-example products fit in
             about this many bytes.
 

@@ -4,7 +4,7 @@ Frobenius norm with standard errors, and optionally an SLQ density.
 A block Lanczos run (:func:`flatness.hessian.lanczos.block_krylov`) finds the top eigenvalues.
 The space it built, with orthonormal rows ``Q`` and projector ``Pi = Q^T Q``, then serves as
 Hutch++'s sketch (Meyer, Musco, Musco and Woodruff, 2021) in its Krylov form (Chen and Hallman,
-2023): the products already made give, without further work,
+2023): the products already made give, without further work::
 
     Tr(Pi H Pi) = Tr(Q H Q^T),          ||H Pi||_F^2 = sum_i ||H q_i||^2,
 
@@ -50,7 +50,7 @@ METHOD = "krylov"
 class Measurement:
     """Every measure of one Hessian, from one stream of products.
 
-    ``trace`` and ``frobenius`` are :class:`~flatness.hessian.stochastic.Estimate` objects
+    ``trace`` and ``frobenius`` are :class:`~flatness.hessian.Estimate` objects
     whose ``hvps``, ``passes`` and ``seconds`` are the whole measurement's (the products are
     shared), ``probes`` the deflated probes behind their standard errors and ``exact_part``
     what the Krylov space gave exactly.

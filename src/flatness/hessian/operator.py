@@ -8,7 +8,8 @@ Hessian-vector products are a double backward through the gradient graph, built 
 for all vectors (for a single batch built once and kept, as PyHessian does); on the CPU the
 vectors then go through it one by one, elsewhere all at once (``is_grads_batched``). A loader's
 batches, and their gradient graphs, are kept from the first pass for the later ones while they
-take at most :data:`KEEP_BYTES`: later passes then cost a double backward per batch only.
+take at most :data:`~flatness.hessian.operator.KEEP_BYTES`: later passes then cost a double
+backward per batch only.
 Gauss-Newton products ``J^T H_z J v`` use ``torch.func``: a ``jvp`` of the logits, the loss's
 Hessian in the logits, and a ``vjp``, with ``vmap`` over the vectors. The operator is a snapshot:
 change the model's parameters and build a new one.
@@ -93,7 +94,7 @@ class HessianOperator:
     Attributes:
         hvps: how many vectors have been multiplied so far.
         kept_bytes: the memory a loader's batches and gradient graphs, kept from the first pass
-            for later ones, take (0 when they did not fit in :data:`KEEP_BYTES`).
+            for later ones, take (0 when they did not fit in :data:`~flatness.hessian.operator.KEEP_BYTES`).
         passes: how many passes over the data have been made.
     """
 
@@ -300,9 +301,9 @@ class HessianOperator:
     def _pass(self):
         """(inputs, targets, size, gradient graph or None, whether the graph is kept) for each
         batch of the loader. The first pass reads the loader and keeps what it read while it
-        fits in :data:`KEEP_BYTES`; later passes reuse it. The checks made sure that every pass
-        covers the same examples (and, where BatchNorm uses batch statistics, in the same
-        batches), so a kept pass is the same operator."""
+        fits in :data:`~flatness.hessian.operator.KEEP_BYTES`; later passes reuse it. The checks
+        made sure that every pass covers the same examples (and, where BatchNorm uses batch
+        statistics, in the same batches), so a kept pass is the same operator."""
         if self._kept is not None:
             for x, y, n, graph in self._kept:
                 yield x, y, n, graph, True
