@@ -1,0 +1,170 @@
+"""Cached computations: stored once, read back equal, recomputed when damaged or changed."""
+
+import math
+import shutil
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from flatness.errors import FlatnessError
+from flatness.results import computations as comp
+
+
+def value():
+    frame = pd.DataFrame(
+        {
+            "gamma": [1e-5, 1e-3, 1.0],
+            "steps": np.array([3, 4, 5], dtype=np.int64),
+            "separates": [True, False, True],
+            "label": ["a", "b", "c"],
+            "note": ["x", None, "z"],
+        }
+    )
+    return {
+        "path": frame,
+        "scaled": frame.set_index("label"),
+        "series": pd.Series([0.5, math.nan], name="ratio"),
+        "hessian": torch.randn(
+            4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        ),
+        "half": torch.ones(3, dtype=torch.float32),
+        "ranks": np.arange(5),
+        1e-4: ("tuple", 2, math.inf, -math.inf, None),
+        "nan": math.nan,
+        "nested": [{"a": 1}, [2.5, "b"]],
+    }
+
+
+def same(a, b) -> bool:
+    if isinstance(a, pd.DataFrame):
+        pd.testing.assert_frame_equal(a, b)
+        return True
+    if isinstance(a, pd.Series):
+        pd.testing.assert_series_equal(a, b)
+        return True
+    if isinstance(a, torch.Tensor):
+        return a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    return type(a) is type(b) and a == b
+
+
+@pytest.fixture
+def layers(tmp_path, monkeypatch):
+    monkeypatch.delenv(comp.REFRESH_ENV, raising=False)
+    return {"results": tmp_path / "results", "published": tmp_path / "published"}
+
+
+def counted(fn):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return fn()
+
+    compute.calls = calls
+    return compute
+
+
+def test_a_value_is_computed_once_and_read_back_equal(layers):
+    compute = counted(value)
+    first = comp.cached("test.value", {"profile": "smoke", "n": 3}, compute, **layers)
+    again = comp.cached("test.value", {"n": 3, "profile": "smoke"}, compute, **layers)
+    assert len(compute.calls) == 1 and same(first, value()) and same(again, value())
+    other = comp.cached("test.value", {"profile": "smoke", "n": 4}, compute, **layers)
+    assert len(compute.calls) == 2 and same(other, value())
+    found, damaged = comp.stored(layers["results"])
+    assert [c.name for c in found] == ["test.value"] * 2 and not damaged
+    assert sorted(c.inputs["n"] for c in found) == [3, 4]
+    assert all(c.provenance["seconds"] >= 0 for c in found)
+
+
+def test_editing_the_code_it_runs_computes_it_again(layers, tmp_path, monkeypatch):
+    module = tmp_path / "mod" / "computed_here.py"
+    module.parent.mkdir()
+    module.write_text("def f():\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(module.parent))
+    import computed_here
+
+    compute = counted(computed_here.f)
+    run = lambda: comp.cached("test.code", {}, compute, code=["computed_here"], **layers)
+    run(), run()
+    assert len(compute.calls) == 1
+    module.write_text(textwrap.dedent("def f():\n    return 1.0  # the same, edited\n"))
+    run()
+    assert len(compute.calls) == 2
+    sys.modules.pop("computed_here", None)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncated arrays", "invalid value.json", "missing provenance", "edited inputs"],
+)
+def test_a_damaged_entry_is_reported_and_computed_again(layers, damage):
+    compute = counted(value)
+    comp.cached("test.value", {"n": 1}, compute, **layers)
+    (path,) = [c.path for c in comp.stored(layers["results"])[0]]
+    if damage == "truncated arrays":
+        data = (path / "arrays.npz").read_bytes()
+        (path / "arrays.npz").write_bytes(data[: len(data) // 2])
+    elif damage == "invalid value.json":
+        (path / "value.json").write_text("{")
+    elif damage == "missing provenance":
+        (path / "provenance.json").unlink()
+    else:
+        (path / "inputs.json").write_text('{"name": "test.value", "inputs": {"n": 2}, "code": {}}')
+    if damage != "truncated arrays" and damage != "invalid value.json":
+        assert comp.stored(layers["results"])[1]  # listed as damaged
+    with pytest.warns(comp.DamagedWarning, match="damaged"):
+        again = comp.cached("test.value", {"n": 1}, compute, **layers)
+    assert len(compute.calls) == 2 and same(again, value())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert same(comp.cached("test.value", {"n": 1}, compute, **layers), value())
+    assert len(compute.calls) == 2
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_what_cannot_be_stored_is_refused_and_leaves_nothing(layers):
+    with pytest.raises(FlatnessError, match="cannot hold a Linear"):
+        comp.cached("test.model", {}, lambda: {"model": torch.nn.Linear(2, 2)}, **layers)
+    folder = layers["results"] / comp.FOLDER
+    assert not folder.exists() or not list(folder.iterdir())
+    with pytest.raises(FlatnessError, match="name"):
+        comp.cached("no spaces", {}, lambda: 1, **layers)
+    with pytest.raises(FlatnessError, match="inputs"):
+        comp.cached("test.inputs", {"model": object()}, lambda: 1, **layers)
+
+
+def test_a_published_computation_is_read_first_and_a_tampered_one_refused(layers):
+    compute = counted(value)
+    comp.cached("test.value", {"n": 1}, compute, **layers)
+    written = comp.publish(comp.stored(layers["results"])[0], layers["published"])
+    assert len(written) == 1 and (written[0] / "hashes.json").is_file()
+    assert comp.publish(comp.stored(layers["results"])[0], layers["published"]) == []
+    shutil.rmtree(layers["results"])
+    assert same(comp.cached("test.value", {"n": 1}, compute, **layers), value())
+    assert len(compute.calls) == 1  # from the published layer
+    (written[0] / "value.json").write_text((written[0] / "value.json").read_text() + " ")
+    with pytest.warns(comp.DamagedWarning, match="published computation test.value"):
+        again = comp.cached("test.value", {"n": 1}, compute, **layers)
+    assert len(compute.calls) == 2 and same(again, value())
+
+
+def test_recompute_asks_for_everything_afresh(layers, monkeypatch):
+    compute = counted(lambda: 1.5)
+    comp.cached("test.x", {}, compute, **layers)
+    monkeypatch.setenv(comp.REFRESH_ENV, "1")
+    assert comp.cached("test.x", {}, compute, **layers) == 1.5
+    assert len(compute.calls) == 2 and len(comp.stored(layers["results"])[0]) == 1
