@@ -334,3 +334,29 @@ def test_sizes_beyond_their_bounds_get_one_message_and_exit_2(tmp_path, capsys, 
     assert code == 2 and out == ""
     assert err.startswith("flatness: error: ") and message in err and len(err.splitlines()) == 1
     assert not store.exists() or not any(store.iterdir())
+
+
+def test_ls_lists_cached_computations_and_publish_copies_a_profiles_own(tmp_path, capsys):
+    from flatness.results import computations
+
+    results = tmp_path / "r"
+    for profile in ("smoke", "cpu"):
+        computations.cached(
+            "theory.example", {"profile": profile}, lambda: {"x": 1.0}, results=results
+        )
+    bad = computations.cached("test.bad", {"profile": "smoke"}, lambda: 2.0, results=results)
+    assert bad == 2.0
+    (next((results / "computations").glob("test.bad-*")) / "value.json").unlink()
+    code, out, _ = _main(capsys, "ls", "--results", results)
+    assert code == 0
+    assert "2 computation(s)" in out and out.count("theory.example") == 2
+    assert "damaged: test.bad-" in out and "value.json is missing" in out
+    to = tmp_path / "published"
+    code, out, _ = _main(
+        capsys, "publish", "computations", "--profile", "smoke", "--to", to, "--results", results
+    )
+    assert code == 0 and "published 1 computation(s) of profile smoke" in out
+    assert "not published, damaged: test.bad-" in out
+    (folder,) = (to / "computations").iterdir()
+    assert folder.name.startswith("theory.example-") and (folder / "hashes.json").is_file()
+    assert json.loads((folder / "inputs.json").read_text())["inputs"]["profile"] == "smoke"

@@ -379,3 +379,48 @@ def test_each_profiles_mlp_learns_with_its_lr_and_keeps_relus_alive(profile):
         theory.require_alive(net, x, seed=seed)
         with torch.no_grad():
             assert cross_entropy(net(x), y).item() < 0.8 * chance, seed
+
+
+@pytest.mark.parametrize("profile", ["smoke", "cpu", "paper"])
+def test_c2s_sample_is_one_a_linear_model_can_separate_at_every_profile(profile):
+    """Fact 3 (claim C2) scales a solution that separates its sample: the whole digits sample
+    (its smallest-gamma optimum classifies every example, checked here on smoke's 100 and cpu's
+    1,077), or a stated MNIST subset of at most d + 1 = 785 examples, any labelling of which is
+    separable in general position; the whole 10,000 are not."""
+    s = theory.settings(profile)
+    d = {"digits": 64, "mnist": 784}[s.dataset]
+    if s.scaling_size is not None:
+        assert s.scaling_size <= d + 1 < s.train_size
+        return
+    x, y = theory.load(s)
+    path = softmax.l2_path(x, y, [10.0 ** s.gamma_log10_range[0]])[0]
+    assert path.train_acc.iloc[0] == 1.0
+
+
+def test_the_scaling_sample_is_the_settings_first_examples(sample):
+    x, y = sample
+    s = theory.settings("smoke")
+    assert theory.scaling_sample(s, x, y)[0] is x or torch.equal(
+        theory.scaling_sample(s, x, y)[0], x
+    )
+    part = s.__class__(**{**s.__dict__, "scaling_size": 12})
+    xs, ys = theory.scaling_sample(part, x, y)
+    assert torch.equal(xs, x[:12]) and torch.equal(ys, y[:12])
+
+
+def test_a_stated_subset_is_judged_and_said(tmp_path, monkeypatch, sample):
+    """With a subset the page says which examples and why; the judgement is on the subset."""
+    from flatness.chapters.theory import facts, prose
+
+    monkeypatch.setenv("FLATNESS_RESULTS", str(tmp_path))
+    x, y = sample
+    s = theory.settings("smoke").with_overrides(train_size=30, mlp_size=10)
+    s = s.__class__(**{**s.__dict__, "scaling_size": 5})  # 5 points in 5 dimensions
+    path, scaled = facts.scaling("smoke", s, x, y)
+    assert all(prose.scaling_judgement(path, scaled).values())
+    full = facts.l2_path("smoke", s, x, y)
+    text = prose.sample_facts(full, 5, 30, 5)["sample_text"]
+    acc = 100 * full.train_acc.iloc[0]
+    assert text.startswith("The sample is the first 5 of the page's 30 examples")
+    assert (f"classifies {acc:.4g} %" in text) == (acc < 100)
+    assert "d + 1 = 6" in text

@@ -7,6 +7,7 @@ import numpy as np
 
 from flatness import data as datasets
 from flatness.chapters import rank, theory, verdicts
+from flatness.chapters.theory import prose as theory_prose
 
 
 def test_c6_rows_are_the_rank_pages_judgements_and_never_contradict_a_case(tmp_path, monkeypatch):
@@ -54,3 +55,25 @@ def test_c2_scales_a_separating_solution_over_the_theory_pages_range(tmp_path, m
     found = re.match(r"α (\S+) to (\S+):", row["effect [95 % CI]"])
     assert found, row["effect [95 % CI]"]
     assert np.allclose([float(v) for v in found.groups()], [low, high], rtol=1e-2)
+
+
+def test_c2_reads_the_theory_pages_stored_computation(tmp_path, monkeypatch):
+    """The verdict page's C2 row and the theory page share one stored computation: once the
+    theory page's fact 3 is in the store, the row computes nothing."""
+    from flatness.chapters.theory import facts, softmax
+    from flatness.results import computations
+
+    monkeypatch.setenv("FLATNESS_RESULTS", str(tmp_path))
+    s = theory.settings("smoke")
+    x, y = theory.load(s)
+    path, scaled = facts.scaling("smoke", s, x, y)
+    found, _ = computations.stored(tmp_path)
+    assert [c.name for c in found] == ["theory.scaling"]
+
+    def no_recomputing(*args, **kwargs):
+        raise AssertionError("the C2 row recomputed the theory page's fact")
+
+    monkeypatch.setattr(softmax, "separating_scaling", no_recomputing)
+    row = verdicts.c2_row("smoke")
+    assert row["outcome"] == theory_prose.scaling_outcome(path, scaled)
+    assert f"on {len(y):,} examples" in row["setting"]

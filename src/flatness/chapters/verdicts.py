@@ -14,6 +14,7 @@ from flatness.analysis import names, plotting, stats
 from flatness.analysis.plotting import name as plain_name
 from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, resnets, theory
 from flatness.chapters.rank import tables as rank_tables
+from flatness.chapters.theory import facts as theory_facts
 from flatness.chapters.theory import prose as theory_prose
 from flatness.errors import FlatnessError, RunMissing
 from flatness.profiles import get_profile
@@ -98,15 +99,16 @@ def _claim_rows(
 
 
 def c2_row(profile: str, *, data_root=None) -> dict:
-    """C2 on softmax regression, from the theory chapter's exact computation
-    (:func:`~flatness.chapters.theory.softmax.separating_scaling`, the same settings and alpha
-    range as that page): the L2 optimum with the smallest gamma, scaled by every alpha, must
-    lose loss and every measure together, with the trace under its bound 2 L max ||x~||^2,
-    while it separates the training sample; the outcome is the theory page's own
-    :func:`~flatness.chapters.theory.prose.scaling_outcome`."""
+    """C2 on softmax regression, from the theory chapter's exact computation, read back from
+    the results store where that page stored it (:func:`~flatness.chapters.theory.facts.scaling`,
+    the same settings, sample and alpha range as that page): the L2 optimum with the smallest
+    gamma, scaled by every alpha, must lose loss and every measure together, with the trace
+    under its bound 2 L max ||x~||^2, while it separates the training sample; the outcome is
+    the theory page's own :func:`~flatness.chapters.theory.prose.scaling_outcome`."""
     s = theory.settings(profile)
     x, y = theory.load(s, data_root=data_root)
-    path, _, scaling = theory.separating_scaling(s, x, y)
+    path, scaling = theory_facts.scaling(profile, s, x, y)
+    n = len(theory.scaling_sample(s, x, y)[1])
     separates = theory_prose.scaling_judgement(path, scaling)["separates"]
     drop = scaling.iloc[0] / scaling.iloc[-1]
     effect = (
@@ -120,7 +122,8 @@ def c2_row(profile: str, *, data_root=None) -> dict:
         "theory",
         profile,
         "",
-        f"softmax regression on {len(y):,} examples, scaled by α",
+        f"softmax regression on {n:,} examples, scaled by α"
+        + (f" (the first {n:,} of {len(y):,}, a sample it can separate)" if n < len(y) else ""),
         "low loss with large weights is flat",
         effect,
         theory_prose.scaling_outcome(path, scaling),

@@ -430,6 +430,25 @@ def _ls(args) -> None:
     extra = describe_store(store)
     if extra:
         print(extra)
+    _ls_computations(store.root)
+
+
+def _ls_computations(root) -> None:
+    """The store's cached chapter computations (:mod:`flatness.results.computations`)."""
+    from flatness.results import computations
+
+    found, damaged = computations.stored(root)
+    if not found and not damaged:
+        return
+    print(f"{len(found)} computation(s) in {computations.store_folder(root)}")
+    for c in found:
+        seconds = float(c.provenance.get("seconds", float("nan")))
+        print(
+            f"{c.key:16}  {c.name:28} {str(c.inputs.get('profile', '')):7} "
+            f"{seconds:9.1f}s {c.provenance.get('finished', '')}"
+        )
+    for path, reason in damaged:
+        print(f"damaged: {path.name} ({reason}); the next use computes it again")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -9,7 +9,7 @@ from flatness.cli import options
 from flatness.errors import FlatnessError
 
 GRID_HELP = "a chapter (logreg, mlp, cnn, resnets, adaptive, rank, spectra, verdicts, "
-GRID_HELP += "estimators), all, or a YAML file of points"
+GRID_HELP += "estimators), all, or a YAML file of points; publish also takes computations"
 
 
 def add_parsers(sub) -> None:
@@ -50,7 +50,9 @@ def add_parsers(sub) -> None:
     )
     options.store_options(status)
 
-    publish = sub.add_parser("publish", help="copy a grid's stored runs into published/")
+    publish = sub.add_parser(
+        "publish", help="copy a grid's stored runs and cached computations into published/"
+    )
     publish.add_argument("grid", metavar="GRID", help=GRID_HELP)
     options.profile_option(publish, "paper")
     publish.add_argument(
@@ -310,11 +312,14 @@ def _publish(args) -> None:
             f"the paper profile's runs only; to publish {args.profile}-profile runs give --to "
             f"FOLDER (or --published FOLDER, or ${published.PUBLISHED_ENV})"
         )
-    grid = grids.load(args.grid, args.profile)
     store, layer = options.layers(args)
     if args.to:
         layer = published.Published(Path(args.to))
     options.check_store_exists(store, args)
+    if args.grid == COMPUTATIONS:
+        _publish_computations(store, layer, args.profile)
+        return
+    grid = grids.load(args.grid, args.profile)
     runs = [r for r in (store.load(c) for c in grid.configs) if r is not None]
     # a damaged published copy is written again
     written = published.publish(runs, layer, allow_collapsed=args.allow_collapsed)
@@ -331,6 +336,35 @@ def _publish(args) -> None:
     )
     for p in missing:
         print(f"  {p.config.key()}  {p.state:9} {p.config.label()}")
+    _publish_computations(store, layer, args.profile, None if args.grid == "all" else args.grid)
+
+
+#: publish's GRID that names every stored computation of the profile
+COMPUTATIONS = "computations"
+
+
+def _publish_computations(store, layer, profile: str, chapter: str | None = None) -> None:
+    """Publish the store's computations of ``profile`` (those of ``chapter`` alone, where
+    given) beside the runs; says how many, and names damaged ones, which are not published."""
+    from flatness.results import computations
+
+    found, damaged = computations.stored(store.root)
+    chosen = [
+        c
+        for c in found
+        if c.inputs.get("profile") == profile
+        and (chapter is None or c.name.startswith(f"{chapter}."))
+    ]
+    if not chosen and chapter is not None:
+        return  # a chapter without computations: its runs were the whole publish
+    written = computations.publish(chosen, layer.root)
+    print(
+        f"published {len(written)} computation(s) of profile {profile} into "
+        f"{computations.published_folder(layer.root)}; {len(chosen) - len(written)} were "
+        "published already"
+    )
+    for path, reason in damaged:
+        print(f"  not published, damaged: {path.name} ({reason})")
 
 
 def _same(a: str, b: str) -> bool:

@@ -20,6 +20,7 @@ from flatness.chapters.theory.design import (
     TheorySettings,
     load,
     log_range,
+    scaling_sample,
     settings,
 )
 from flatness.chapters.theory.networks import (
@@ -65,6 +66,7 @@ __all__ = [
     "require_alive",
     "rescaled",
     "scaling",
+    "scaling_sample",
     "separating_scaling",
     "settings",
     "softmax_loss",

@@ -186,6 +186,30 @@ def scaling_facts(path: pd.DataFrame, scaled: pd.DataFrame) -> dict:
     }
 
 
+def sample_facts(full_path: pd.DataFrame, n_sample: int, n_all: int, d: int) -> dict:
+    """Which sample fact 3 (claim C2) scales on, and why: the whole softmax-regression sample
+    where the settings say so, else its first ``n_sample`` examples, with what the whole
+    sample's smallest-gamma optimum (first row of ``full_path``) says about separating it."""
+    if n_sample >= n_all:
+        return {
+            "sample_text": f"The sample is the page's whole softmax-regression sample, {n_all:,} examples"
+        }
+    acc = 100 * float(full_path.iloc[0].train_acc)
+    whole = (
+        f"on all {n_all:,}, the optimum with the smallest $\\gamma$ (next section) classifies "
+        f"{acc:.4g} % of them correctly, so no scaling of it takes the loss to zero"
+        if acc < 100
+        else f"the optimum with the smallest $\\gamma$ separates all {n_all:,} as well"
+    )
+    return {
+        "sample_text": (
+            f"The sample is the first {n_sample:,} of the page's {n_all:,} examples: {whole}; any "
+            f"labelling of at most d + 1 = {d + 1:,} examples in general position can be "
+            "separated by a linear model, and whether this one is, is checked below"
+        )
+    }
+
+
 def direction(values) -> str:
     """How a quantity moves along increasing gamma, in words."""
     steps = np.diff(np.asarray(values, dtype=float))
