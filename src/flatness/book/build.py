@@ -322,8 +322,9 @@ def describe_figures(notebook) -> int:
 
 
 @functools.cache
-def _this_python():
-    """A kernel manager that starts ipykernel on this interpreter (``sys.executable``).
+def _this_python(log: Path | None = None):
+    """A kernel manager that starts ipykernel on this interpreter (``sys.executable``), its
+    own output (not the cells') appended to ``log`` where given.
 
     papermill looks ``python3`` up among the kernelspecs, where a user-level one (e.g. left by
     another Python install) wins over the virtual environment's and starts a Python without
@@ -341,6 +342,17 @@ def _this_python():
         @property
         def kernel_spec(self):
             return KernelSpec(resource_dir=RESOURCES, env={PROGRESS_ENV: "0"}, **get_kernel_dict())
+
+        async def start_kernel(self, **kw):
+            if log is None:
+                return await super().start_kernel(**kw)
+            # "Kernel is running over TCP without encryption" and the like: for the log; the
+            # kernel process keeps its own copy of the file once started
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as handle:
+                kw.setdefault("stdout", handle)
+                kw.setdefault("stderr", handle)
+                return await super().start_kernel(**kw)
 
     return ThisPython
 
@@ -407,7 +419,9 @@ def execute_chapter(
     only on success: a failed execution leaves the last good notebook (and the fingerprint
     it carries) as it was, and its own notebook as ``NAME.failed.ipynb``, which is then
     :attr:`Execution.notebook`; the next success removes it. With ``announce``, one line on
-    stderr says whether the chapter is executed or its notebook reused.
+    stderr says, once it is done, whether the chapter was executed (and how long it took),
+    reused or left a note. What the kernel process itself prints (Jupyter's start-up notices)
+    goes to ``_build/logs/NAME.log``, not the terminal.
 
     Raises:
         ChapterError: when a cell fails (the message holds the chapter, cell and traceback).
@@ -433,6 +447,7 @@ def execute_chapter(
     target = Path(out or root) / "_build" / "executed" / f"{name}.ipynb"
     failed = failed_notebook(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    log = target.parent.parent / "logs" / f"{name}.log"
     stamp = fingerprint(name, profile, parameters, root, at_hand.present_keys)
     counts = dict(missing=len(at_hand.missing), grid=len(at_hand.grid))
     partial = at_hand.missing and not train_missing
@@ -440,7 +455,7 @@ def execute_chapter(
     say = functools.partial(print, file=sys.stderr, flush=True) if announce else lambda _: None
     if reuse and _reusable(target, stamp):
         started, seconds = executed_when(target)
-        say(f"reusing {name} (profile {profile}, executed {_stamp(started)})")
+        say(f"reused {name} (profile {profile}, executed {_stamp(started)})")
         return Execution(
             name,
             profile,
@@ -453,7 +468,7 @@ def execute_chapter(
         )
     if partial and not executable:
         say(
-            f"not executing {name} (profile {profile}): {len(at_hand.missing)} of "
+            f"not executed {name} (profile {profile}): {len(at_hand.missing)} of "
             f"{len(at_hand.grid)} runs missing, its page is a note"
         )
         text = availability.note(at_hand, executed=False)
@@ -461,7 +476,6 @@ def execute_chapter(
         _write(availability.placeholder(notebook, text), target, stamp, started=now, seconds=0.0)
         failed.unlink(missing_ok=True)
         return Execution(name, profile, target, 0.0, **counts, placeholder=True, started=now)
-    say(f"executing {name} (profile {profile})")
     # papermill writes its output as it goes: into a notebook of this execution's own
     temporary = target.with_name(f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.executing.ipynb")
     start, started = time.perf_counter(), _now()
@@ -472,7 +486,7 @@ def execute_chapter(
                 str(temporary),
                 parameters={"profile": profile, **parameters},
                 kernel_name="python3",
-                kernel_manager_class=_this_python(),
+                kernel_manager_class=_this_python(log),
                 cwd=str(root),
                 progress_bar=progress,
             )
@@ -486,6 +500,7 @@ def execute_chapter(
             else:
                 failed.unlink(missing_ok=True)  # an earlier failure's: not this one's
             seconds = time.perf_counter() - start
+            say(f"failed {name} (profile {profile}) after {duration(seconds)}; kernel log {log}")
             return Execution(name, profile, failed, seconds, error, **counts, started=started)
         seconds = time.perf_counter() - start
         note = availability.note(at_hand, executed=True) if partial else None
@@ -497,6 +512,7 @@ def execute_chapter(
         failed.unlink(missing_ok=True)
     finally:
         temporary.unlink(missing_ok=True)
+    say(f"executed {name} (profile {profile}) in {duration(seconds)}")
     return Execution(name, profile, target, seconds, **counts, started=started)
 
 
@@ -686,7 +702,7 @@ def build_book(
     profile: str = "cpu",
     parameters: dict | None = None,
     out: Path | None = None,
-    progress: bool = True,
+    progress: bool = False,
     rerun: bool = False,
     train_missing: bool | None = None,
 ) -> Path:
@@ -694,8 +710,10 @@ def build_book(
 
     A chapter whose executed notebook carries the same :func:`fingerprint` (source, profile,
     parameters, package code, requirements, results store) is reused unless ``rerun``; one line
-    on stderr per chapter says which. Every chapter's parameters are checked
-    (:func:`check_parameters`) before the first executes.
+    on stderr per chapter says which, with its time, and the last names ``index.html``.
+    Kernels' own output goes to ``_build/logs/NAME.log``, Jupyter Book's to
+    ``_build/logs/jupyter-book.log`` (``progress`` draws papermill's bar per chapter). Every
+    chapter's parameters are checked (:func:`check_parameters`) before the first executes.
 
     Raises:
         ChapterError: after executing every chapter, if any failed (all failures are listed,
@@ -912,6 +930,9 @@ def render(stage: Path, build: Path) -> Path:
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
+    logs = build / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "jupyter-book.log").write_text(f"{done.stdout}\n{done.stderr}")
     index = build / "html" / "index.html"
     if done.returncode != 0 or not index.is_file():
         # FORCE_COLOR and the like make Sphinx colour its output even into a pipe
