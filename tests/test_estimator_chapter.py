@@ -155,3 +155,30 @@ def test_settings_keep_the_profile_and_refuse_bad_values():
             E.settings("cpu", **overrides)
     with pytest.raises(FlatnessError):
         E.settings("huge")
+
+
+def test_a_study_is_stored_once_and_redone_when_its_problem_changes(small, tmp_path, monkeypatch):
+    """The chapter's studies are cached computations keyed by the trained run and the sample:
+    the same problem reads the stored table back, another run computes it again."""
+    from types import SimpleNamespace
+
+    from flatness.chapters.estimators import studies
+
+    monkeypatch.setenv("FLATNESS_RESULTS", str(tmp_path))
+    s = E.settings("smoke", budgets=[6, 12], seeds=[0, 1])
+    p = E.Problem(SimpleNamespace(key="run-a"), *list(small.__dict__.values())[1:])
+    calls = []
+    real = E.trace.trace_runs
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(E.trace, "trace_runs", counted)
+    first = studies.trace_runs("smoke", p, s)
+    again = studies.trace_runs("smoke", p, s)
+    pd.testing.assert_frame_equal(first, again)
+    assert len(calls) == 1 and len(first) == 2 * 2 * len(E.FIXED_METHODS) * 2
+    other = E.Problem(SimpleNamespace(key="run-b"), *list(small.__dict__.values())[1:])
+    studies.trace_runs("smoke", other, s)
+    assert len(calls) == 2

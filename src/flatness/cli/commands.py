@@ -444,7 +444,7 @@ def _ls_computations(root) -> None:
     for c in found:
         seconds = float(c.provenance.get("seconds", float("nan")))
         print(
-            f"{c.key:16}  {c.name:28} {str(c.inputs.get('profile', '')):7} "
+            f"{c.key:16}  {c.name:34} {str(c.inputs.get('profile', '')):7} "
             f"{seconds:9.1f}s {c.provenance.get('finished', '')}"
         )
     for path, reason in damaged:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import importlib
+import importlib.util
 import io
 import json
 import math
@@ -106,15 +107,26 @@ def _canonical(obj) -> Any:
 
 
 def code_hashes(modules: Sequence[str]) -> dict[str, str]:
-    """The SHA-256 (first 16 hex digits) of each named module's source file."""
+    """The SHA-256 (first 16 hex digits) of each named module's source file (found, not
+    imported)."""
     out = {}
     for name in modules:
-        module = importlib.import_module(name)
-        source = getattr(module, "__file__", None)
-        if source is None:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None or not Path(spec.origin).is_file():
             raise FlatnessError(f"module {name} has no source file to hash")
-        out[name] = hashlib.sha256(Path(source).read_bytes()).hexdigest()[:16]
+        out[name] = hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
     return out
+
+
+def data_hash(*tensors: torch.Tensor) -> str:
+    """SHA-256 (16 hex digits) of tensors' shapes, dtypes and values: the sample a computation
+    reads, for its inputs."""
+    digest = hashlib.sha256()
+    for t in tensors:
+        a = t.detach().cpu().contiguous().numpy()
+        digest.update(f"{a.shape}{a.dtype}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def key_of(name: str, inputs: Mapping, code: Sequence[str]) -> tuple[str, dict]:

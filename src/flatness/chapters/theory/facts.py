@@ -10,7 +10,6 @@ so the verdict reads what the theory page computed rather than redoing it.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,7 @@ import torch
 
 from flatness.chapters.theory import networks, softmax
 from flatness.chapters.theory.design import TheorySettings, log_range, scaling_sample
-from flatness.results.computations import cached
+from flatness.results.computations import cached, data_hash
 
 #: the modules whose source is part of every key here
 CODE = (
@@ -28,16 +27,6 @@ CODE = (
     "flatness.hessian.exact",
     "flatness.hessian.softmax",
 )
-
-
-def data_hash(*tensors: torch.Tensor) -> str:
-    """SHA-256 (16 hex digits) of tensors' shapes, dtypes and values: the sample a fact reads."""
-    digest = hashlib.sha256()
-    for t in tensors:
-        a = t.detach().cpu().contiguous().numpy()
-        digest.update(f"{a.shape}{a.dtype}".encode())
-        digest.update(a.tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _inputs(profile: str, settings: TheorySettings, *tensors: torch.Tensor, **extra) -> dict:
