@@ -393,3 +393,31 @@ def test_a_gauss_newton_product_warns_of_nothing_the_user_can_change():
         [sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("curvature", H.CURVATURES)
+@pytest.mark.parametrize("loader", [False, True])
+@pytest.mark.parametrize("change", ["in place", "optimiser step", "replaced"])
+def test_an_operator_refuses_products_once_its_model_changed(curvature, loader, change):
+    """An operator is a snapshot: a loader's kept graphs hold the old parameters, so a product
+    after the model changed would belong to neither model; it is refused, whatever the data."""
+    model, (x, y) = make("tanh")
+    data = DataLoader(TensorDataset(x, y), batch_size=16) if loader else (x, y)
+    op = H.HessianOperator(model, ce, data, curvature=curvature)
+    v = torch.randn(2, op.size, dtype=torch.float64)
+    before = op.matmat(v)
+    assert torch.equal(op.matmat(v), before)  # products themselves change nothing
+    first = next(model.parameters())
+    if change == "in place":
+        with torch.no_grad():
+            first.mul_(1.5)
+    elif change == "optimiser step":
+        ce(model(x), y).backward()
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+    else:
+        model[0].weight = nn.Parameter(model[0].weight.detach().clone())
+    with pytest.raises(FlatnessError, match="parameters have changed since this operator"):
+        op.matmat(v)
+    fresh = H.HessianOperator(model, ce, data, curvature=curvature)
+    dense = H.exact_hessian(model, ce, data, curvature=curvature)
+    assert torch.allclose(fresh.matmat(v), v @ dense, atol=1e-10)

@@ -140,6 +140,8 @@ class HessianOperator:
         #: a loader's (inputs, targets, size, graph or None) per batch once kept (:meth:`_pass`)
         self._kept: list | None = None
         self.kept_bytes = 0
+        # the parameters as built: a product after they change would mix two models
+        self._versions = [p._version for p in self._variables]
         self.hvps = 0
         self.passes = 0
         self.seconds = 0.0
@@ -267,6 +269,7 @@ class HessianOperator:
         if len(vectors) == 0:
             return torch.zeros(vectors.shape, device=self.device, dtype=self.dtype)
         start = time.perf_counter()
+        self._require_unchanged()
         vectors = usable(vectors.to(self.device, self.dtype))
         if self._graph is not None:
             # one batch: its gradient graph (built once) only needs a double backward
@@ -297,6 +300,26 @@ class HessianOperator:
         self.passes += 1
         self.seconds += time.perf_counter() - start
         return total
+
+    def _require_unchanged(self) -> None:
+        """Refuse products once the model's parameters have changed since the operator was built
+        (an optimiser step, ``load_state_dict``, an in-place edit, or a parameter replaced): the
+        kept gradient graphs hold the old values while the model has the new ones, so a product
+        would belong to neither model.
+
+        Raises:
+            FlatnessError: naming the fix, a new operator.
+        """
+        current = [p for p in self.model.parameters() if p.requires_grad]
+        same = len(current) == len(self._variables) and all(
+            a is b and a._version == v for a, b, v in zip(current, self._variables, self._versions)
+        )
+        if not same:
+            raise FlatnessError(
+                "the model's parameters have changed since this operator was built (an optimiser "
+                "step, load_state_dict, an in-place edit or a replaced parameter); an operator is "
+                "a snapshot of one model: build a new one for the new parameters"
+            )
 
     def _pass(self):
         """(inputs, targets, size, gradient graph or None, whether the graph is kept) for each
