@@ -133,18 +133,142 @@ def test_a_damaged_entry_is_reported_and_computed_again(layers, damage):
         warnings.simplefilter("error")
         assert same(comp.cached("test.value", {"n": 1}, compute, **layers), value())
     assert len(compute.calls) == 2
-    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+    assert not [p for p in path.parent.iterdir() if p.name.startswith((".tmp", ".trash"))]
 
 
 def test_what_cannot_be_stored_is_refused_and_leaves_nothing(layers):
     with pytest.raises(FlatnessError, match="cannot hold a Linear"):
         comp.cached("test.model", {}, lambda: {"model": torch.nn.Linear(2, 2)}, **layers)
+    assert comp.stored(layers["results"]) == ([], [])
     folder = layers["results"] / comp.FOLDER
-    assert not folder.exists() or not list(folder.iterdir())
-    with pytest.raises(FlatnessError, match="name"):
-        comp.cached("no spaces", {}, lambda: 1, **layers)
+    assert not [p for p in folder.iterdir() if p.name.startswith((".tmp", ".trash"))]
+    for name in ("no spaces", ".hidden", "1st", ""):
+        with pytest.raises(FlatnessError, match="name starts with a letter"):
+            comp.cached(name, {}, lambda: 1, **layers)
     with pytest.raises(FlatnessError, match="inputs"):
         comp.cached("test.inputs", {"model": object()}, lambda: 1, **layers)
+
+
+@pytest.mark.parametrize(
+    "value, why",
+    [
+        (
+            pd.DataFrame({"c": pd.Categorical(["a"], categories=["b", "a"], ordered=True)}),
+            "would not come back",
+        ),
+        (pd.DataFrame({"n": pd.array([1, None], dtype="Int64")}), "cannot hold a NAType"),
+        (
+            pd.DataFrame({"x": [1, 2]}, index=pd.MultiIndex.from_tuples([(0, 1), (1, 0)])),
+            "MultiIndex",
+        ),
+        (pd.DataFrame([[1, 2]], columns=["a", "a"]), "duplicate column"),
+        (np.ma.masked_array([1.0, 2.0], mask=[True, False]), "cannot be stored exactly"),
+        (torch.ones(2, dtype=torch.bfloat16), "cannot be stored"),
+        (__import__("collections").namedtuple("Pair", "a b")(1, 2), "cannot hold a Pair"),
+        (np.longdouble(1) / 3, "lose precision"),
+    ],
+    ids=[
+        "categorical",
+        "nullable",
+        "multiindex",
+        "duplicate",
+        "masked",
+        "bfloat16",
+        "named",
+        "long",
+    ],
+)
+def test_a_value_that_would_not_come_back_identical_is_refused(layers, value, why):
+    compute = counted(lambda: {"v": value})
+    with pytest.raises(FlatnessError, match=why):
+        comp.cached("test.lossy", {}, compute, **layers)
+    assert comp.stored(layers["results"]) == ([], [])
+
+
+def test_indexes_names_and_dtypes_come_back_and_every_call_returns_the_same(layers):
+    frame = pd.DataFrame({"s": pd.Series(["x", "y"], dtype=object), "v": [1.5, 2.5]})
+    frame = frame.rename_axis("row").rename_axis("what", axis=1)
+    value = {
+        "frame": frame,
+        "indexed": pd.Series([1.0, 2.0], index=["a", "b"], name="ratio"),
+        "from": pd.DataFrame({"t": [3, 4]}, index=pd.RangeIndex(5, 7)),
+        "scalar": np.float64(1.25),
+    }
+    first = comp.cached("test.kinds", {}, lambda: value, **layers)
+    again = comp.cached("test.kinds", {}, lambda: value, **layers)
+    for got in (first, again):
+        pd.testing.assert_frame_equal(got["frame"], frame, check_exact=True)
+        assert got["frame"]["s"].dtype == object
+        pd.testing.assert_series_equal(got["indexed"], value["indexed"], check_exact=True)
+        assert list(got["from"].index) == [5, 6]
+        assert type(got["scalar"]) is float and got["scalar"] == 1.25  # as it reads back
+
+
+def test_inputs_that_mean_different_things_get_different_keys():
+    key = lambda inputs: comp.key_of("test.k", inputs, [])[0]
+    assert key({"a": "nan"}) != key({"a": math.nan})
+    assert key({"a": 1}) != key({"a": 1.5})
+    assert key({"a": (1, 2)}) == key({"a": [1, 2]})  # the same settings, as documented
+    with pytest.raises(FlatnessError, match="text keys"):
+        key({"a": {1: "int"}})
+    loop = []
+    loop.append(loop)
+    with pytest.raises(FlatnessError, match="nest deeper"):
+        key({"a": loop})
+
+
+def test_an_edited_entry_that_still_reads_is_damage_too(layers):
+    compute = counted(lambda: {"x": 1.0})
+    comp.cached("test.edit", {}, compute, **layers)
+    (path,) = [c.path for c in comp.stored(layers["results"])[0]]
+    (path / "value.json").write_text('{"dict": [["x", 2.0]]}')  # valid, and wrong
+    assert comp.stored(layers["results"])[1][0][1].startswith("value.json does not match")
+    with pytest.warns(comp.DamagedWarning, match="value.json does not match"):
+        assert comp.cached("test.edit", {}, compute, **layers) == {"x": 1.0}
+    assert len(compute.calls) == 2
+
+
+def test_an_unwritable_store_is_refused_before_computing(layers, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    compute = counted(lambda: 1.0)
+    with pytest.raises(FlatnessError, match="cannot store the computation test.x"):
+        comp.cached("test.x", {}, compute, results=blocker / "results")
+    assert compute.calls == []
+
+
+def _slow(path: str) -> float:
+    import time
+
+    with open(path, "a") as f:
+        f.write("computed\n")
+    time.sleep(1.0)
+    return 2.5
+
+
+def test_processes_asking_for_one_key_at_once_compute_it_once(layers, tmp_path):
+    import concurrent.futures
+    import functools
+    import multiprocessing
+
+    log = tmp_path / "log.txt"
+    call = functools.partial(_cached_in_process, str(layers["results"]), str(log))
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(3, mp_context=context) as pool:
+        got = list(pool.map(call, range(3)))
+    assert got == [2.5, 2.5, 2.5]
+    assert log.read_text().count("computed") == 1
+    assert len(comp.stored(layers["results"])[0]) == 1
+
+
+def _cached_in_process(results: str, log: str, _index: int) -> float:
+    import functools
+
+    from flatness.results import computations
+
+    return computations.cached(
+        "test.once", {}, functools.partial(_slow, log), results=results, published=results + "-p"
+    )
 
 
 def test_a_published_computation_is_read_first_and_a_tampered_one_refused(layers):

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from flatness.book import build
@@ -49,3 +50,25 @@ def test_the_colab_link_and_install_cell_come_from_the_configured_repository(tmp
         assert "repository.url" in str(err) and "https://github.com/OWNER/NAME" in str(err)
     else:
         raise AssertionError("a repository.url that is no GitHub repository was accepted")
+
+
+def test_a_repository_url_is_read_as_github_reads_it_or_refused(tmp_path):
+    def away(text: str | None):
+        if text is not None:
+            (tmp_path / "_config.yml").write_text(text)
+        return build.TakeAway.of("logreg", "cpu", tmp_path)
+
+    assert away("repository:\n  url: https://github.com/o/n.git/\n").repository == (
+        "https://github.com/o/n"
+    )
+    for text in (
+        "repository:\n  url: https://github.com/../..\n",
+        "repository: https://github.com/o/n\n",
+        "- a list\n",
+        "repository:\n  url: http://github.com/o/n\n",
+    ):
+        with pytest.raises(build.FlatnessError, match="repository.url"):
+            away(text)
+    (tmp_path / "_config.yml").unlink()
+    with pytest.raises(build.FlatnessError, match="cannot read"):
+        away(None)

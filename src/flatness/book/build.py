@@ -851,9 +851,15 @@ class TakeAway:
 
     @classmethod
     def of(cls, chapter: str, profile: str, root: Path) -> TakeAway:
-        config = yaml.safe_load((root / "_config.yml").read_text()) or {}
-        url = str((config.get("repository") or {}).get("url", "")).rstrip("/")
-        if not re.fullmatch(r"https://github\.com/[\w.-]+/[\w.-]+", url):
+        try:
+            config = yaml.safe_load((root / "_config.yml").read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise FlatnessError(f"cannot read {root / '_config.yml'}: {err}") from None
+        repository = config.get("repository") if isinstance(config, dict) else None
+        url = repository.get("url", "") if isinstance(repository, dict) else ""
+        url = str(url).strip().rstrip("/").removesuffix(".git")
+        part = r"(?!\.+(?:/|$))[\w.-]+"  # a GitHub owner or name, not "." or ".."
+        if not re.fullmatch(rf"https://github\.com/{part}/{part}", url):
             raise FlatnessError(
                 f"_config.yml's repository.url must be a GitHub repository "
                 f"(https://github.com/OWNER/NAME), got {url!r}: the chapters' Colab links "

@@ -19,8 +19,18 @@ checked against the SHA-256 of its files in ``hashes.json``; one that does not m
 reported and left alone, and the value comes from the store or is computed.
 
 Values are trees of dicts, lists and tuples whose leaves are numbers, strings, booleans,
-``None``, numpy arrays, torch tensors and pandas DataFrames or Series (numeric, boolean, text
-or object columns of such scalars); anything else is refused before any work is stored.
+``None``, numpy arrays, torch tensors and pandas DataFrames or Series (numeric, boolean,
+datetime, text or object columns, one level of row index). A value is written, read back and
+compared with what was computed before it is kept: one that would not come back identical
+(categorical or nullable columns, a MultiIndex on the rows, masked arrays, named tuples,
+bfloat16 tensors) is refused with the difference named, and nothing is kept. numpy scalars
+come back as the Python numbers they equal. The first call returns the value read back, as
+every later call does. Stored entries carry the SHA-256 of their files (``hashes.json``), so an
+edit is damage too. One process computes a key at a time (a lock per key); the others wait and
+read its entry.
+
+Inputs are JSON-like data with string keys: a tuple counts as the list it equals, a path as
+its text and a numpy array as its list of numbers, as they mean the same settings.
 
 Why not joblib's ``Memory`` or jupyter-cache: ``Memory`` keys a call by the source of the
 called function alone, so a change in the functions it calls serves a stale value, and it
@@ -43,6 +53,7 @@ import platform
 import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,14 +63,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock
 
 from flatness.errors import FlatnessError
 from flatness.paths import results_root
+from flatness.results.entries import folder_problem
 from flatness.results.published import HASHES, _sha256, published_root
 
 #: the subfolder of the store and of the published layer that holds computations
 FOLDER = "computations"
 FILES = ("inputs.json", "value.json", "arrays.npz", "provenance.json")
+#: nested inputs or values deeper than this are refused (a structure that contains itself)
+MAX_DEPTH = 64
 #: set to ``1`` to compute everything afresh (nothing read, everything written again)
 REFRESH_ENV = "FLATNESS_RECOMPUTE"
 
@@ -84,18 +99,26 @@ class Computation:
 
 
 # -- keys ---------------------------------------------------------------------------------------
-def _canonical(obj) -> Any:
+def _canonical(obj, depth: int = 0) -> Any:
     """``obj`` as plain JSON data with a fixed form, for hashing and for ``inputs.json``."""
+    if depth > MAX_DEPTH:
+        raise FlatnessError(f"a computation's inputs nest deeper than {MAX_DEPTH} levels")
     if isinstance(obj, Mapping):
-        return {str(k): _canonical(v) for k, v in sorted(obj.items(), key=lambda kv: str(kv[0]))}
+        bad = [k for k in obj if not isinstance(k, str)]
+        if bad:
+            raise FlatnessError(
+                f"a computation's inputs must have text keys, got {bad[0]!r} "
+                f"({type(bad[0]).__name__})"
+            )
+        return {k: _canonical(v, depth + 1) for k, v in sorted(obj.items())}
     if isinstance(obj, (list, tuple)):
-        return [_canonical(v) for v in obj]
+        return [_canonical(v, depth + 1) for v in obj]
     if isinstance(obj, np.ndarray):
-        return [_canonical(v) for v in obj.tolist()]
+        return _canonical(obj.tolist(), depth + 1)
     if isinstance(obj, (np.integer, np.floating, np.bool_)):
-        return _canonical(obj.item())
+        return _canonical(obj.item(), depth + 1)
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else repr(obj)
+        return obj if math.isfinite(obj) else {"float": repr(obj)}  # not the text "nan"
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
     if isinstance(obj, Path):
@@ -118,6 +141,17 @@ def code_hashes(modules: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def package_modules(package: str) -> tuple[str, ...]:
+    """``package`` and every module in it, for ``code=`` of a computation that runs them."""
+    import pkgutil
+
+    spec = importlib.util.find_spec(package)
+    paths = spec.submodule_search_locations if spec is not None else None
+    if not paths:
+        raise FlatnessError(f"{package} is not a package")
+    return (package, *sorted(f"{package}.{m.name}" for m in pkgutil.iter_modules(paths)))
+
+
 def data_hash(*tensors: torch.Tensor) -> str:
     """SHA-256 (16 hex digits) of tensors' shapes, dtypes and values: the sample a computation
     reads, for its inputs."""
@@ -132,13 +166,28 @@ def data_hash(*tensors: torch.Tensor) -> str:
 def key_of(name: str, inputs: Mapping, code: Sequence[str]) -> tuple[str, dict]:
     """The key of a computation and the record ``inputs.json`` holds."""
     record = {"name": name, "inputs": _canonical(inputs), "code": code_hashes(code)}
-    text = json.dumps(record, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16], record
+    return _hash_record(record), record
+
+
+def _hash_record(record: Mapping) -> str:
+    text = json.dumps(
+        {k: record.get(k) for k in ("name", "inputs", "code")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "._" for c in name):
-        raise FlatnessError(f"a computation's name is letters, digits, '.' and '_', got {name!r}")
+    if (
+        not isinstance(name, str)
+        or not name[:1].isalpha()
+        or not all(c.isalnum() or c in "._" for c in name)
+    ):
+        raise FlatnessError(
+            f"a computation's name starts with a letter and holds letters, digits, '.' and '_', "
+            f"got {name!r}"
+        )
 
 
 # -- values -------------------------------------------------------------------------------------
@@ -149,20 +198,27 @@ class _Writer:
         self.arrays: dict[str, np.ndarray] = {}
 
     def array(self, a: np.ndarray) -> str:
-        if a.dtype == object:
-            raise FlatnessError("object arrays cannot be stored; store a list instead")
+        if type(a) is not np.ndarray or a.dtype == object:
+            raise FlatnessError(
+                f"a {type(a).__name__} of dtype {a.dtype} cannot be stored exactly; store a "
+                "plain numpy array or a list"
+            )
         key = f"a{len(self.arrays)}"
         self.arrays[key] = a
         return key
 
-    def encode(self, v) -> Any:
+    def encode(self, v, depth: int = 0) -> Any:
+        if depth > MAX_DEPTH:
+            raise FlatnessError(f"a computation's value nests deeper than {MAX_DEPTH} levels")
         if v is None or isinstance(v, (bool, str)):
             return v
-        if isinstance(v, (int, np.integer)) and not isinstance(v, np.bool_):
-            return int(v)
         if isinstance(v, np.bool_):
             return bool(v)
+        if isinstance(v, (int, np.integer)):
+            return int(v)
         if isinstance(v, (float, np.floating)):
+            if isinstance(v, np.floating) and v.dtype.itemsize > 8:
+                raise FlatnessError(f"a {v.dtype} number would lose precision as a float")
             v = float(v)
             return v if math.isfinite(v) else {"float": repr(v)}
         if isinstance(v, torch.Tensor):
@@ -171,33 +227,46 @@ class _Writer:
         if isinstance(v, np.ndarray):
             return {"array": self.array(v)}
         if isinstance(v, pd.DataFrame):
-            if not isinstance(v.index, pd.RangeIndex) or v.index.start != 0 or v.index.step != 1:
-                index = self.column(v.index.to_series())
-            else:
-                index = None
+            if v.columns.has_duplicates:
+                raise FlatnessError("a DataFrame with duplicate column names cannot be stored")
             return {
-                "frame": [[self.encode(c), self.column(v[c])] for c in v.columns],
-                "index": index,
+                "frame": [[self.encode(c, depth + 1), self.column(v[c], depth)] for c in v.columns],
+                "columns": {"dtype": str(v.columns.dtype), "name": self.encode(v.columns.name)},
+                "index": self.index(v.index, depth),
                 "rows": len(v),
             }
         if isinstance(v, pd.Series):
-            return {"series": self.column(v), "name": self.encode(v.name)}
-        if isinstance(v, tuple):
-            return {"tuple": [self.encode(x) for x in v]}
+            return {"series": self.column(v, depth), "index": self.index(v.index, depth)}
         if isinstance(v, list):
-            return [self.encode(x) for x in v]
-        if isinstance(v, Mapping):
-            return {"dict": [[self.encode(k), self.encode(x)] for k, x in v.items()]}
+            return [self.encode(x, depth + 1) for x in v]
+        if type(v) is tuple:
+            return {"tuple": [self.encode(x, depth + 1) for x in v]}
+        if type(v) is dict:
+            return {
+                "dict": [
+                    [self.encode(k, depth + 1), self.encode(x, depth + 1)] for k, x in v.items()
+                ]
+            }
         raise FlatnessError(
             f"a computation's value cannot hold a {type(v).__name__}: store numbers, strings, "
             "arrays, tensors, DataFrames, and dicts, lists or tuples of them"
         )
 
-    def column(self, s: pd.Series) -> dict:
-        if s.dtype.kind in "biuf" or s.dtype.kind == "M":
-            return {"values": self.array(s.to_numpy()), "name": self.encode(s.name)}
-        values = [self.encode(x) for x in s.tolist()]
-        return {"list": values, "dtype": str(s.dtype), "name": self.encode(s.name)}
+    def index(self, index: pd.Index, depth: int):
+        if isinstance(index, pd.MultiIndex):
+            raise FlatnessError("a MultiIndex on the rows cannot be stored; reset_index() first")
+        default = isinstance(index, pd.RangeIndex) and index.start == 0 and index.step == 1
+        return {
+            "values": None if default else self.column(index.to_series(), depth),
+            "name": self.encode(index.name),
+        }
+
+    def column(self, s: pd.Series, depth: int) -> dict:
+        if isinstance(s.dtype, np.dtype) and s.dtype.kind in "biufM":
+            values = {"values": self.array(s.to_numpy())}
+        else:
+            values = {"list": [self.encode(x, depth + 1) for x in s.tolist()]}
+        return values | {"dtype": str(s.dtype), "name": self.encode(s.name)}
 
 
 class _Reader:
@@ -216,26 +285,38 @@ class _Reader:
         if "array" in v:
             return np.array(self.arrays[v["array"]])
         if "frame" in v:
-            columns = {self.decode(name): self.column(col) for name, col in v["frame"]}
-            frame = pd.DataFrame(columns)
-            if not columns:
-                frame = pd.DataFrame(index=range(v["rows"]))
-            if v["index"] is not None:
-                index = v["index"]
-                frame.index = pd.Index(self.column(index), name=self.decode(index["name"]))
+            index = self.index(v["index"], v["rows"])
+            columns = {
+                self.decode(name): self.column(col).set_axis(index) for name, col in v["frame"]
+            }
+            frame = pd.DataFrame(columns, index=index) if columns else pd.DataFrame(index=index)
+            frame.columns = pd.Index(
+                list(frame.columns),
+                dtype=v["columns"]["dtype"],
+                name=self.decode(v["columns"]["name"]),
+            )
             return frame
         if "series" in v:
-            return pd.Series(self.column(v["series"]), name=self.decode(v["name"]))
+            series = self.column(v["series"])
+            index = self.index(v["index"], len(series))
+            return pd.Series(series.to_numpy(), index=index, dtype=series.dtype, name=series.name)
         if "tuple" in v:
             return tuple(self.decode(x) for x in v["tuple"])
         if "dict" in v:
             return {self.decode(k): self.decode(x) for k, x in v["dict"]}
         raise ValueError(f"unknown entry {sorted(v)}")
 
-    def column(self, c: dict):
+    def index(self, v: dict, rows: int) -> pd.Index:
+        if v["values"] is None:
+            return pd.RangeIndex(rows, name=self.decode(v["name"]))
+        return pd.Index(self.column(v["values"]), name=self.decode(v["name"]))
+
+    def column(self, c: dict) -> pd.Series:
         if "values" in c:
-            return np.array(self.arrays[c["values"]])
-        return pd.Series([self.decode(x) for x in c["list"]], dtype=c["dtype"]).to_numpy()
+            values = np.array(self.arrays[c["values"]])
+        else:
+            values = [self.decode(x) for x in c["list"]]
+        return pd.Series(values, dtype=c["dtype"], name=self.decode(c["name"]))
 
 
 def _read_value(path: Path):
@@ -243,6 +324,59 @@ def _read_value(path: Path):
     with np.load(path / "arrays.npz", allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     return _Reader(arrays).decode(structure)
+
+
+def _difference(a, b, where: str = "the value") -> str | None:
+    """Where ``b`` (read back) differs from ``a`` (computed), or None if it is the same."""
+    if isinstance(a, (pd.DataFrame, pd.Series)):
+        frame = isinstance(a, pd.DataFrame)
+        check = pd.testing.assert_frame_equal if frame else pd.testing.assert_series_equal
+        if type(b) is not type(a):
+            return f"{where} comes back as a {type(b).__name__}"
+        try:
+            check(a, b, check_exact=True, check_freq=True, check_flags=True)
+        except AssertionError as err:
+            return f"{where}: {' '.join(str(err).split())[:200]}"
+        return None
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu()
+        if type(b) is not torch.Tensor or a.dtype != b.dtype or a.shape != b.shape:
+            return f"{where} comes back as {type(b).__name__} {getattr(b, 'dtype', '')}"
+        if torch.equal(a, b):
+            return None
+        if a.is_floating_point() or a.is_complex():
+            nan = a.isnan()
+            if torch.equal(nan, b.isnan()) and torch.equal(a[~nan], b[~nan]):
+                return None
+        return f"{where}: values differ"
+    if isinstance(a, np.ndarray):
+        if type(a) is not np.ndarray or a.dtype != b.dtype or a.shape != b.shape:
+            return f"{where} comes back as a {b.dtype} array of shape {b.shape}"
+        nan = a.dtype.kind in "fc"
+        return None if np.array_equal(a, b, equal_nan=nan) else f"{where}: values differ"
+    if isinstance(a, (list, tuple)):
+        if type(a) is not type(b) or len(a) != len(b):
+            return f"{where} comes back as a {type(b).__name__} of {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = _difference(x, y, f"{where}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(a, dict):
+        if type(a) is not type(b) or list(a) != list(b):
+            return f"{where} comes back with other keys"
+        for k in a:
+            found = _difference(a[k], b[k], f"{where}[{k!r}]")
+            if found:
+                return found
+        return None
+    if isinstance(a, float) and math.isnan(a):
+        return None if isinstance(b, float) and math.isnan(b) else f"{where} is {b!r}"
+    return (
+        None
+        if a == b and isinstance(b, type(a).__mro__[-2] if False else object)
+        else f"{where} is {b!r}, not {a!r}"
+    )
 
 
 # -- the layers ---------------------------------------------------------------------------------
@@ -256,50 +390,49 @@ def published_folder(root: Path | None = None) -> Path | None:
 
 
 def _examine(path: Path, key: str) -> Computation:
-    """The computation in ``path``; raises ``ValueError`` with a one-line reason if damaged."""
-    for name in FILES:
+    """The computation in ``path``; raises ``ValueError`` with a one-line reason if damaged:
+    a file missing or not matching ``hashes.json``, unreadable JSON, inputs of another key."""
+    for name in (*FILES, HASHES):
         if not (path / name).is_file():
             raise ValueError(f"{name} is missing")
     try:
+        recorded = json.loads((path / HASHES).read_text())
+        for name in FILES:
+            if _sha256(path / name) != recorded.get(name):
+                raise ValueError(f"{name} does not match the SHA-256 in {HASHES}")
         record = json.loads((path / "inputs.json").read_text())
         provenance = json.loads((path / "provenance.json").read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"unreadable JSON ({err})") from None
-    text = json.dumps(
-        {k: record.get(k) for k in ("name", "inputs", "code")},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    if hashlib.sha256(text.encode()).hexdigest()[:16] != key:
+    except (OSError, AttributeError, json.JSONDecodeError) as err:
+        raise ValueError(f"unreadable ({err})") from None
+    if not isinstance(record, dict) or not isinstance(provenance, dict):
+        raise ValueError("inputs.json or provenance.json is not a mapping")
+    if _hash_record(record) != key:
         raise ValueError("inputs.json hashes to another key")
     return Computation(record["name"], key, path, record["inputs"], provenance)
 
 
-#: what :func:`_published_value` returns when there is no good published entry
+#: what :func:`_lookup` returns when there is no good entry
 _MISSING = object()
 
 
-def _published_value(folder: Path | None, name: str, key: str):
-    """The value of a published computation whose files match ``hashes.json``, else
-    :data:`_MISSING`; a mismatch or damage is reported."""
+def _lookup(folder: Path | None, name: str, key: str, layer: str):
+    """The value of the entry ``NAME-KEY`` in ``folder``, else :data:`_MISSING`; damage is
+    reported (:class:`DamagedWarning`)."""
     if folder is None:
         return _MISSING
     path = folder / f"{name}-{key}"
     if not path.is_dir():
         return _MISSING
     try:
-        recorded = json.loads((path / HASHES).read_text())
-        for file in FILES:
-            if not (path / file).is_file() or _sha256(path / file) != recorded.get(file):
-                raise ValueError(f"{file} does not match the SHA-256 in {HASHES}")
         _examine(path, key)
         return _read_value(path)
     except Exception as err:  # whatever fails to read, the entry is not served
+        fix = "restore it with git, or publish it again" if layer == "published" else "replaced"
         warnings.warn(
-            f"the published computation {name} ({path}) is refused ({err}); it is computed "
-            "again (restore it with git, or publish it again)",
+            f"the {layer} computation {name} ({path}) is damaged ({err}); it is computed again "
+            f"({fix})",
             DamagedWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return _MISSING
 
@@ -314,10 +447,10 @@ def cached(
     published: str | Path | None = None,
 ):
     """The value of ``compute()`` for these ``inputs``: published, stored, or computed now and
-    stored (see the module's docstring for the key and the layers).
+    stored (see the module's docstring for the key, the layers and what a value may hold).
 
     Args:
-        name: what is computed, letters, digits, ``.`` and ``_`` (e.g. ``"theory.l2_path"``).
+        name: what is computed: starts with a letter; letters, digits, ``.`` and ``_``.
         inputs: everything ``compute`` reads that can change its value, as JSON-like data.
         compute: makes the value, without arguments.
         code: modules whose source is part of the key (those that compute the value); the
@@ -326,38 +459,51 @@ def cached(
             :func:`flatness.paths.results_root` and :func:`published_root`).
 
     Raises:
-        FlatnessError: a bad name or inputs, a value that cannot be stored (nothing is stored).
+        FlatnessError: a bad name or inputs; a store that cannot be written (before anything is
+            computed); a value that cannot be stored exactly (nothing is kept).
     """
     _check_name(name)
     modules = sorted({*code, getattr(compute, "__module__", None) or "__main__"} - {"__main__"})
     key, record = key_of(name, inputs, modules)
     refresh = os.environ.get(REFRESH_ENV) == "1"
     if not refresh:
-        value = _published_value(published_folder(published), name, key)
+        value = _lookup(published_folder(published), name, key, "published")
         if value is not _MISSING:
             return value
     folder = store_folder(results)
-    path = folder / f"{name}-{key}"
-    if path.is_dir() and not refresh:
-        try:
-            _examine(path, key)
-            return _read_value(path)
-        except Exception as err:  # whatever fails to read, the entry is not whole
-            warnings.warn(
-                f"the stored computation {name} ({path}) is damaged ({err}); computing it again",
-                DamagedWarning,
-                stacklevel=2,
-            )
-    start = time.perf_counter()
-    value = compute()
-    seconds = time.perf_counter() - start
-    _write(folder, path, record, value, seconds)
-    return value
+    problem = folder_problem(folder, write=True)
+    if problem is not None:
+        raise FlatnessError(
+            f"cannot store the computation {name} in {folder} ({problem}); point --results or "
+            "$FLATNESS_RESULTS at a folder that can be written"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ".locks").mkdir(exist_ok=True)
+    # one process computes a key; the others wait here and then read its entry
+    with FileLock(str(folder / ".locks" / f"{name}-{key}.lock")):
+        if not refresh:
+            value = _lookup(folder, name, key, "stored")
+            if value is not _MISSING:
+                return value
+        start = time.perf_counter()
+        value = compute()
+        seconds = time.perf_counter() - start
+        return _write(folder, folder / f"{name}-{key}", record, value, seconds)
 
 
-def _write(folder: Path, path: Path, record: dict, value, seconds: float) -> None:
+def _write(folder: Path, path: Path, record: dict, value, seconds: float):
+    """Write the entry whole in a hidden folder, check that it reads back identical, rename it
+    into place; returns the value read back."""
     writer = _Writer()
-    structure = writer.encode(value)  # refuses what cannot be stored, before any file exists
+    try:
+        structure = writer.encode(value)
+    except FlatnessError:
+        raise
+    except Exception as err:  # a tensor or frame numpy cannot hold: say so, keep nothing
+        raise FlatnessError(
+            f"the computation {record['name']}'s value cannot be stored: {type(err).__name__}: "
+            f"{err}"
+        ) from None
     provenance = {
         "seconds": seconds,
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -366,14 +512,9 @@ def _write(folder: Path, path: Path, record: dict, value, seconds: float) -> Non
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=folder))
-    except OSError as err:
-        raise FlatnessError(
-            f"cannot write the computation {record['name']} into {folder} ({err}); point "
-            "--results or $FLATNESS_RESULTS at a folder that can be written"
-        ) from None
+    for leftover in folder.glob(f".tmp-{path.name}-*"):  # from a writer killed half-way
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=folder))
     try:
         (tmp / "inputs.json").write_text(json.dumps(record, indent=2, sort_keys=True))
         (tmp / "value.json").write_text(json.dumps(structure))
@@ -381,18 +522,26 @@ def _write(folder: Path, path: Path, record: dict, value, seconds: float) -> Non
         np.savez_compressed(buffer, **writer.arrays)
         (tmp / "arrays.npz").write_bytes(buffer.getvalue())
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
+        hashes = {file: _sha256(tmp / file) for file in FILES}
+        (tmp / HASHES).write_text(json.dumps(hashes, indent=2))
+        back = _read_value(tmp)
+        different = _difference(value, back)
+        if different:
+            raise FlatnessError(
+                f"the computation {record['name']}'s value would not come back as computed "
+                f"({different}); store plain numbers, arrays, tensors or DataFrames"
+            )
         tmp.chmod(0o755)
-        if path.exists():  # damaged or refreshed: set aside, then replaced in one rename
-            aside = folder / f".trash-{path.name}-{os.getpid()}"
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.exists():  # damaged or refreshed: set aside, then replaced in one rename
+            aside = folder / f".trash-{path.name}-{uuid.uuid4().hex[:8]}"
             os.rename(path, aside)
             shutil.rmtree(aside, ignore_errors=True)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not path.is_dir():  # another process stored the same computation meanwhile
-                raise
+        os.rename(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return back
 
 
 def stored(results: str | Path | None = None) -> tuple[list[Computation], list[tuple[Path, str]]]:
@@ -401,9 +550,11 @@ def stored(results: str | Path | None = None) -> tuple[list[Computation], list[t
     good, damaged = [], []
     if not folder.is_dir():
         return good, damaged
-    for path in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
         name, _, key = path.name.rpartition("-")
         try:
+            if not path.is_dir():
+                raise ValueError("not a folder")
             good.append(_examine(path, key))
         except ValueError as err:
             damaged.append((path, str(err)))
@@ -411,27 +562,25 @@ def stored(results: str | Path | None = None) -> tuple[list[Computation], list[t
 
 
 def publish(computations: Sequence[Computation], published: str | Path | None = None) -> list[Path]:
-    """Copy stored computations into the published layer, each with ``hashes.json``, written
-    whole and renamed into place. Returns the folders written (an entry already published with
-    matching hashes is left as it is)."""
+    """Copy stored computations into the published layer, written whole and renamed into
+    place. Returns the folders written (an entry already published whole is left as it is)."""
     folder = published_folder(published)
     if folder is None:
         raise FlatnessError("no published layer outside a checkout; pass --to a folder")
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for c in computations:
+        _examine(c.path, c.key)  # damaged since it was listed: refused
         target = folder / c.path.name
-        if (target / HASHES).is_file():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DamagedWarning)  # damaged: replaced below
-                if _published_value(folder, c.name, c.key) is not _MISSING:
-                    continue
+        try:
+            _examine(target, c.key)
+            continue  # published whole already
+        except ValueError:
+            pass
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{c.path.name}-", dir=folder))
         try:
-            for file in FILES:
+            for file in (*FILES, HASHES):
                 shutil.copyfile(c.path / file, tmp / file)
-            hashes = {file: _sha256(tmp / file) for file in FILES}
-            (tmp / HASHES).write_text(json.dumps(hashes, indent=2))
             tmp.chmod(0o755)
             if target.exists():
                 shutil.rmtree(target)

@@ -10,16 +10,14 @@ estimator redoes every study.
 from __future__ import annotations
 
 import dataclasses
-import pkgutil
 from collections.abc import Callable
 
 import pandas as pd
 
-import flatness.hessian
 from flatness.chapters.estimators import eigenvalues, trace
 from flatness.chapters.estimators.design import Settings
 from flatness.chapters.estimators.exact import Problem
-from flatness.results.computations import cached, data_hash
+from flatness.results.computations import cached, data_hash, package_modules
 
 #: the chapter's modules and every module of the Hessian engine
 CODE = (
@@ -28,8 +26,7 @@ CODE = (
     "flatness.chapters.estimators.eigenvalues",
     "flatness.chapters.estimators.trace",
     "flatness.chapters.estimators.peers",
-    *(f"flatness.hessian.{m.name}" for m in pkgutil.iter_modules(flatness.hessian.__path__)),
-    "flatness.hessian",
+    *package_modules("flatness.hessian"),
 )
 
 

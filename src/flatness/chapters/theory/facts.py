@@ -4,7 +4,9 @@ Every function here computes one or more of the chapter's facts through
 :func:`flatness.results.computations.cached`: keyed by the chapter's settings, a hash of the
 sample it reads and the source of the modules that compute it, stored beside the runs and
 publishable with them. The theory page and the verdict page's C2 row call the same functions,
-so the verdict reads what the theory page computed rather than redoing it.
+so the verdict reads what the theory page computed rather than redoing it. The device a fact
+was computed on is recorded (its provenance), not keyed: a fact published from a GPU serves a
+CPU build, as the chapter's float64 numbers agree across devices far below what it reports.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ from flatness.chapters.theory import networks, softmax
 from flatness.chapters.theory.design import TheorySettings, log_range, scaling_sample
 from flatness.results.computations import cached, data_hash
 
-#: the modules whose source is part of every key here
+#: the modules whose source is part of every key here (with this one)
 CODE = (
     "flatness.chapters.theory.design",
     "flatness.chapters.theory.networks",
     "flatness.chapters.theory.softmax",
+    # the engine's modules the facts run through: dense Hessians, the closed form, the checks
+    "flatness.hessian.checks",
     "flatness.hessian.exact",
+    "flatness.hessian.loaders",
     "flatness.hessian.softmax",
 )
 
