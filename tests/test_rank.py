@@ -32,7 +32,7 @@ def _generic(n, d, k, seed=0):
     return x, torch.arange(n) % k
 
 
-def test_ranks_match_an_independent_autograd_hessian():
+def test_ranks_match_an_independent_autograd_hessian(store_root, monkeypatch):
     x, y = _generic(30, 5, 4)
     torch.manual_seed(0)
     model = models.mlp(5, 4, widths=(3,), activation="tanh").double()
@@ -57,6 +57,18 @@ def test_ranks_match_an_independent_autograd_hessian():
     # hidden + 1 = 4 null directions; on 30 generic examples nothing else vanishes
     assert rank.ranks(got.hessian, (1e-8,), 1e-4)["rel 1e-08"] == len(flat) - 4
     assert rank.Architecture.of(model).ceiling == len(flat) - 4
+    # kept in the store: the same net again reads it back; another net's weights compute anew
+    from flatness import hessian
+
+    calls = []
+    real = hessian.exact_hessian
+    monkeypatch.setattr(hessian, "exact_hessian", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = rank.spectrum(model, data, "tanh", "initial", math.nan, 0)
+    assert calls == [] and torch.equal(again.hessian, got.hessian)
+    with torch.no_grad():
+        model[0].weight.mul_(1.01)
+    rank.spectrum(model, data, "tanh", "initial", math.nan, 0)
+    assert len(calls) == 2  # the Hessian and its GGN
 
 
 def test_softmax_regression_rank_is_d_plus_one_times_k_minus_one():

@@ -176,7 +176,7 @@ def c6_rows(profile: str, *, data_root=None, train_missing=True) -> list[dict]:
     # ask for both sets of runs before saying any is missing, so a lookup meets every run
     gone = None
     try:
-        found = rank.spectra(s, d, **fetch)
+        found = rank.spectra(s, d, **fetch, profile=profile)
     except RunMissing as err:
         gone = err
     try:

@@ -14,6 +14,7 @@ from flatness import hessian
 from flatness.chapters.rank.design import ACTIVATIONS, RankSettings
 from flatness.chapters.rank.networks import ce, initial_model, trained_model
 from flatness.errors import RunMissing
+from flatness.results.computations import cached, data_hash, package_modules
 
 
 def ranks(eigenvalues: torch.Tensor, rtols, atol: float) -> dict[str, int]:
@@ -38,21 +39,45 @@ class Spectrum:
     train_loss: float
 
 
-def spectrum(model, data, activation, state, weight_decay, seed) -> Spectrum:
+#: the modules whose source is part of a spectrum's key (with this one)
+CODE = ("flatness.chapters.rank.networks", *package_modules("flatness.hessian"))
+
+
+def spectrum(
+    model, data, activation, state, weight_decay, seed, *, profile: str | None = None
+) -> Spectrum:
+    """The net's exact spectra, computed once and kept in the results store
+    (:func:`flatness.results.computations.cached`), keyed by the network, its weights and
+    buffers and the sample: the rank page and the verdict page's C6 rows share them."""
     x, y = data.x_train, data.y_train
-    h = hessian.exact_hessian(model, ce, (x, y))
-    g = hessian.exact_hessian(model, ce, (x, y), curvature="ggn")
-    with torch.no_grad():
-        loss = ce(model(x), y).item()
-    eig = torch.linalg.eigvalsh
-    return Spectrum(activation, state, weight_decay, seed, eig(h), eig(g), loss)
+
+    def compute():
+        h = hessian.exact_hessian(model, ce, (x, y))
+        g = hessian.exact_hessian(model, ce, (x, y), curvature="ggn")
+        with torch.no_grad():
+            loss = ce(model(x), y).item()
+        eig = torch.linalg.eigvalsh
+        return {"hessian": eig(h), "ggn": eig(g), "train_loss": loss}
+
+    inputs = {
+        "profile": profile,
+        "network": repr(model),
+        "weights": data_hash(*model.parameters()),
+        "buffers": data_hash(*model.buffers()),
+        "sample": data_hash(x, y),
+    }
+    found = cached("rank.spectrum", inputs, compute, code=CODE)
+    return Spectrum(
+        activation, state, weight_decay, seed, found["hessian"], found["ggn"], found["train_loss"]
+    )
 
 
 def spectra(
-    s: RankSettings, data, *, store=None, data_root=None, train_missing=True
+    s: RankSettings, data, *, store=None, data_root=None, train_missing=True, profile=None
 ) -> list[Spectrum]:
     """Every net at initialisation (weight decay NaN) and trained with each weight decay
-    (:class:`~flatness.errors.RunMissing` for a missing run with ``train_missing=False``)."""
+    (:class:`~flatness.errors.RunMissing` for a missing run with ``train_missing=False``);
+    each net's spectra are cached (:func:`spectrum`, under ``profile``)."""
     fetch = dict(store=store, data_root=data_root, train_missing=train_missing)
     trained, missing = {}, []
     for activation in ACTIVATIONS:  # every lookup first: all missing runs are named at once
@@ -72,10 +97,12 @@ def spectra(
     for activation in ACTIVATIONS:
         for seed in s.seeds:
             model = initial_model(s, activation, seed, data)
-            out.append(spectrum(model, data, activation, "initial", math.nan, seed))
+            out.append(
+                spectrum(model, data, activation, "initial", math.nan, seed, profile=profile)
+            )
             for wd in s.weight_decays:
                 model = trained.get((activation, wd, seed))
                 if model is None:  # the linear twin trains here
                     model = trained_model(s, activation, wd, seed, data, **fetch)
-                out.append(spectrum(model, data, activation, "trained", wd, seed))
+                out.append(spectrum(model, data, activation, "trained", wd, seed, profile=profile))
     return out
