@@ -8,7 +8,7 @@ from flatness.chapters import logreg
 from flatness.results.store import Store
 
 
-def test_summary_and_scaling_on_real_runs(tmp_path):
+def test_summary_and_scaling_on_real_runs(tmp_path, store_root, monkeypatch):
     settings = logreg.settings("smoke", seeds=[0, 1], epochs=2)
     runs = logreg.sweep(settings, store=Store(tmp_path), device="cpu")
     summary = logreg.summary(runs)
@@ -30,6 +30,19 @@ def test_summary_and_scaling_on_real_runs(tmp_path):
     # power iteration returns a Rayleigh quotient: never above the exact largest eigenvalue
     assert 0 < row["lambda_max PyHessian"] <= row["lambda_max exact"] * (1 + 1e-6)
     assert row["lambda_max exact"] == pytest.approx(runs[0].metrics["lambda_max"], rel=1e-6)
+    # both are kept in the store: asked again, they are read back, not recomputed
+    from flatness.chapters.logreg import exact
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("recomputed a stored computation")
+
+    monkeypatch.setattr(exact.theory, "scaling", recomputed)
+    monkeypatch.setattr(exact, "_pyhessian_comparison", recomputed)
+    again = logreg.scaled_measures(
+        logreg.trained_model(runs[0], d), d, [1.0, 10.0, 100.0], device="cpu"
+    )
+    assert again.equals(scaling)
+    assert logreg.pyhessian_comparison(runs[:1], d, settings, device="cpu").equals(comparison)
 
 
 def test_the_verdict_chooses_on_validation_and_judges_on_test(tmp_path):
@@ -67,7 +80,7 @@ def test_the_verdict_chooses_on_validation_and_judges_on_test(tmp_path):
     assert judged.outcome in common.OUTCOMES and judged.outcome != "not at a minimum"
 
 
-def test_the_trace_bound_constant_counts_every_pixel_and_the_bound_holds(tmp_path):
+def test_the_trace_bound_constant_counts_every_pixel_and_the_bound_holds(tmp_path, store_root):
     """Tr H <= 2 L max ||x~||^2 (paper notes, section 2) at every scale, with the constant
     summed over all 64 pixels of each 1x8x8 image plus the bias input."""
     d = data.load("digits", train_size=200)

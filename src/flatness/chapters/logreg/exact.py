@@ -5,6 +5,7 @@ PyHessian's estimates beside the exact measures, and the Hessian's blocks by cla
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from flatness.chapters import theory
 from flatness.chapters.logreg.design import (
     LogregSettings,
 )
+from flatness.results.computations import cached, data_hash
 from flatness.results.entries import Run
 from flatness.training.loop import default_device, load_model
 
@@ -33,24 +35,63 @@ def train_accuracy(model: nn.Linear, data: datasets.Dataset) -> float:
     return float((predicted == data.y_train).double().mean())
 
 
+#: the modules whose source is part of the keys of this page's cached computations
+CODE = (
+    "flatness.chapters.logreg.design",
+    "flatness.chapters.theory.softmax",
+    "flatness.hessian.checks",
+    "flatness.hessian.exact",
+    "flatness.hessian.loaders",
+    "flatness.hessian.reference",
+    "flatness.hessian.softmax",
+)
+
+
 def scaled_measures(
-    model: nn.Linear, data: datasets.Dataset, alphas, *, device=None
+    model: nn.Linear, data: datasets.Dataset, alphas, *, device=None, profile: str | None = None
 ) -> pd.DataFrame:
     """Training loss, the exact Hessian measures and the trace bound of the model with W and b
     scaled by each alpha, in float64 on the whole training split of ``data``: the columns of
     :func:`flatness.chapters.theory.scaling` (``bound`` = 2 L max_i ||x~_i||^2, every pixel of
-    an image counted; ``ratio`` = Tr H / bound)."""
+    an image counted; ``ratio`` = Tr H / bound). Computed once and kept in the results store,
+    keyed by the weights, the sample and the alphas."""
     device = device if device is not None else default_device()
     x, y = data.x_train.flatten(1).to(device).double(), data.y_train.to(device)
-    return theory.scaling(copy.deepcopy(model).to(device), x, y, alphas)  # the caller's stays put
+    inputs = {
+        "profile": profile,
+        "weights": data_hash(*model.parameters()),
+        "sample": data_hash(x, y),
+        "alphas": [float(a) for a in alphas],
+    }
+    # on a copy: the caller's model stays where it is
+    compute = lambda: theory.scaling(copy.deepcopy(model).to(device), x, y, alphas)
+    return cached("logreg.scaled_measures", inputs, compute, code=CODE)
 
 
 def pyhessian_comparison(
-    runs: list[Run], data: datasets.Dataset, settings: LogregSettings, *, device=None
+    runs: list[Run],
+    data: datasets.Dataset,
+    settings: LogregSettings,
+    *,
+    device=None,
+    profile: str | None = None,
 ) -> pd.DataFrame:
-    """PyHessian's top eigenvalue and trace beside the exact ones, for each run's final model."""
+    """PyHessian's top eigenvalue and trace beside the exact ones, for each run's final model;
+    computed once and kept in the results store, keyed by the runs, the sample and the
+    settings."""
     device = device if device is not None else default_device()
     x, y = data.x_train.to(device), data.y_train.to(device)
+    inputs = {
+        "profile": profile,
+        "runs": [r.key for r in runs],
+        "sample": data_hash(x, y),
+        "settings": dataclasses.asdict(settings),
+    }
+    compute = lambda: _pyhessian_comparison(runs, data, settings, x, y, device)
+    return cached("logreg.pyhessian_comparison", inputs, compute, code=CODE)
+
+
+def _pyhessian_comparison(runs, data, settings, x, y, device) -> pd.DataFrame:
     rows = []
     seeds = settings.pyhessian_seeds
     for run in [r for r in runs if seeds is None or r.config.seed in seeds]:
