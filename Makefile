@@ -9,7 +9,7 @@ DATA ?=
 BOOK_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: book test lint format bench clean clean-results
+.PHONY: book site test lint format bench clean clean-results
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(STAMP): requirements.txt pyproject.toml
 ## PROFILE=paper renders from published runs and trains nothing (BOOK_ARGS=--train-missing does).
 book: $(STAMP)
 	$(BIN)/python -m flatness book --profile $(PROFILE) $(if $(DATA),--data-root $(DATA)) $(BOOK_ARGS)
+
+## The book readers see online: each chapter at the largest profile it can show without training
+## (paper where its runs or computations are published and DATA holds MNIST, else cpu).
+site: $(STAMP)
+	$(BIN)/python -m flatness book --best-evidence --profile cpu $(if $(DATA),--data-root $(DATA)) $(BOOK_ARGS)
 
 ## The whole test suite, including a smoke-profile build of the book.
 test: $(STAMP)

@@ -705,8 +705,13 @@ def build_book(
     progress: bool = False,
     rerun: bool = False,
     train_missing: bool | None = None,
+    best_evidence: bool = False,
 ) -> Path:
     """Execute every chapter and render the book; returns the path of ``index.html``.
+
+    With ``best_evidence``, each chapter is executed at the largest profile it can show without
+    training (:mod:`flatness.book.evidence`), ``profile`` elsewhere, and the verdict page judges
+    each claim at its chapter's profile; one line on stderr says which chapter is at which.
 
     A chapter whose executed notebook carries the same :func:`fingerprint` (source, profile,
     parameters, package code, requirements, results store) is reused unless ``rerun``; one line
@@ -724,8 +729,29 @@ def build_book(
     get_profile(profile)
     for page in toc_files(root):  # a missing page is bad input: say so before any execution
         page_source(page, root)
+    at = {name: profile for name in chapters(root)}
+    extra = {name: {} for name in at}
+    if best_evidence:
+        from flatness.book import evidence
+
+        data_root = (parameters or {}).get("data_root")
+        chosen = evidence.choices(list(at), data_root=data_root)
+        at = {name: c.profile for name, c in chosen.items()}
+        if "verdicts" in at:
+            extra["verdicts"] = {
+                "chapter_profiles": {c: at.get(c, profile) for c in evidence.VERDICT_CHAPTERS}
+            }
+        scales = {}
+        for name, p in at.items():
+            scales.setdefault(p, []).append(name)
+        print(
+            "best evidence: "
+            + "; ".join(f"{p} for {', '.join(names)}" for p, names in scales.items()),
+            file=sys.stderr,
+            flush=True,
+        )
     for name in chapters(root):
-        check_parameters(name, profile, parameters, root)
+        check_parameters(name, at[name], {**(parameters or {}), **extra[name]}, root)
     build = Path(out or root) / "_build"
     stage = build / "stage"
     shutil.rmtree(stage, ignore_errors=True)
@@ -736,8 +762,8 @@ def build_book(
     for name in chapters(root):
         run = execute_chapter(
             name,
-            profile=profile,
-            parameters=parameters,
+            profile=at[name],
+            parameters={**(parameters or {}), **extra[name]},
             out=out,
             progress=progress,
             reuse=not rerun,
@@ -749,7 +775,7 @@ def build_book(
         sources.mkdir(exist_ok=True)
         (stage / "book" / f"{name}.md").replace(sources / f"{name}.md")
         if not run.error:
-            away = TakeAway.of(name, profile, root)
+            away = TakeAway.of(name, at[name], root)
             _stage_notebook(run.notebook, stage / "book" / f"{name}.ipynb", away)
     failures = [
         f"{r.error}\nthe partly executed notebook: {r.notebook}" for r in executions if r.error

@@ -7,6 +7,8 @@ verdict page and the chapters cannot disagree.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pandas as pd
 
 from flatness import data as datasets
@@ -16,7 +18,7 @@ from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, resnets,
 from flatness.chapters.rank import tables as rank_tables
 from flatness.chapters.theory import facts as theory_facts
 from flatness.chapters.theory import prose as theory_prose
-from flatness.errors import FlatnessError, RunMissing
+from flatness.errors import FlatnessError, RunMissing, unknown
 from flatness.profiles import get_profile
 
 TRAINING = {"mlp": mlp, "cnn": cnn, "resnets": resnets}
@@ -50,6 +52,7 @@ def _row(
 ) -> dict:
     return {
         "claim": claim,
+        "profile": profile,
         "setting": names.words(f"{setting} ({names.display(dataset)})" if dataset else setting),
         "half": half,
         "effect [95 % CI]": names.words(effect),
@@ -224,12 +227,33 @@ def _not_tested(claim, chapter, profile, dataset, setting, missing: int, dead: i
 
 
 def rows(
-    profile: str, *, data_root=None, device=None, progress=False, train_missing=True
+    profile: str,
+    *,
+    data_root=None,
+    device=None,
+    progress=False,
+    train_missing=True,
+    profiles: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Every verdict row at ``profile``: C1 (context), C2, C3 (both halves per setting), C4, C5,
     C6. With ``train_missing=False`` nothing trains: a setting whose runs are missing gets a
-    "not tested" row saying how many."""
+    "not tested" row saying how many. ``profiles`` takes some chapters at another profile
+    (chapter name -> profile), as the best-evidence build does; each row says its profile.
+
+    Raises:
+        FlatnessError: an unknown profile or chapter name.
+    """
     get_profile(profile)
+    profiles = dict(profiles or {})
+    unknown_chapters = sorted(set(profiles) - set(CHAPTER_PROFILES))
+    if unknown_chapters:
+        raise unknown("chapter", unknown_chapters[0], CHAPTER_PROFILES)
+    for chosen in profiles.values():
+        get_profile(chosen)
+
+    def at(chapter: str) -> str:
+        return profiles.get(chapter, profile)
+
     out = [
         _row(
             "C1",
@@ -244,33 +268,67 @@ def rows(
         )
     ]
     fetch = dict(data_root=data_root, device=device, progress=progress)
-    ls = logreg.settings(profile)
-    out.append(c2_row(profile, data_root=data_root))
+    ls = logreg.settings(at("logreg"))
+    out.append(c2_row(at("theory"), data_root=data_root))
     c3, used = [], set()
     try:
         runs = logreg.sweep(ls, **fetch, train_missing=train_missing)
     except RunMissing:
         missing = sum(1 for c in ls.run_configs() if not _present(c))
-        out.append(_not_tested("C3", "logreg", profile, ls.dataset, "logreg", missing))
+        out.append(_not_tested("C3", "logreg", at("logreg"), ls.dataset, "logreg", missing))
     else:
         data = datasets.load(ls.dataset, data_root=data_root, train_size=ls.train_size)
         c3.append(logreg.claim(runs, data, device=device))
-        out += _claim_rows(c3[0], "logreg", profile, ls.dataset, len(ls.seeds))
+        out += _claim_rows(c3[0], "logreg", at("logreg"), ls.dataset, len(ls.seeds))
         used.add(ls.dataset)
     for chapter, module in TRAINING.items():
         out += _chapter_rows(
-            chapter, module.settings(profile), profile, c3, used, fetch, train_missing
+            chapter, module.settings(at(chapter)), at(chapter), c3, used, fetch, train_missing
         )
-    out.append(c4_row(c3, profile, ", ".join(sorted(names.display(u) for u in used))))
+    scales = " and ".join(sorted({at(c) for c in ("logreg", *TRAINING)}))
+    out.append(c4_row(c3, scales, ", ".join(sorted(names.display(u) for u in used))))
     out += _chapter_rows(
-        "adaptive", adaptive.settings(profile), profile, [], set(), fetch, train_missing
+        "adaptive",
+        adaptive.settings(at("adaptive")),
+        at("adaptive"),
+        [],
+        set(),
+        fetch,
+        train_missing,
     )
     try:
-        out += c6_rows(profile, data_root=data_root, train_missing=train_missing)
+        out += c6_rows(at("rank"), data_root=data_root, train_missing=train_missing)
     except RunMissing:
-        missing = sum(1 for c in rank.grid(profile) if not _present(c))
-        out.append(_not_tested("C6", "rank", profile, "", "rank bounds", missing))
+        missing = sum(1 for c in rank.grid(at("rank")) if not _present(c))
+        out.append(_not_tested("C6", "rank", at("rank"), "", "rank bounds", missing))
     return pd.DataFrame(out)
+
+
+def scale_sentence(profile: str, profiles: Mapping[str, str] | None) -> str:
+    """What scale the page's verdicts hold for, in words: one profile, or a best-evidence
+    build's choice per chapter."""
+    chosen = {c: (profiles or {}).get(c, profile) for c in CHAPTER_PROFILES}
+    if len(set(chosen.values())) == 1:
+        only = next(iter(chosen.values()))
+        if only == "cpu":
+            return (
+                "The verdicts hold for this profile's data and models only: under `cpu` they "
+                "judge the reduced stand-ins on scikit-learn's digits, not the paper's MNIST and "
+                "CIFAR-100 runs."
+            )
+        return f"The verdicts hold for the `{only}` profile's data and models."
+    by = {}
+    for chapter, p in chosen.items():
+        by.setdefault(p, []).append(chapter)
+    parts = "; ".join(f"`{p}`: {', '.join(cs)}" for p, cs in sorted(by.items()))
+    return (
+        "Each claim is judged at the largest scale whose runs are at hand (a best-evidence "
+        f"build), so rows differ in profile, which the table's profile column gives: {parts}."
+    )
+
+
+#: the chapters whose profile the verdict page can take from a best-evidence build
+CHAPTER_PROFILES = ("theory", "logreg", "mlp", "cnn", "resnets", "adaptive", "rank")
 
 
 def _present(config) -> bool:
@@ -378,6 +436,8 @@ def links(chapter: str) -> str:
 def display(table: pd.DataFrame):
     """The verdict table for the page: links to the evidence, no interval objects."""
     shown = table.drop(columns="interval").copy()
+    if shown.profile.nunique() <= 1:  # one profile: the page's admonition names it
+        shown = shown.drop(columns="profile")
     shown["chapter"] = shown.chapter.map(links)
     shown = shown.rename(columns={"chapter": "where shown"})
     # its cells hold sentences: they wrap (the book's tables keep cells on one line)

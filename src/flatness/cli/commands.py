@@ -206,6 +206,13 @@ def _parser() -> argparse.ArgumentParser:
     book = sub.add_parser("book", help="execute every chapter and render the HTML book")
     _execution_options(book, "folder to hold _build (default: the checkout)")
     book.add_argument(
+        "--best-evidence",
+        action="store_true",
+        help="each chapter at the largest profile it can show without training (paper where "
+        "its runs or computations are published and the data can be read, else --profile); "
+        "the book readers see online",
+    )
+    book.add_argument(
         "--rerun",
         action="store_true",
         help="execute every chapter even where an executed notebook with the same source, "
@@ -510,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
                 out=args.out,
                 rerun=args.rerun,
                 train_missing=args.train_missing or None,
+                best_evidence=args.best_evidence,
             )
             print(index)
         sys.stdout.flush()  # a closed pipe is then reported here, not at exit
