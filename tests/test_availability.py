@@ -103,3 +103,23 @@ def test_a_chapter_that_trained_its_runs_is_reused_by_the_next_build(empty_layer
 
 def first_grid():
     return grids.chapter_grid("logreg", "smoke")
+
+
+@pytest.mark.parametrize("chapter", book.chapters())
+def test_a_placeholder_keeps_no_reference_to_a_value_that_was_never_glued(chapter):
+    import jupytext
+
+    notebook = jupytext.read(book.checkout() / "book" / f"{chapter}.md")
+    opening = [c.source for c in notebook.cells[: _first_code(notebook)]]
+    cut = availability.placeholder(notebook, "note")
+    text = "\n".join(c.source for c in cut.cells)
+    assert "{glue" not in text and cut.cells[-1].source == "note"
+    # every other line of the opening is kept as it was
+    for source in opening:
+        for line in source.splitlines():
+            if "{glue" not in line:
+                assert line in text
+
+
+def _first_code(notebook) -> int:
+    return next(i for i, c in enumerate(notebook.cells) if c.cell_type == "code")

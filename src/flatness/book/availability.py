@@ -10,6 +10,7 @@ estimated GPU-hours.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from flatness.errors import FlatnessError
@@ -113,6 +114,9 @@ def _listing(estimates) -> str:
     return "\n".join([*lines, "```"])
 
 
+_GLUE_ROLE = re.compile(r"\{glue(:[a-z]+)?\}`")
+
+
 def placeholder(notebook, text: str):
     """``notebook`` cut to its opening (every cell before the first code cell), then ``text``;
     nothing is executed."""
@@ -122,6 +126,10 @@ def placeholder(notebook, text: str):
     for cell in notebook.cells:
         if cell.cell_type == "code":
             break
+        # a glued value comes from a code cell that will not run: its line would be a dangling
+        # reference, which the strict build refuses
+        kept = [line for line in cell.source.splitlines() if not _GLUE_ROLE.search(line)]
+        cell.source = "\n".join(kept)
         cells.append(cell)
     notebook.cells = [*cells, nbformat.v4.new_markdown_cell(text)]
     return notebook
