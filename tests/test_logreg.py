@@ -104,3 +104,57 @@ def test_the_trace_bound_constant_counts_every_pixel_and_the_bound_holds(tmp_pat
     assert logreg.train_accuracy(model, d) == by_hand_acc
     assert np.allclose(scaling.ratio, scaling.trace / scaling.bound)
     assert scaling.ratio.max() > 0.05  # a bound that is not vacuous here
+
+
+def test_class_blocks_are_the_exact_hessian_by_class_each_cell_its_largest_entry(
+    tmp_path, store_root, monkeypatch
+):
+    import torch
+
+    settings = logreg.settings("smoke", seeds=[0], epochs=2)
+    run = logreg.sweep(settings, store=Store(tmp_path), device="cpu")[0]
+    d = data.load("digits", train_size=settings.train_size)
+    model = logreg.trained_model(run, d).double()
+    x, y = d.x_train.flatten(1).double(), d.y_train
+    k, dim = model.weight.shape
+
+    def loss(w, b):  # mean cross-entropy written out, the softmax by hand
+        z = x @ w.T + b
+        return (torch.logsumexp(z, 1) - z[torch.arange(len(y)), y]).mean()
+
+    parts = torch.autograd.functional.hessian(loss, (model.weight.detach(), model.bias.detach()))
+    n = k * dim
+    h = torch.zeros(n + k, n + k, dtype=torch.float64)
+    for i, row in enumerate(parts):
+        for j, part in enumerate(row):
+            h[[slice(0, n), slice(n, None)][i], [slice(0, n), slice(n, None)][j]] = part.reshape(
+                (n, k)[i], (n, k)[j]
+            )
+    by_class = [list(range(c * dim, (c + 1) * dim)) + [n + c] for c in range(k)]
+    order = sum(by_class, [])
+    grouped = h[order][:, order].abs().numpy()
+
+    whole = logreg.class_blocks(run, d, rows=k * (dim + 1))
+    assert whole.pooled == 1 and whole.block == dim + 1
+    np.testing.assert_allclose(whole.magnitude, grouped, rtol=1e-5, atol=1e-9)
+    assert whole.sentence() == "Each pixel is one entry."
+
+    small = logreg.class_blocks(run, d, rows=200)
+    p = small.pooled
+    assert p == 4 and small.block == 17 and small.magnitude.shape == (170, 170)
+    for a in range(k):
+        for b in range(k):
+            block = grouped[a * 65 : (a + 1) * 65, b * 65 : (b + 1) * 65]
+            for i in range(small.block):
+                for j in range(small.block):
+                    cell = block[i * p : (i + 1) * p, j * p : (j + 1) * p]
+                    assert small.magnitude[a * 17 + i, b * 17 + j] == pytest.approx(
+                        cell.max(), rel=1e-5, abs=1e-9
+                    )
+    assert "650 rows" in small.sentence() and "4 x 4 square" in small.sentence()
+    # kept in the store: asked again, it is read back, not recomputed
+    from flatness.chapters.logreg import exact
+
+    monkeypatch.setattr(exact, "_class_blocks", lambda *a: pytest.fail("recomputed"))
+    again = logreg.class_blocks(run, d, rows=200)
+    assert np.array_equal(again.magnitude, small.magnitude)

@@ -511,7 +511,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             print(done.notebook)
         elif args.command == "book":
-            index = book.build_book(
+            # its last line on stderr names index.html
+            book.build_book(
                 profile=args.profile,
                 parameters=_chapter_parameters(args),
                 out=args.out,
@@ -519,7 +520,6 @@ def main(argv: list[str] | None = None) -> int:
                 train_missing=args.train_missing or None,
                 best_evidence=args.best_evidence,
             )
-            print(index)
         sys.stdout.flush()  # a closed pipe is then reported here, not at exit
     except BrokenPipeError:
         # the reader (e.g. `| head`) stopped reading; silence the flush at exit too

@@ -121,15 +121,76 @@ def _pyhessian_comparison(runs, data, settings, x, y, device) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def class_blocks(run: Run, data: datasets.Dataset) -> np.ndarray:
-    """The exact Hessian of a run's final model with parameters grouped by class.
+#: the class-block figure shows at most this many rows: a panel is some 300 screen pixels wide,
+#: so more rows would be subsampled by the renderer, which can drop a block's largest entries
+HEATMAP_ROWS = 400
 
-    Returns:
-        ``(K (d + 1), K (d + 1))`` float64: for each class its d weights then its bias, so the
-        ``(d + 1) x (d + 1)`` block ``(k, l)`` couples classes k and l.
-    """
+
+@dataclasses.dataclass(frozen=True)
+class ClassBlocks:
+    """The magnitude of a softmax regression's exact Hessian, parameters grouped by class.
+
+    ``magnitude`` is ``(K b, K b)``: block ``(k, l)``, rows and columns ``k b`` to ``(k+1) b``,
+    couples classes k and l, whose ``d + 1`` parameters are each class's d weights then its
+    bias. Each block is cut into cells of ``pooled x pooled`` entries (the last ones smaller)
+    and a cell holds the largest ``|H_ij|`` in it, so ``b = ceil((d + 1) / pooled)``; with
+    ``pooled == 1`` it is ``|H|`` itself."""
+
+    magnitude: np.ndarray
+    block: int
+    pooled: int
+    #: each class's parameters, d + 1
+    size: int
+
+    def sentence(self) -> str:
+        """What one pixel of the figure is, in words."""
+        if self.pooled == 1:
+            return "Each pixel is one entry."
+        rows = len(self.magnitude) // self.block * self.size
+        return (
+            f"The Hessian has {rows:,} rows, more than the figure has pixels, so each pixel is "
+            f"the largest magnitude in a {self.pooled} x {self.pooled} square of entries of "
+            "its block."
+        )
+
+
+def class_blocks(
+    run: Run, data: datasets.Dataset, *, rows: int = HEATMAP_ROWS, profile: str | None = None
+) -> ClassBlocks:
+    """The exact Hessian of a run's final model grouped by class, each block max-pooled so that
+    the whole has at most ``rows`` rows (see :class:`ClassBlocks`). Computed once and kept in
+    the results store, keyed by the run, the sample and ``rows``."""
+    x = data.x_train.flatten(1)
+    inputs = {"profile": profile, "run": run.key, "sample": data_hash(x), "rows": rows}
+    found = cached("logreg.class_blocks", inputs, lambda: _class_blocks(run, data, rows), code=CODE)
+    return ClassBlocks(**found)
+
+
+def _class_blocks(run: Run, data: datasets.Dataset, rows: int) -> dict:
     model = trained_model(run, data)
     h = hessian.softmax_regression_hessian(model, data.x_train.flatten(1)).cpu().numpy()
     k, d = model.weight.shape
-    order = np.concatenate([np.r_[c * d : (c + 1) * d, k * d + c] for c in range(k)])
-    return h[np.ix_(order, order)]
+    size = d + 1
+    if k > rows:
+        raise ValueError(f"{k} classes cannot be shown in {rows} rows")
+    pooled = -(-size // (rows // k))  # the least cell side that fits K blocks in `rows`
+    cells = -(-size // pooled)
+    # per class: its weights then its bias, each cut into cells
+    order = [np.r_[c * d : (c + 1) * d, k * d + c] for c in range(k)]
+    starts = [np.arange(0, size, pooled) for _ in range(k)]
+    magnitude = np.zeros((k * cells, k * cells))
+    for a in range(k):
+        for b in range(k):
+            block = np.abs(h[np.ix_(order[a], order[b])])
+            # reduceat takes the maximum over each run of `pooled` rows, then of columns
+            pooled_block = np.maximum.reduceat(
+                np.maximum.reduceat(block, starts[a], 0), starts[b], 1
+            )
+            magnitude[a * cells : (a + 1) * cells, b * cells : (b + 1) * cells] = pooled_block
+    # float32 keeps 7 digits of a log-scale picture and halves what is published
+    return {
+        "magnitude": magnitude.astype(np.float32),
+        "block": cells,
+        "pooled": pooled,
+        "size": size,
+    }
