@@ -360,3 +360,42 @@ def test_ls_lists_cached_computations_and_publish_copies_a_profiles_own(tmp_path
     (folder,) = (to / "computations").iterdir()
     assert folder.name.startswith("theory.example-") and (folder / "hashes.json").is_file()
     assert json.loads((folder / "inputs.json").read_text())["inputs"]["profile"] == "smoke"
+
+
+def test_computations_of_code_changed_since_are_marked_stale_and_withdrawn_not_published(
+    tmp_path, capsys, monkeypatch
+):
+    from flatness.results import computations
+
+    module = tmp_path / "mod" / "made_here.py"
+    module.parent.mkdir()
+    module.write_text("def f():\n    return 1.0\n")
+    monkeypatch.syspath_prepend(str(module.parent))
+    import made_here
+
+    results, to = tmp_path / "r", tmp_path / "published"
+    run = lambda: computations.cached(
+        "theory.made", {"profile": "smoke"}, made_here.f, code=["made_here"], results=results
+    )
+    run()
+    _main(capsys, "publish", "computations", "--profile", "smoke", "--to", to, "--results", results)
+    (first,) = (to / "computations").iterdir()
+    module.write_text("def f():\n    return 2.0\n")  # what it runs changed: a new key
+    sys.modules.pop("made_here", None)
+    run()
+    code, out, _ = _main(capsys, "ls", "--results", results)
+    assert code == 0 and "2 computation(s)" in out
+    assert out.count("stale: computed by code changed since") == 1
+    code, out, _ = _main(
+        capsys, "publish", "computations", "--profile", "smoke", "--to", to, "--results", results
+    )
+    assert code == 0 and "published 1 computation(s)" in out
+    assert f"not published, computed by code changed since: {first.name}" in out
+    assert (
+        f"withdrawn from the published layer, computed by code changed since: {first.name}" in out
+    )
+    (now,) = (to / "computations").iterdir()
+    assert now.name != first.name
+    assert json.loads((now / "inputs.json").read_text())["code"] == computations.code_hashes(
+        ["made_here"]
+    )

@@ -101,10 +101,42 @@ def test_editing_the_code_it_runs_computes_it_again(layers, tmp_path, monkeypatc
     run = lambda: comp.cached("test.code", {}, compute, code=["computed_here"], **layers)
     run(), run()
     assert len(compute.calls) == 1
-    module.write_text(textwrap.dedent("def f():\n    return 1.0  # the same, edited\n"))
+    # a comment, a docstring, other quotes and line breaks: the same code, the same key
+    module.write_text(
+        textwrap.dedent(
+            '''
+            """A module."""
+            def f(
+            ):
+                """Returns one."""
+                return 1.0  # the same, edited
+            '''
+        )
+    )
     run()
-    assert len(compute.calls) == 2
+    assert len(compute.calls) == 1
+    for edited in ("def f():\n    return 1.5\n", "def f():\n    return 1.0\n\n\nX = 'x'\n"):
+        module.write_text(edited)
+        run()
+    assert len(compute.calls) == 3
     sys.modules.pop("computed_here", None)
+
+
+def test_a_code_hash_is_of_what_runs_not_of_how_it_is_written(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sources = {
+        "a": "def f(x, y):\n    return x + 'y'\n",
+        "b": '"""doc"""\n\n\ndef f(x, y):  # hm\n    """doc"""\n    return (\n        x + "y"\n    )\n',
+        "c": "def f(x, y):\n    return y + 'y'\n",
+        "d": "def f(x, y):\n    return x + 'y '\n",
+        "e": "def f(x, y):\n    'a string kept as a statement'\n    return x + 'y'\n",
+        "f": "def f(x, y):\n    return x + 'y'\n    'after'\n",
+    }
+    for name, text in sources.items():
+        (tmp_path / f"hashed_{name}.py").write_text(text)
+    h = {n: comp.code_hashes([f"hashed_{n}"])[f"hashed_{n}"] for n in sources}
+    assert h["a"] == h["b"] == h["e"]  # the first string of a body is its docstring
+    assert len({h["a"], h["c"], h["d"], h["f"]}) == 4
 
 
 @pytest.mark.parametrize(

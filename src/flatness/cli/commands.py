@@ -450,9 +450,10 @@ def _ls_computations(root) -> None:
     print(f"{len(found)} computation(s) in {computations.store_folder(root)}")
     for c in found:
         seconds = float(c.provenance.get("seconds", float("nan")))
+        stale = "" if c.current() else "  stale: computed by code changed since"
         print(
             f"{c.key:16}  {c.name:34} {str(c.inputs.get('profile', '')):7} "
-            f"{seconds:9.1f}s {c.provenance.get('finished', '')}"
+            f"{seconds:9.1f}s {c.provenance.get('finished', '')}{stale}"
         )
     for path, reason in damaged:
         print(f"damaged: {path.name} ({reason}); the next use computes it again")

@@ -345,26 +345,39 @@ COMPUTATIONS = "computations"
 
 def _publish_computations(store, layer, profile: str, chapter: str | None = None) -> None:
     """Publish the store's computations of ``profile`` (those of ``chapter`` alone, where
-    given) beside the runs; says how many, and names damaged ones, which are not published."""
+    given) beside the runs; says how many, and names damaged ones, which are not published.
+    Computations made by code that has changed since are not published, and published ones of
+    the same profile and chapter are withdrawn: no call can ask for their keys again."""
     from flatness.results import computations
 
+    def wanted(c) -> bool:
+        return c.inputs.get("profile") == profile and (
+            chapter is None or c.name.startswith(f"{chapter}.")
+        )
+
     found, damaged = computations.stored(store.root)
-    chosen = [
-        c
-        for c in found
-        if c.inputs.get("profile") == profile
-        and (chapter is None or c.name.startswith(f"{chapter}."))
-    ]
+    chosen = [c for c in found if wanted(c)]
     if not chosen and chapter is not None:
         return  # a chapter without computations: its runs were the whole publish
-    written = computations.publish(chosen, layer.root)
+    current = [c for c in chosen if c.current()]
+    written = computations.publish(current, layer.root)
     print(
         f"published {len(written)} computation(s) of profile {profile} into "
-        f"{computations.published_folder(layer.root)}; {len(chosen) - len(written)} were "
+        f"{computations.published_folder(layer.root)}; {len(current) - len(written)} were "
         "published already"
     )
+    for c in chosen:
+        if c not in current:
+            print(f"  not published, computed by code changed since: {c.path.name}")
     for path, reason in damaged:
         print(f"  not published, damaged: {path.name} ({reason})")
+    old = [c for c in computations.published_entries(layer.root)[0] if wanted(c)]
+    stale = [c for c in old if not c.current()]
+    computations.withdraw(stale, layer.root)
+    for c in stale:
+        print(
+            f"  withdrawn from the published layer, computed by code changed since: {c.path.name}"
+        )
 
 
 def _same(a: str, b: str) -> bool:

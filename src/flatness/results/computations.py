@@ -6,7 +6,8 @@ computation up by its key, the hash of
 
 - its ``name`` (what is computed, e.g. ``"theory.separating_scaling"``),
 - its ``inputs`` (every setting it reads: profile, data set, sizes, the runs it reads by key),
-- and the source of the modules it runs (``code``): edit one and the computation is redone,
+- and the code of the modules it runs (``code``; their syntax trees, so comments, docstrings and
+  formatting do not count): change what one runs and the computation is redone,
 
 first in the published layer (``published/computations``), then in the store
 (``results/computations``); otherwise it computes, stores and returns the value. A folder is
@@ -41,6 +42,7 @@ already reuses by fingerprint, while the verdict page needs single values of oth
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import hashlib
 import importlib
@@ -92,10 +94,20 @@ class Computation:
     path: Path
     inputs: dict
     provenance: dict
+    #: the hash of each module's code when it was computed (:func:`code_hashes`)
+    code: dict
 
     def value(self):
         """The stored value, read from disk."""
         return _read_value(self.path)
+
+    def current(self) -> bool:
+        """Whether the code it was computed by is today's: if not, no call asks for its key
+        again and it is dead weight."""
+        try:
+            return code_hashes(list(self.code)) == self.code
+        except FlatnessError:  # a module since removed
+            return False
 
 
 # -- keys ---------------------------------------------------------------------------------------
@@ -130,15 +142,56 @@ def _canonical(obj, depth: int = 0) -> Any:
 
 
 def code_hashes(modules: Sequence[str]) -> dict[str, str]:
-    """The SHA-256 (first 16 hex digits) of each named module's source file (found, not
-    imported)."""
+    """The hash (16 hex digits) of each named module's code (its source file found, not
+    imported): a SHA-256 of its syntax tree with docstrings left out, so that a comment, a
+    docstring or a reformatting leaves the key alone and published computations stay valid,
+    while any change to what runs changes it."""
     out = {}
     for name in modules:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None or not Path(spec.origin).is_file():
             raise FlatnessError(f"module {name} has no source file to hash")
-        out[name] = hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+        digest = hashlib.sha256()
+        _feed(ast.parse(Path(spec.origin).read_bytes()), digest)
+        out[name] = digest.hexdigest()[:16]
     return out
+
+
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _feed(node, digest) -> None:
+    """Feeds ``node``'s tree to ``digest``: node types, field names and constants, without
+    positions, docstrings or empty fields; leaving empty fields out keeps the text the same on
+    Python versions that add fields (``type_params`` in 3.12)."""
+    if isinstance(node, list):
+        digest.update(b"[")
+        for item in node:
+            _feed(item, digest)
+        digest.update(b"]")
+        return
+    if not isinstance(node, ast.AST):
+        digest.update(f"{type(node).__name__}:{node!r};".encode())
+        return
+    digest.update(f"({type(node).__name__}".encode())
+    for field in node._fields:
+        value = getattr(node, field, None)
+        if field == "body" and isinstance(node, _DOCUMENTED) and _docstring(value):
+            value = value[1:]
+        if value is None or value == []:
+            continue
+        digest.update(f" {field}=".encode())
+        _feed(value, digest)
+    digest.update(b")")
+
+
+def _docstring(body) -> bool:
+    first = body[0] if body else None
+    return (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    )
 
 
 def package_modules(package: str) -> tuple[str, ...]:
@@ -408,7 +461,10 @@ def _examine(path: Path, key: str) -> Computation:
         raise ValueError("inputs.json or provenance.json is not a mapping")
     if _hash_record(record) != key:
         raise ValueError("inputs.json hashes to another key")
-    return Computation(record["name"], key, path, record["inputs"], provenance)
+    code = record.get("code")
+    if not isinstance(code, dict):
+        raise ValueError("inputs.json names no code hashes")
+    return Computation(record["name"], key, path, record["inputs"], provenance, code)
 
 
 #: what :func:`_lookup` returns when there is no good entry
@@ -546,8 +602,29 @@ def _write(folder: Path, path: Path, record: dict, value, seconds: float):
 
 def stored(results: str | Path | None = None) -> tuple[list[Computation], list[tuple[Path, str]]]:
     """The computations in the store, and its damaged entries with a reason each."""
-    folder = store_folder(results)
+    return _entries(store_folder(results))
+
+
+def published_entries(
+    published: str | Path | None = None,
+) -> tuple[list[Computation], list[tuple[Path, str]]]:
+    """The computations in the published layer, and its damaged entries with a reason each."""
+    return _entries(published_folder(published))
+
+
+def withdraw(computations: Sequence[Computation], published: str | Path | None = None) -> None:
+    """Remove published computations (those of code changed since, which nothing reads)."""
+    folder = published_folder(published)
+    for c in computations:
+        if folder is None or c.path.parent.resolve() != folder.resolve():
+            raise FlatnessError(f"{c.path} is not in the published layer {folder}")
+        shutil.rmtree(c.path)
+
+
+def _entries(folder: Path | None) -> tuple[list[Computation], list[tuple[Path, str]]]:
     good, damaged = [], []
+    if folder is None:
+        return good, damaged
     if not folder.is_dir():
         return good, damaged
     for path in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
