@@ -123,3 +123,44 @@ def test_a_placeholder_keeps_no_reference_to_a_value_that_was_never_glued(chapte
 
 def _first_code(notebook) -> int:
     return next(i for i, c in enumerate(notebook.cells) if c.cell_type == "code")
+
+
+SHARED_MNIST = book.checkout().parent / "shared" / "data"  # ../shared/data
+
+
+def test_every_published_computation_is_current():
+    # a stale one is never read: the paper book would compute it again (the theory chapter's
+    # facts take some 22 minutes on 2 CPU cores), so the fix is to publish it again
+    from flatness.results import computations
+
+    found, damaged = computations.published_entries()
+    assert found and not damaged
+    stale = [c.path.name for c in found if not c.current()]
+    assert not stale, (
+        f"published computations of code changed since: {stale}; make them again with "
+        "`python -m flatness book --profile paper --data-root DATA --results STORE` and "
+        "`python -m flatness publish computations --profile paper --results STORE`"
+    )
+
+
+@pytest.mark.skipif(
+    not (SHARED_MNIST / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file(),
+    reason=f"the real MNIST files are not at {SHARED_MNIST} (CI has them)",
+)
+def test_the_paper_chapters_render_from_what_is_published_and_train_or_compute_nothing(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FLATNESS_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("FLATNESS_DATA", str(SHARED_MNIST))
+    done = {
+        name: book.execute_chapter(name, profile="paper", out=tmp_path, progress=False)
+        for name in book.chapters()
+    }
+    assert not [n for n, d in done.items() if d.error]
+    executed = {n for n, d in done.items() if not d.placeholder}
+    # those whose runs or computations are published render in full; the others are notes
+    assert {"theory", "logreg", "mlp", "verdicts"} <= executed
+    assert {n for n, d in done.items() if d.placeholder} == {
+        n for n, d in done.items() if d.missing == d.grid and d.grid
+    }
+    assert not (tmp_path / "results").exists()  # nothing trained, nothing computed
