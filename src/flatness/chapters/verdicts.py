@@ -183,7 +183,7 @@ def c6_rows(profile: str, *, data_root=None, train_missing=True) -> list[dict]:
     except RunMissing as err:
         gone = err
     try:
-        large = rank.large_net(s, d, **fetch)
+        large = rank.large_net(s, d, **fetch, profile=profile)
     except RunMissing as err:
         gone = gone or err
     if gone is not None:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -151,10 +152,18 @@ def code_hashes(modules: Sequence[str]) -> dict[str, str]:
         spec = importlib.util.find_spec(name)
         if spec is None or spec.origin is None or not Path(spec.origin).is_file():
             raise FlatnessError(f"module {name} has no source file to hash")
-        digest = hashlib.sha256()
-        _feed(ast.parse(Path(spec.origin).read_bytes()), digest)
-        out[name] = digest.hexdigest()[:16]
+        stat = Path(spec.origin).stat()
+        out[name] = _tree_hash(spec.origin, stat.st_mtime_ns, stat.st_size)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _tree_hash(path: str, mtime_ns: int, size: int) -> str:
+    """The hash of one source file's tree; a page asks for the same modules' hashes dozens of
+    times, and parsing them each time took seconds, so it is kept per file version."""
+    digest = hashlib.sha256()
+    _feed(ast.parse(Path(path).read_bytes()), digest)
+    return digest.hexdigest()[:16]
 
 
 _DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)

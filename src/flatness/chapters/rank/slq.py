@@ -18,9 +18,10 @@ import torch
 
 from flatness import hessian, models
 from flatness.chapters.rank.design import ACTIVATIONS, BOUNDS, RankSettings
-from flatness.chapters.rank.exact import Spectrum
+from flatness.chapters.rank.exact import CODE, Spectrum
 from flatness.chapters.rank.networks import Architecture, bounds, ce, data_rank, trained_model
 from flatness.errors import RunMissing
+from flatness.results.computations import cached, data_hash
 from flatness.results.runs import load_or_run
 from flatness.training.loop import load_model
 
@@ -75,16 +76,45 @@ def tolerances(s: RankSettings, scale: float) -> dict[str, float]:
     return {f"rel {t:g}": t * scale for t in s.rtols} | {f"abs {s.atol:g}": s.atol}
 
 
-def density(model, data, s: RankSettings, seed: int) -> hessian.SpectralDensity:
-    """SLQ of the Hessian in float64 (float32 products would blur the smallest eigenvalues)."""
+def density(
+    model, data, s: RankSettings, seed: int, *, profile: str | None = None
+) -> hessian.SpectralDensity:
+    """SLQ of the Hessian in float64 (float32 products would blur the smallest eigenvalues),
+    computed once and kept in the results store, keyed by the network, its weights, the sample,
+    the steps, probes and seed."""
     model = model.double()
-    x = data.x_train.double()
-    return hessian.spectral_density(
-        model, ce, (x, data.y_train), s.slq_steps, s.slq_probes, seed=seed
+    x, y = data.x_train.double(), data.y_train
+
+    def compute():
+        d = hessian.spectral_density(model, ce, (x, y), s.slq_steps, s.slq_probes, seed=seed)
+        return {
+            "nodes": d.nodes,
+            "weights": d.weights,
+            "size": d.size,
+            "hvps": d.hvps,
+            "seconds": d.seconds,
+        }
+
+    inputs = {
+        "profile": profile,
+        "network": repr(model),
+        "weights": data_hash(*model.parameters()),
+        "buffers": data_hash(*model.buffers()),
+        "sample": data_hash(x, y),
+        "steps": s.slq_steps,
+        "probes": s.slq_probes,
+        "seed": seed,
+    }
+    found = cached("rank.slq_density", inputs, compute, code=CODE)
+    # hvps and seconds are those of the computation, whenever it ran
+    return hessian.SpectralDensity(
+        found["nodes"], found["weights"], found["size"], found["hvps"], found["seconds"]
     )
 
 
-def slq_check(s: RankSettings, data, results: list[Spectrum], *, store=None, data_root=None):
+def slq_check(
+    s: RankSettings, data, results: list[Spectrum], *, store=None, data_root=None, profile=None
+):
     """Near-zero mass by SLQ against the exact fraction, for each net trained without weight
     decay (first seed), at every tolerance."""
     wd, seed = min(s.weight_decays), s.seeds[0]
@@ -96,7 +126,7 @@ def slq_check(s: RankSettings, data, results: list[Spectrum], *, store=None, dat
             if (r.activation, r.state, r.weight_decay, r.seed) == (activation, "trained", wd, seed)
         )
         model = trained_model(s, activation, wd, seed, data, store=store, data_root=data_root)
-        dens = density(model, data, s, seed)
+        dens = density(model, data, s, seed, profile=profile)
         for tol, value in tolerances(s, exact.hessian.abs().max().item()).items():
             exact_fraction = near_zero_fraction(exact.hessian, value)
             row = {"activation": activation, "tolerance": tol, "exact": exact_fraction}
@@ -108,7 +138,7 @@ def slq_check(s: RankSettings, data, results: list[Spectrum], *, store=None, dat
 
 
 def large_net(
-    s: RankSettings, data, *, store=None, data_root=None, train_missing=True
+    s: RankSettings, data, *, store=None, data_root=None, train_missing=True, profile=None
 ) -> pd.DataFrame:
     """SLQ's near-zero mass of the large ReLU net at initialisation and trained, per seed, beside
     the fraction each bound predicts, 1 - bound / P."""
@@ -141,7 +171,7 @@ def large_net(
                 ("trained", wd, load_model(cfg, run.arrays, data.input_shape, data.num_classes))
             )
         for state, wd, model in states:
-            dens = density(model, data, s, seed)
+            dens = density(model, data, s, seed, profile=profile)
             for tol, value in tolerances(s, dens.nodes.abs().max().item()).items():
                 row = {"state": state, "weight_decay": wd, "seed": seed, "tolerance": tol}
                 rows.append(row | slq_fraction(dens, value))
