@@ -701,3 +701,43 @@ def test_the_status_page_names_chapters_by_their_titles_and_packages_as_code(tmp
     done = build.Execution("rank", "cpu", tmp_path / "rank.ipynb", 2.0)
     assert f"| [{heading[2:].strip()}](rank.ipynb) | cpu |" in build._status_table([done])
     assert "| `pyhessian` |" in build.environment_table(build.checkout())
+
+
+def test_chapters_executed_at_once_give_the_pages_one_at_a_time_gives(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLATNESS_RESULTS", str(tmp_path / "results"))
+    run = dict(profile="smoke", progress=False, reuse=False, announce=False)
+    options = {name: dict(run, out=tmp_path / "parallel") for name in ("theory", "logreg")}
+    done = book._execute_all(options, jobs=2)
+    assert set(done) == {"theory", "logreg"} and not any(d.error for d in done.values())
+    serial = book._execute_all(
+        {name: dict(run, out=tmp_path / "serial") for name in options}, jobs=1
+    )
+    for name in options:
+        assert done[name].notebook.parent.parent.parent == tmp_path / "parallel"
+        ours, theirs = _glued_values(done[name].notebook), _glued_values(serial[name].notebook)
+        assert len(ours) > 5 and ours.keys() == theirs.keys()
+        # what the page says is the same, apart from when it ran and how long it took
+        timed = {k for k in ours if any(w in k for w in ("build", "cost", "time", "info"))}
+        assert {k: ours[k] for k in ours.keys() - timed} == {
+            k: theirs[k] for k in ours.keys() - timed
+        }
+
+
+def _glued_values(notebook: Path) -> dict:
+    import nbformat
+
+    out = {}
+    for cell in nbformat.read(notebook, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name:
+                data = output.get("data", {})
+                out[name] = {k: v for k, v in data.items() if "image" not in k}
+    return out
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 2.5, True, book.MAX_JOBS + 1])
+def test_a_number_of_jobs_out_of_range_is_refused_before_any_chapter(jobs, tmp_path):
+    with pytest.raises(FlatnessError, match="jobs must be an integer from 1 to"):
+        book.build_book(profile="smoke", out=tmp_path, jobs=jobs)
+    assert not (tmp_path / "_build").exists()

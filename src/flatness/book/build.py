@@ -706,8 +706,12 @@ def build_book(
     rerun: bool = False,
     train_missing: bool | None = None,
     best_evidence: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Execute every chapter and render the book; returns the path of ``index.html``.
+
+    ``jobs`` chapters execute at once (each in its own process and kernel, sharing the cores);
+    papermill's progress bars are drawn only with one.
 
     With ``best_evidence``, each chapter is executed at the largest profile it can show without
     training (:mod:`flatness.book.evidence`), ``profile`` elsewhere, and the verdict page judges
@@ -727,6 +731,8 @@ def build_book(
     """
     root = checkout()
     get_profile(profile)
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise FlatnessError(f"jobs must be an integer from 1 to {MAX_JOBS}, got {jobs!r}")
     for page in toc_files(root):  # a missing page is bad input: say so before any execution
         page_source(page, root)
     at = {name: profile for name in chapters(root)}
@@ -758,18 +764,22 @@ def build_book(
     shutil.copytree(root / "book", stage / "book", ignore=shutil.ignore_patterns("*.ipynb", ".*"))
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(root / name, stage / name)
-    executions = []
-    for name in chapters(root):
-        run = execute_chapter(
-            name,
+    options = {
+        name: dict(
             profile=at[name],
             parameters={**(parameters or {}), **extra[name]},
             out=out,
-            progress=progress,
+            progress=progress and jobs == 1,
             reuse=not rerun,
             train_missing=train_missing,
             announce=True,
         )
+        for name in chapters(root)
+    }
+    done = _execute_all(options, jobs)
+    executions = []
+    for name in chapters(root):
+        run = done[name]
         executions.append(run)
         sources = stage / "book" / SOURCES
         sources.mkdir(exist_ok=True)
@@ -792,6 +802,47 @@ def build_book(
     index = render(stage, build)
     print(f"book written to {index}", file=sys.stderr)
     return index
+
+
+#: the most chapters executed at once (there are fewer chapters than this)
+MAX_JOBS = 16
+
+
+def default_jobs() -> int:
+    """Chapters executed at once by default: one per core, at most 4 (beyond, the chapters'
+    own work, not their kernels' start, sets the time)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _execute_all(options: dict[str, dict], jobs: int) -> dict[str, Execution]:
+    """:func:`execute_chapter` for each chapter, ``jobs`` at a time, each kernel with its share
+    of the cores for torch's threads (unless ``OMP_NUM_THREADS`` is set).
+
+    Chapters share only the results store, whose runs and computations are each made by one
+    process while the others wait on its lock, so the order they run in changes no page."""
+    if jobs == 1:
+        return {name: execute_chapter(name, **kw) for name, kw in options.items()}
+    import concurrent.futures
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    # spawn, not fork: a forked child of a process whose OpenMP threads ran can hang in them
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_share_cores,
+        initargs=(threads,),
+    )
+    with pool:
+        futures = {name: pool.submit(execute_chapter, name, **kw) for name, kw in options.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def _share_cores(threads: int) -> None:
+    """In a worker: kernels started from here use ``threads`` threads (the kernel inherits the
+    environment), unless the user chose a number."""
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, str(threads))
 
 
 def glued(notebook: Path, name: str) -> str | None:

@@ -213,6 +213,13 @@ def _parser() -> argparse.ArgumentParser:
         "the book readers see online",
     )
     book.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="chapters executed at once, each in its own kernel sharing the cores (default: "
+        "one per core, at most 4)",
+    )
+    book.add_argument(
         "--rerun",
         action="store_true",
         help="execute every chapter even where an executed notebook with the same source, "
@@ -520,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
                 rerun=args.rerun,
                 train_missing=args.train_missing or None,
                 best_evidence=args.best_evidence,
+                jobs=args.jobs if args.jobs is not None else book.default_jobs(),
             )
         sys.stdout.flush()  # a closed pipe is then reported here, not at exit
     except BrokenPipeError:
