@@ -286,3 +286,11 @@ def test_the_api_page_documents_every_public_estimator(html):
         assert f'id="flatness.hessian.{name}"' in text, name
         assert getattr(hessian, name).__doc__.split("\n")[0].split("``")[0][:20] in text
     assert "Raises" in text and "FlatnessError" in text
+
+
+def test_the_api_page_documents_every_public_measure(html):
+    from flatness import measures
+
+    text = (html / "book" / "api.html").read_text()
+    for name in measures.__all__:
+        assert f'id="flatness.measures.{name}"' in text, name
