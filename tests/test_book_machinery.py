@@ -686,6 +686,10 @@ def test_the_opening_sums_up_what_the_verdict_page_glued(tmp_path):
     assert "its chapter): On this build, C2: reproduced.\n\n" in text
     assert "`cpu` profile" in text
     assert "Executing its 2 chapters took 2 min 31 s in all" in text
+    paper = build.Execution("logreg", "paper", path, 5.0)
+    mixed = build.findings([other, paper, done])
+    assert "with each chapter at the largest profile at hand (`cpu` for theory, verdicts; " in mixed
+    assert "`paper` for logreg)" in mixed
     failed = build.Execution("verdicts", "cpu", path, 1.0, error="boom")
     assert build.findings([failed]).startswith("The verdict page was not executed")
     assert build.SUMMARY_MARKER in (build.checkout() / "book" / "index.md").read_text()

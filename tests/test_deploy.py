@@ -73,3 +73,18 @@ def test_a_repository_url_is_read_as_github_reads_it_or_refused(tmp_path):
     (tmp_path / "_config.yml").unlink()
     with pytest.raises(build.FlatnessError, match="cannot read"):
         away(None)
+
+
+def test_a_best_evidence_verdict_page_says_its_profiles_and_re_executes_with_them():
+    import shlex
+
+    at = {"theory": "paper", "logreg": "paper", "cnn": "cpu"}
+    away = build.TakeAway.of("verdicts", "cpu", ROOT, at)
+    words = shlex.split(away.command)
+    assert words[:6] == ["python", "-m", "flatness", "chapter", "verdicts", "--profile"]
+    assert words[7] == "-y" and yaml.safe_load(words[8]) == {"chapter_profiles": at}
+    assert "**paper** for theory, logreg; **cpu** for cnn" in away.box()
+    # one profile throughout: nothing to add
+    same = build.TakeAway.of("verdicts", "cpu", ROOT, {"cnn": "cpu"})
+    assert same.command == "python -m flatness chapter verdicts --profile cpu"
+    assert "This page shows the **cpu** profile." in same.box()

@@ -785,7 +785,7 @@ def build_book(
         sources.mkdir(exist_ok=True)
         (stage / "book" / f"{name}.md").replace(sources / f"{name}.md")
         if not run.error:
-            away = TakeAway.of(name, at[name], root)
+            away = TakeAway.of(name, at[name], root, extra[name].get("chapter_profiles"))
             _stage_notebook(run.notebook, stage / "book" / f"{name}.ipynb", away)
     failures = [
         f"{r.error}\nthe partly executed notebook: {r.notebook}" for r in executions if r.error
@@ -879,8 +879,16 @@ def findings(executions: list[Execution]) -> str:
             "The verdict page was not executed on this build, so it has no findings to sum up."
             + took
         )
+    groups: dict[str, list[str]] = {}
+    for r in executions:
+        groups.setdefault(r.profile, []).append(r.chapter)
+    if len(groups) > 1:
+        listed = "; ".join(f"`{p}` for {', '.join(cs)}" for p, cs in groups.items())
+        scale = f"with each chapter at the largest profile at hand ({listed})"
+    else:
+        scale = f"with the `{verdicts.profile}` profile"
     return (
-        f"What this build found, with the `{verdicts.profile}` profile "
+        f"What this build found, {scale} "
         f"(the {{doc}}`verdicts` page has every row, its interval and its chapter): {summary}"
         + took
     )
@@ -925,9 +933,14 @@ class TakeAway:
     chapter: str
     profile: str
     repository: str
+    #: each claim's chapter and its profile, where the verdict page of a best-evidence build
+    #: judges claims at several
+    chapter_profiles: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def of(cls, chapter: str, profile: str, root: Path) -> TakeAway:
+    def of(
+        cls, chapter: str, profile: str, root: Path, chapter_profiles: dict | None = None
+    ) -> TakeAway:
         try:
             config = yaml.safe_load((root / "_config.yml").read_text())
         except (OSError, yaml.YAMLError) as err:
@@ -942,7 +955,8 @@ class TakeAway:
                 f"(https://github.com/OWNER/NAME), got {url!r}: the chapters' Colab links "
                 "and install cells are made from it"
             )
-        return cls(chapter, profile, url)
+        mixed = chapter_profiles and len({profile, *chapter_profiles.values()}) > 1
+        return cls(chapter, profile, url, tuple(chapter_profiles.items()) if mixed else ())
 
     @property
     def colab(self) -> str:
@@ -955,13 +969,30 @@ class TakeAway:
 
     @property
     def command(self) -> str:
-        return f"python -m flatness chapter {self.chapter} --profile {self.profile}"
+        command = f"python -m flatness chapter {self.chapter} --profile {self.profile}"
+        if self.chapter_profiles:
+            pairs = ", ".join(f"{c}: {p}" for c, p in self.chapter_profiles)
+            command += f" -y 'chapter_profiles: {{{pairs}}}'"
+        return command
+
+    def shows(self) -> str:
+        """The sentence that says which profile the page shows."""
+        if not self.chapter_profiles:
+            return f"This page shows the **{self.profile}** profile."
+        groups: dict[str, list[str]] = {}
+        for chapter, profile in self.chapter_profiles:
+            groups.setdefault(profile, []).append(chapter)
+        listed = "; ".join(f"**{p}** for {', '.join(cs)}" for p, cs in groups.items())
+        return (
+            f"This page judges each claim at its chapter's profile ({listed}), as its table's "
+            f"profile column says; the **{self.profile}** profile elsewhere."
+        )
 
     def box(self) -> str:
         return (
             ":::{admonition} Take this chapter away\n"
             ":class: tip\n"
-            f"This page shows the **{self.profile}** profile.\n"
+            f"{self.shows()}\n"
             f"- {{download}}`The executed notebook <{self.chapter}.ipynb>`, with its outputs and "
             "the parameters papermill injected, and "
             f"{{download}}`its MyST Markdown source <{SOURCES}/{self.chapter}.md>`.\n"
