@@ -24,15 +24,18 @@ BOTTOM = {"leaves"}
 ALLOWED = {
     "leaves": set(),
     "hessian": BOTTOM,
+    "measures": BOTTOM | {"hessian"},
     "data": BOTTOM,
     "models": BOTTOM,
-    "training": BOTTOM | {"hessian", "data", "models"},
-    "results": BOTTOM | {"hessian", "data", "models", "training"},
+    "training": BOTTOM | {"hessian", "measures", "data", "models"},
+    "results": BOTTOM | {"hessian", "measures", "data", "models", "training"},
     "analysis": BOTTOM,
-    "chapters": BOTTOM | {"hessian", "data", "models", "training", "results", "analysis"},
-    "book": BOTTOM | {"hessian", "data", "models", "training", "results", "analysis", "chapters"},
-    "entry": {"leaves", "hessian", "data", "models", "training", "results", "analysis"}
-    | {"chapters", "book"},
+    "chapters": BOTTOM
+    | {"hessian", "measures", "data", "models", "training", "results", "analysis"},
+    "book": BOTTOM
+    | {"hessian", "measures", "data", "models", "training", "results", "analysis", "chapters"},
+    "entry": {"leaves", "hessian", "measures", "data", "models", "training", "results"}
+    | {"analysis", "chapters", "book"},
 }
 
 

@@ -8,7 +8,8 @@ not even inside a function (``tests/test_layers.py`` checks both). From the bott
   are) and :mod:`flatness.validation` (checks of the values users give);
 - :mod:`flatness.hessian` (exact Hessians, Lanczos, Hutch++, SLQ, the GGN, PyHessian's
   estimates), :mod:`flatness.data` and :mod:`flatness.models`, which know nothing of
-  training;
+  training, and :mod:`flatness.measures` (sharpness measures beyond the raw Hessian), which
+  builds on :mod:`flatness.hessian` alone;
 - :mod:`flatness.training`: the run config, the authors' recipes, the training loop, its
   measurements and checkpoints; it knows nothing of the store;
 - :mod:`flatness.results`: the results store, the published layer,
