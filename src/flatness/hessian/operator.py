@@ -352,13 +352,21 @@ class HessianOperator:
 
     def rademacher(self, count: int, generator: torch.Generator) -> torch.Tensor:
         """``count`` random sign vectors (drawn on the CPU, so a seed gives the same on any device)."""
-        signs = torch.randint(0, 2, (count, self.size), generator=generator, dtype=torch.int8)
-        return (2 * signs - 1).to(self.device, self.dtype)
+        return rademacher(count, self.size, generator, self.device, self.dtype)
 
     def gaussian(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(count, self.size, generator=generator, dtype=torch.float64).to(
-            self.device, self.dtype
-        )
+        return gaussian(count, self.size, generator, self.device, self.dtype)
+
+
+def rademacher(count: int, size: int, generator: torch.Generator, device, dtype) -> torch.Tensor:
+    """``(count, size)`` random signs, drawn on the CPU (a seed gives the same on any device)."""
+    signs = torch.randint(0, 2, (count, size), generator=generator, dtype=torch.int8)
+    return (2 * signs - 1).to(device, dtype)
+
+
+def gaussian(count: int, size: int, generator: torch.Generator, device, dtype) -> torch.Tensor:
+    """``(count, size)`` standard normal numbers, drawn on the CPU in float64."""
+    return torch.randn(count, size, generator=generator, dtype=torch.float64).to(device, dtype)
 
 
 def _bytes(tree) -> int:

@@ -28,6 +28,7 @@ from flatness.errors import FlatnessError
 from flatness.hessian.checks import Output, check_options, with_autograd
 from flatness.hessian.joint import joint_measurement
 from flatness.hessian.operator import HessianOperator
+from flatness.measures.operators import Scaled
 from flatness.measures.perturbation import PerturbedLoss, resolve_mode
 
 #: the norms of the worst-case perturbation set
@@ -94,36 +95,6 @@ class AdaptiveCurvature:
     converged: bool
     hvps: int
     passes: int
-
-
-class ScaledOperator:
-    """``D H D`` for ``D = diag(scale)``: a product is ``scale * H (scale * V)``, so the engine's
-    estimators run on it unchanged; each costs one product of ``H``."""
-
-    def __init__(self, op: HessianOperator, scale: torch.Tensor):
-        self.op = op
-        self.scale = scale.to(op.device, op.dtype)
-        self.size, self.device, self.dtype = op.size, op.device, op.dtype
-
-    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.op.matmat(vectors.to(self.device, self.dtype) * self.scale)
-
-    def matvec(self, vector: torch.Tensor) -> torch.Tensor:
-        return self.matmat(vector.reshape(1, -1))[0]
-
-    def rademacher(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        return self.op.rademacher(count, generator)
-
-    def gaussian(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        return self.op.gaussian(count, generator)
-
-    @property
-    def hvps(self) -> int:
-        return self.op.hvps
-
-    @property
-    def passes(self) -> int:
-        return self.op.passes
 
 
 def _check_rho(rho) -> float:
@@ -296,7 +267,7 @@ def adaptive_curvature(
     bn_mode = resolve_mode(model, bn_mode)
     op = HessianOperator(model, loss_fn, data, bn_mode=bn_mode, output=output)
     weights = torch.cat([p.reshape(-1) for p in op.params.values()])
-    m = joint_measurement(ScaledOperator(op, weights.abs()), k=1, tol=tol, rtol=rtol, seed=seed)
+    m = joint_measurement(Scaled(op, weights.abs()), k=1, tol=tol, rtol=rtol, seed=seed)
     half = rho**2 / 2
     return AdaptiveCurvature(
         average=half * m.trace.estimate,

@@ -20,13 +20,13 @@ import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from flatness.errors import FlatnessError
 from flatness.hessian.checks import Output, check_options, with_autograd
 from flatness.hessian.joint import joint_measurement
 from flatness.hessian.operator import HessianOperator
+from flatness.measures.operators import Layer
 from flatness.measures.perturbation import resolve_mode
 
 
@@ -102,7 +102,7 @@ def relative_flatness(
         raise FlatnessError(f"the weight of layer {layer!r} is frozen; it has no Hessian block")
     offsets = dict(zip(op.names, itertools.accumulate([s.numel() for s in op.shapes], initial=0)))
     w = op.params[name]
-    layer_op = _LayerOperator(op, offsets[name], w)
+    layer_op = Layer(op, offsets[name], w)
     m = joint_measurement(layer_op, k=1, tol=1e-2, rtol=rtol, max_probes=max_probes, seed=seed)
     return RelativeFlatness(
         value=m.trace.estimate,
@@ -113,43 +113,3 @@ def relative_flatness(
         hvps=m.hvps,
         passes=m.passes,
     )
-
-
-class _LayerOperator:
-    """``S H_WW S`` on the layer's weights, ``S = G^{1/2} (x) I`` (``G = W W^T``): its trace is
-    ``kappa``, and as a symmetric operator whose top eigenvalues dominate, the engine's Krylov
-    deflation and deflated probes estimate it far better than samples of ``H M``."""
-
-    def __init__(self, op: HessianOperator, start: int, w: torch.Tensor):
-        self.op, self.start, self.shape = op, start, w.shape
-        values, vectors = torch.linalg.eigh((w @ w.T).double())
-        root = vectors @ torch.diag(values.clamp(min=0).sqrt()) @ vectors.T
-        self.root = root.to(op.device, op.dtype)
-        self.size, self.device, self.dtype = w.numel(), op.device, op.dtype
-
-    def _mix(self, vectors: torch.Tensor) -> torch.Tensor:
-        k = vectors.shape[0]
-        return (self.root @ vectors.reshape(k, *self.shape)).reshape(k, -1)
-
-    def matmat(self, vectors: torch.Tensor) -> torch.Tensor:
-        vectors = vectors.to(self.device, self.dtype)
-        full = torch.zeros(len(vectors), self.op.size, device=self.device, dtype=self.dtype)
-        full[:, self.start : self.start + self.size] = self._mix(vectors)
-        return self._mix(self.op.matmat(full)[:, self.start : self.start + self.size])
-
-    def rademacher(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        signs = torch.randint(0, 2, (count, self.size), generator=generator, dtype=torch.int8)
-        return (2 * signs - 1).to(self.device, self.dtype)
-
-    def gaussian(self, count: int, generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(count, self.size, generator=generator, dtype=torch.float64).to(
-            self.device, self.dtype
-        )
-
-    @property
-    def hvps(self) -> int:
-        return self.op.hvps
-
-    @property
-    def passes(self) -> int:
-        return self.op.passes

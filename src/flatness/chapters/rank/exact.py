@@ -43,6 +43,18 @@ class Spectrum:
 CODE = ("flatness.chapters.rank.networks", *package_modules("flatness.hessian"))
 
 
+def network_inputs(model, x, y, profile: str | None) -> dict:
+    """What a cached computation on a network and a sample is keyed by: the profile, the
+    network's structure, its weights and buffers, and the sample."""
+    return {
+        "profile": profile,
+        "network": repr(model),
+        "weights": data_hash(*model.parameters()),
+        "buffers": data_hash(*model.buffers()),
+        "sample": data_hash(x, y),
+    }
+
+
 def spectrum(
     model, data, activation, state, weight_decay, seed, *, profile: str | None = None
 ) -> Spectrum:
@@ -59,14 +71,7 @@ def spectrum(
         eig = torch.linalg.eigvalsh
         return {"hessian": eig(h), "ggn": eig(g), "train_loss": loss}
 
-    inputs = {
-        "profile": profile,
-        "network": repr(model),
-        "weights": data_hash(*model.parameters()),
-        "buffers": data_hash(*model.buffers()),
-        "sample": data_hash(x, y),
-    }
-    found = cached("rank.spectrum", inputs, compute, code=CODE)
+    found = cached("rank.spectrum", network_inputs(model, x, y, profile), compute, code=CODE)
     return Spectrum(
         activation, state, weight_decay, seed, found["hessian"], found["ggn"], found["train_loss"]
     )

@@ -18,10 +18,10 @@ import torch
 
 from flatness import hessian, models
 from flatness.chapters.rank.design import ACTIVATIONS, BOUNDS, RankSettings
-from flatness.chapters.rank.exact import CODE, Spectrum
+from flatness.chapters.rank.exact import CODE, Spectrum, network_inputs
 from flatness.chapters.rank.networks import Architecture, bounds, ce, data_rank, trained_model
 from flatness.errors import RunMissing
-from flatness.results.computations import cached, data_hash
+from flatness.results.computations import cached
 from flatness.results.runs import load_or_run
 from flatness.training.loop import load_model
 
@@ -95,12 +95,7 @@ def density(
             "seconds": d.seconds,
         }
 
-    inputs = {
-        "profile": profile,
-        "network": repr(model),
-        "weights": data_hash(*model.parameters()),
-        "buffers": data_hash(*model.buffers()),
-        "sample": data_hash(x, y),
+    inputs = network_inputs(model, x, y, profile) | {
         "steps": s.slq_steps,
         "probes": s.slq_probes,
         "seed": seed,
