@@ -301,3 +301,179 @@ def test_relative_flatness_names_the_layers_it_can_take():
     model, data = relu_net(bias=True), batch()
     with pytest.raises(FlatnessError, match="'0', '2'"):
         M.relative_flatness(model, F.cross_entropy, data, layer="1")
+
+
+def test_the_average_cases_standard_error_covers_the_exact_value():
+    # the engine's criterion: within 3 reported standard errors in at least 90 % of 200 seeds
+    model, data, h = least_squares()
+    w = model.weight.detach().reshape(-1).abs()
+    rho = 0.3
+    exact = rho**2 / 2 * float((w**2 * torch.diagonal(h)).sum())
+    z = torch.tensor(
+        [
+            (r.value - exact) / r.stderr
+            for r in (
+                M.average_sharpness(model, F.mse_loss, data, rho, pairs=10, seed=s)
+                for s in range(200)
+            )
+        ]
+    )
+    assert float((z.abs() <= 3).double().mean()) >= 0.9
+    # the skew the docstring states: more runs fall 2 SE below than rise 2 SE above
+    assert (z < -2).sum() > (z > 2).sum()
+
+
+def test_losses_that_are_not_a_plain_mean_of_their_examples_are_refused_by_fisher_rao():
+    model, (x, y) = relu_net(seed=7, bias=True), batch()
+    weighted = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    ignoring = nn.CrossEntropyLoss(ignore_index=-100)
+    y_ignored = y.clone()
+    y_ignored[:6] = -100
+    for loss, targets in ((weighted, y), (ignoring, y_ignored)):
+        with pytest.raises(FlatnessError, match="needs each example's own loss"):
+            M.fisher_rao_norm(model, loss, (x, targets))
+
+
+def test_a_loss_increase_below_the_rounding_of_the_loss_is_flagged():
+    model, (x, y) = relu_net(seed=3, bias=True), batch()
+    small = model.float()
+    with pytest.warns(M.PrecisionWarning, match="float64"):
+        M.average_sharpness(small, F.cross_entropy, (x.float(), y), 1e-4, pairs=4)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", M.PrecisionWarning)
+        M.average_sharpness(model.double(), F.cross_entropy, (x, y), 1e-4, pairs=4)
+
+
+class TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(4, 3).double()
+
+    def forward(self, x):
+        return {"out": self.layer(x), "feat": x[:, :3]}
+
+
+def test_an_output_no_parameter_reaches_is_one_clear_error_everywhere():
+    from flatness import hessian
+
+    model, (x, y) = TwoOutputs(), batch()
+    calls = [
+        lambda: M.average_sharpness(model, F.cross_entropy, (x, y), 0.1, output="feat"),
+        lambda: M.fisher_rao_norm(model, F.cross_entropy, (x, y), output="feat"),
+        lambda: hessian.trace(model, F.cross_entropy, (x, y), output="feat"),
+    ]
+    for call in calls:
+        with pytest.raises(FlatnessError, match="does not depend on any trainable parameter"):
+            call()
+    assert M.average_sharpness(model, F.cross_entropy, (x, y), 0.1, output="out", pairs=2)
+
+
+class StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(x):
+        return x.clamp(-1, 1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class Quantised(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 5).double(), nn.Linear(5, 3).double()
+
+    def forward(self, x):
+        return self.b(StraightThrough.apply(self.a(x)))
+
+
+def test_a_function_without_forward_mode_is_refused_by_fisher_rao_only():
+    model, data = Quantised(), batch()
+    with pytest.raises(FlatnessError, match="forward mode.*jvp"):
+        M.fisher_rao_norm(model, F.cross_entropy, data)
+    assert M.average_sharpness(model, F.cross_entropy, data, 0.1, pairs=2).forward_passes == 5
+
+
+class Tied(nn.Module):
+    """A language-model-like net whose output layer shares the embedding's weight, and a
+    hidden layer registered under two names."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(3, 4).double()
+        self.a = nn.Linear(4, 4).double()
+        self.b = self.a
+        self.head = nn.Linear(4, 3, bias=False).double()
+        self.head.weight = self.emb.weight
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.b(x)))
+
+
+def test_relative_flatness_takes_tied_and_shared_layers_by_any_of_their_names():
+    model, (x, y) = Tied(), batch()
+    names = [n for n, _ in model.named_parameters()]
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    shapes = [p.shape for p in model.parameters()]
+
+    def loss(t):
+        ps = dict(
+            zip(
+                names,
+                (c.reshape(s) for c, s in zip(torch.split(t, [s.numel() for s in shapes]), shapes)),
+            )
+        )
+        z = torch.tanh(x @ ps["a.weight"].T + ps["a.bias"]) @ ps["emb.weight"].T
+        return F.cross_entropy(z, y)
+
+    h = torch.autograd.functional.hessian(loss, theta)
+    w = model.emb.weight.detach()
+    block = h[:12, :12].reshape(3, 4, 3, 4)  # emb.weight comes first
+    exact = float(
+        sum(
+            (w @ w.T)[s, t] * block[s, :, t, :].diagonal().sum() for s in range(3) for t in range(3)
+        )
+    )
+    for layer in (None, "head"):
+        r = M.relative_flatness(model, F.cross_entropy, (x, y), layer=layer)
+        assert abs(r.value - exact) <= 3 * r.stderr + 1e-9 * abs(exact)
+    assert M.relative_flatness(model, F.cross_entropy, (x, y), layer="b").layer == "b"
+
+
+def test_nan_in_a_loader_is_named_as_such():
+    from flatness import hessian
+
+    x, y = batch()
+    x[3, 1] = float("nan")
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)
+    model = relu_net(bias=True)
+    for call in (
+        lambda: hessian.trace(model, F.cross_entropy, loader),
+        lambda: M.average_sharpness(model, F.cross_entropy, loader, 0.1),
+    ):
+        with pytest.raises(FlatnessError, match="inf or NaN"):
+            call()
+
+
+def test_options_take_numpy_numbers_and_refuse_the_rest_by_name():
+    import numpy as np
+
+    model, data = relu_net(bias=True), batch()
+    a = M.average_sharpness(model, F.cross_entropy, data, np.float32(0.05), pairs=np.int64(3))
+    b = M.average_sharpness(model, F.cross_entropy, data, torch.tensor(0.05), pairs=3)
+    assert a.rho == pytest.approx(0.05) and b.rho == pytest.approx(0.05) and a.pairs == 3
+    with pytest.raises(FlatnessError, match="step_size must be a positive"):
+        M.worst_sharpness(model, F.cross_entropy, data, 0.1, step_size=0)
+    with pytest.raises(FlatnessError, match="rho is too large"):
+        M.adaptive_curvature(model, F.cross_entropy, data, 1e200)
+    with pytest.raises(FlatnessError, match="torch.nn.Module"):
+        M.relative_flatness(None, F.cross_entropy, data)
+    one = M.worst_sharpness(model, F.cross_entropy, data, 0.1, steps=2, seed=1)
+    assert one == M.worst_sharpness(model, F.cross_entropy, data, 0.1, steps=2, seed=1)

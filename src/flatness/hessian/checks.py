@@ -527,12 +527,18 @@ def _scalar(value, what: str) -> torch.Tensor:
 
 
 def check_mean_loss(
-    loss_fn: Callable, outputs: torch.Tensor, targets: torch.Tensor, *, batched: bool = False
+    loss_fn: Callable,
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    batched: bool = False,
+    per_example: str | None = None,
 ) -> None:
     """Refuse a loss that is not a mean over examples: the batch repeated twice must give the
     same value (a sum doubles). With ``batched`` (a loader of several batches, weighted by
     their sizes) it must also be the plain mean of per-example losses, which a loss with
-    class weights or ignored labels is not."""
+    class weights or ignored labels is not; so must it for a measure that needs each example's
+    own loss (``per_example`` names the measure, for the message)."""
     outputs = outputs.detach()
     try:
         value = loss_fn(outputs, targets)
@@ -560,11 +566,20 @@ def check_mean_loss(
             f"{b:.6g}); flatness measures the Hessian of the mean loss: pass a mean-reduced "
             "loss (reduction='mean'), or divide a sum by the batch size"
         )
-    if batched:
+    if batched or per_example:
         few = min(len(targets), 16)
         each = torch.stack([loss_fn(outputs[i : i + 1], targets[i : i + 1]) for i in range(few)])
         whole = loss_fn(outputs[:few], targets[:few])
-        if not torch.allclose(each.mean(), whole, rtol=1e-4, atol=1e-7 * abs(whole.item())):
+        plain = bool(torch.isfinite(each).all()) and torch.allclose(
+            each.mean(), whole, rtol=1e-4, atol=1e-7 * abs(whole.item())
+        )
+        if not plain and per_example:
+            raise FlatnessError(
+                "loss_fn is not the plain mean of per-example losses (class weights, or "
+                f"ignored labels?), so {per_example}, which needs each example's own loss, is "
+                "not defined for it; pass a loss without class weights or ignored labels"
+            )
+        if not plain:
             raise FlatnessError(
                 "loss_fn is not the plain mean of per-example losses (class weights, or "
                 "ignored labels?), so the batches of a loader cannot be weighted by their "
@@ -782,6 +797,13 @@ def check_model(
         if several:
             check_loader_loss(loss_fn, data, device)
         loss = loss_fn(out, y)
+        if not loss.requires_grad:
+            raise FlatnessError(
+                "the loss does not depend on any trainable parameter of the model: the output "
+                "it is taken of was computed without them (output= selects a part of the "
+                "model's output that no parameter reaches?); choose the output the parameters "
+                "produce"
+            )
         grads = torch.autograd.grad(
             loss, [p for _, p in named], allow_unused=True, create_graph=create_graph
         )

@@ -22,6 +22,7 @@ Which parameters are perturbed, and why: :mod:`flatness.measures.perturbation`.
 from flatness.measures.adaptive import (
     NORMS,
     AdaptiveCurvature,
+    PrecisionWarning,
     AverageSharpness,
     WorstSharpness,
     adaptive_curvature,
@@ -36,6 +37,7 @@ __all__ = [
     "AdaptiveCurvature",
     "AverageSharpness",
     "FisherRao",
+    "PrecisionWarning",
     "RelativeFlatness",
     "ScaledSharpness",
     "WorstSharpness",

@@ -18,8 +18,10 @@ next layer's weights divided by it (Dinh et al. 2017), as ``D`` scales with the 
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -35,13 +37,21 @@ from flatness.measures.perturbation import PerturbedLoss, resolve_mode
 NORMS = ("l2", "linf")
 
 
+class PrecisionWarning(UserWarning):
+    """A loss increase too small to be told from the rounding of the loss in the model's dtype."""
+
+
 @dataclass(frozen=True)
 class AverageSharpness:
     """``E[L(w + |w| * u)] - L(w)``, ``u ~ N(0, rho^2 I)``, by Monte Carlo over antithetic pairs.
 
     ``value`` averages ``(L(w + d) + L(w - d))/2 - L(w)`` over ``pairs`` draws ``d``, which
     cancels the gradient's first-order noise; ``stderr`` is the spread of those pair means over
-    ``sqrt(pairs)``."""
+    ``sqrt(pairs)``. Near a minimum each pair mean is a weighted sum of chi-squares, skewed to
+    the right, so the error falls below ``-2 stderr`` more often than a normal one would: on the
+    quadratic loss of ``tests/test_measures.py``'s coverage test, over 200 seeds, 7.5 % of runs
+    of 10 pairs did (6.5 % of 50 pairs), 1.5 % rose above ``+2 stderr``, and 97 % (99 %) lay
+    within 3."""
 
     value: float
     stderr: float
@@ -60,6 +70,9 @@ class WorstSharpness:
     what was spent. Each restart starts at a uniform random point of the sphere (``l2``) or a
     random corner (``linf``) of radius ``rho``, and moves by steps of ``step_size * rho``
     along the normalised gradient (``l2``) or its sign (``linf``), projected back into the set.
+    For ``linf`` the maximum of a quadratic lies at one of the box's corners, which ascent finds
+    less surely than the ``l2`` maximum: raise ``restarts`` there. ``direction`` takes no part
+    in comparisons of two results.
     """
 
     value: float
@@ -71,7 +84,7 @@ class WorstSharpness:
     steps: int
     base_loss: float
     #: the perturbation ``u`` that reached ``value`` (``delta = |w| * u``), flat
-    direction: torch.Tensor
+    direction: torch.Tensor = field(compare=False)
     forward_passes: int
     backward_passes: int
 
@@ -97,18 +110,39 @@ class AdaptiveCurvature:
     passes: int
 
 
-def _check_rho(rho) -> float:
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho > 0:
-        raise FlatnessError(f"rho must be a positive number, got {rho!r}")
-    if not math.isfinite(rho):
-        raise FlatnessError(f"rho must be finite, got {rho!r}")
-    return float(rho)
-
-
-def _check_count(value, what: str, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise FlatnessError(f"{what} must be an integer of at least {least}, got {value!r}")
+def _positive(value, what: str) -> float:
+    """``value`` as a float: a positive finite real number (numpy's and 0-dim tensors' too),
+    small enough that ``value^2`` is finite; otherwise a FlatnessError naming ``what``."""
+    if torch.is_tensor(value) and value.dim() == 0 and value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise FlatnessError(f"{what} must be a positive number, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise FlatnessError(f"{what} must be a positive finite number, got {value!r}")
+    if not math.isfinite(value * value):
+        raise FlatnessError(f"{what} is too large: {value!r} squared is not finite")
     return value
+
+
+def _count(value, what: str, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise FlatnessError(f"{what} must be an integer of at least {least}, got {value!r}")
+    return int(value)
+
+
+def _resolved(value: float, base: float, dtype: torch.dtype, what: str) -> None:
+    """A :class:`PrecisionWarning` where a loss increase is too small to be told from the
+    rounding of the loss in the model's dtype (some 100 units in the last place of ``L(w)``)."""
+    floor = 100 * torch.finfo(dtype).eps * max(abs(base), torch.finfo(dtype).tiny)
+    if abs(value) < floor:
+        warnings.warn(
+            f"{what}: the loss increase {value:.3g} is within {floor:.2g}, the rounding of the "
+            f"loss {base:.6g} in {str(dtype).removeprefix('torch.')}, so it says nothing; "
+            "measure a float64 model (model.double() and double inputs) or use a larger rho",
+            PrecisionWarning,
+            stacklevel=3,
+        )
 
 
 @with_autograd
@@ -132,8 +166,8 @@ def average_sharpness(
     Raises:
         FlatnessError: bad options or input the Hessian functions refuse.
     """
-    rho = _check_rho(rho)
-    pairs = _check_count(pairs, "pairs", 2)
+    rho = _positive(rho, "rho")
+    pairs = _count(pairs, "pairs", 2)
     check_options(seed=seed)
     bn_mode = resolve_mode(model, bn_mode)
     f = PerturbedLoss(model, loss_fn, data, bn_mode=bn_mode, output=output)
@@ -145,6 +179,7 @@ def average_sharpness(
         d = scale * u.to(f.device)
         means.append((f.loss(d) + f.loss(-d)) / 2 - f.base)
     t = torch.tensor(means, dtype=torch.float64)
+    _resolved(float(t.mean()), f.base, f.dtype, "average_sharpness")
     return AverageSharpness(
         value=float(t.mean()),
         stderr=float(t.std() / math.sqrt(pairs)),
@@ -188,14 +223,14 @@ def worst_sharpness(
         FlatnessError: bad options (``norm`` one of ``"l2"``, ``"linf"``) or input the Hessian
             functions refuse.
     """
-    rho = _check_rho(rho)
+    rho = _positive(rho, "rho")
     if norm not in NORMS:
         from flatness.errors import unknown
 
         raise unknown("norm", norm, NORMS)
-    restarts = _check_count(restarts, "restarts")
-    steps = _check_count(steps, "steps", 0)
-    step_size = _check_rho(step_size)
+    restarts = _count(restarts, "restarts")
+    steps = _count(steps, "steps", 0)
+    step_size = _positive(step_size, "step_size")
     check_options(seed=seed)
     bn_mode = resolve_mode(model, bn_mode)
     f = PerturbedLoss(model, loss_fn, data, bn_mode=bn_mode, output=output)
@@ -226,6 +261,7 @@ def worst_sharpness(
                 move = g_u / length
             u = _project(u + step_size * rho * move, rho, norm)
     value, restart, step, direction = best
+    _resolved(value, f.base, f.dtype, "worst_sharpness")
     return WorstSharpness(
         value=float(value),
         rho=rho,
@@ -263,7 +299,7 @@ def adaptive_curvature(
     Raises:
         FlatnessError: bad options or input the Hessian functions refuse.
     """
-    rho = _check_rho(rho)
+    rho = _positive(rho, "rho")
     bn_mode = resolve_mode(model, bn_mode)
     op = HessianOperator(model, loss_fn, data, bn_mode=bn_mode, output=output)
     weights = torch.cat([p.reshape(-1) for p in op.params.values()])

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from flatness.errors import FlatnessError
-from flatness.hessian.checks import Output, check_options, with_autograd
+from flatness.hessian.checks import Output, check_options, require_module, with_autograd
 from flatness.hessian.joint import joint_measurement
 from flatness.hessian.operator import HessianOperator
 from flatness.measures.operators import Layer
@@ -87,7 +87,9 @@ def relative_flatness(
             ``nn.Linear``, bad options, or input the Hessian functions refuse.
     """
     check_options(seed=seed)
-    modules = dict(model.named_modules())
+    require_module(model)
+    # every name a module is registered under, a layer shared by two names included
+    modules = dict(model.named_modules(remove_duplicate=False))
     layer = default_layer(model) if layer is None else layer
     linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
     if layer not in modules or not isinstance(modules[layer], nn.Linear):
@@ -97,7 +99,10 @@ def relative_flatness(
         )
     bn_mode = resolve_mode(model, bn_mode)
     op = HessianOperator(model, loss_fn, data, bn_mode=bn_mode, output=output)
-    name = f"{layer}.weight" if layer else "weight"
+    # the weight's own name among the variables: a weight tied to another layer's (an output
+    # layer sharing the embedding's) is listed once, under its first name
+    weight = modules[layer].weight
+    name = next((n for n, p in model.named_parameters() if p is weight), None)
     if name not in op.names:
         raise FlatnessError(f"the weight of layer {layer!r} is frozen; it has no Hessian block")
     offsets = dict(zip(op.names, itertools.accumulate([s.numel() for s in op.shapes], initial=0)))

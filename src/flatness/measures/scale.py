@@ -20,6 +20,7 @@ from flatness.hessian.checks import (
     Output,
     batches,
     check_functional,
+    check_mean_loss,
     check_model,
     curvature_modes,
     examples_interact,
@@ -131,21 +132,38 @@ def fisher_rao_norm(
     buffers = dict(model.named_buffers())
     device = next(iter(params.values())).device
     total, examples, passes = 0.0, 0, 0
+
+    def moved(xb):
+        """The outputs, and their derivative along the weights themselves (forward mode)."""
+
+        def forward(ps):
+            return select_output(functional_forward(model, (ps, buffers), (xb,)), output)
+
+        return torch.func.jvp(forward, (params,), (params,))
+
     with curvature_modes(model, bn_mode):
         x, y = probe_batch(*next(batches(data, device))[:2])
         check_functional(model, loss_fn, x, y, named, output, "the Fisher-Rao norm")
+        check_mean_loss(
+            loss_fn, select_output(model(x), output), y, per_example="the Fisher-Rao norm"
+        )
         if examples_interact(model, x, output):
             raise FlatnessError(
                 "the model's outputs for one example depend on other examples (BatchNorm with "
                 "batch statistics, or the like), so per-example gradients and the Fisher-Rao "
-                "norm are not defined; use bn_mode='eval'"
+                "norm are not defined; measure with running statistics (bn_mode='eval', and "
+                "track_running_stats=True for every BatchNorm layer)"
             )
+        try:
+            moved(x)
+        except (NotImplementedError, RuntimeError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise FlatnessError(
+                "the model cannot be differentiated in forward mode, which the Fisher-Rao norm "
+                f"uses ({reason}); a custom torch.autograd.Function needs a jvp method for it"
+            ) from None
         for xb, yb, n in batches(data, device):
-
-            def forward(ps, xb=xb):
-                return select_output(functional_forward(model, (ps, buffers), (xb,)), output)
-
-            z, z_dot = torch.func.jvp(forward, (params,), (params,))
+            z, z_dot = moved(xb)
             z = z.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(loss_fn(z, yb), z)
             along = n * (g * z_dot).reshape(n, -1).sum(1).double()
