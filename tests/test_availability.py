@@ -128,7 +128,7 @@ def _first_code(notebook) -> int:
 SHARED_MNIST = book.checkout().parent / "shared" / "data"  # ../shared/data
 
 
-def test_every_published_computation_is_current():
+def require_current_published_computations():
     # a stale one is never read: the paper book would compute it again (the theory chapter's
     # facts take some 22 minutes on 2 CPU cores), so the fix is to publish it again
     from flatness.results import computations
@@ -143,6 +143,10 @@ def test_every_published_computation_is_current():
     )
 
 
+def test_every_published_computation_is_current():
+    require_current_published_computations()
+
+
 @pytest.mark.skipif(
     not (SHARED_MNIST / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file(),
     reason=f"the real MNIST files are not at {SHARED_MNIST} (CI has them)",
@@ -150,6 +154,8 @@ def test_every_published_computation_is_current():
 def test_the_paper_chapters_render_from_what_is_published_and_train_or_compute_nothing(
     tmp_path, monkeypatch
 ):
+    # stale published computations would be computed again here, for many minutes: fail first
+    require_current_published_computations()
     monkeypatch.setenv("FLATNESS_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("FLATNESS_DATA", str(SHARED_MNIST))
     done = {

@@ -477,3 +477,88 @@ def test_options_take_numpy_numbers_and_refuse_the_rest_by_name():
         M.relative_flatness(None, F.cross_entropy, data)
     one = M.worst_sharpness(model, F.cross_entropy, data, 0.1, steps=2, seed=1)
     assert one == M.worst_sharpness(model, F.cross_entropy, data, 0.1, steps=2, seed=1)
+
+
+def trained(seed=12, hidden=8, n=60):
+    """A bias-free ReLU net fitted to ``n`` random examples, so that noise can lower its
+    training accuracy."""
+    model, (x, y) = relu_net(seed=seed, hidden=hidden), batch(seed=seed, n=n)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, (x, y)
+
+
+def hand_accuracy(model, x, y, theta):
+    w1, w2 = torch.split(theta, [model[0].weight.numel(), model[2].weight.numel()])
+    z = torch.relu(x @ w1.reshape(model[0].weight.shape).T) @ w2.reshape(model[2].weight.shape).T
+    return float((z.argmax(1) == y).double().mean())
+
+
+@pytest.mark.parametrize("magnitude_aware", [False, True], ids=["plain", "magnitude"])
+def test_pac_bayes_sigma_is_where_the_accuracy_has_dropped_by_the_target(magnitude_aware):
+    model, (x, y) = trained()
+    r = M.pac_bayes_flatness(
+        model, F.cross_entropy, (x, y), magnitude_aware=magnitude_aware, samples=20, seed=1
+    )
+    theta = flat_params(model)
+    base = hand_accuracy(model, x, y, theta)
+    assert r.accuracy == pytest.approx(base) and base > 0.5 and r.converged
+    assert r.flatness == pytest.approx(1 / r.sigma**2)
+    # an independent Monte Carlo estimate of the drop at sigma', with our own draws
+    g = torch.Generator().manual_seed(99)
+    scale = (r.sigma**2 * theta**2 + r.eps**2).sqrt() if magnitude_aware else r.sigma
+    drops = torch.tensor(
+        [
+            base
+            - hand_accuracy(
+                model,
+                x,
+                y,
+                theta + scale * torch.randn(len(theta), generator=g, dtype=torch.float64),
+            )
+            for _ in range(400)
+        ]
+    )
+    se = float(drops.std() / math.sqrt(len(drops)))
+    assert abs(float(drops.mean()) - 0.1) <= 0.01 + 4 * (se + r.drop_stderr)
+    # the bound's term, by hand, about 0 (no initial weights given)
+    m, omega = len(y), len(theta)
+    if magnitude_aware:
+        num = r.eps**2 + (r.sigma**2 + 1) * float(theta @ theta) / omega
+        bound = float(0.25 * torch.log(num / (r.eps**2 + r.sigma**2 * theta**2)).sum())
+    else:
+        bound = float(theta @ theta) / (4 * r.sigma**2)
+    assert r.bound == pytest.approx(bound + math.log(m / r.sigma) + 10, rel=1e-10)
+
+
+def test_magnitude_aware_pac_bayes_is_invariant_to_rescaling_and_the_plain_one_is_not():
+    model, data = trained()
+    other = rescaled(model, [0.5, 2.0, 3.0, 1.0, 0.25, 4.0, 1.5, 0.7])
+    run = lambda m, aware: M.pac_bayes_flatness(
+        m, F.cross_entropy, data, magnitude_aware=aware, eps=0.0, samples=8, seed=2
+    )
+    assert run(model, True).sigma == run(other, True).sigma
+    assert run(model, False).sigma != run(other, False).sigma
+
+
+def test_pac_bayes_measures_the_bound_about_the_initial_weights():
+    model, data = trained()
+    start = relu_net(seed=12, hidden=8)
+    r = M.pac_bayes_flatness(model, F.cross_entropy, data, initial=start, samples=4, depth=3)
+    distance = flat_params(model) - flat_params(start)
+    expected = float(distance @ distance) / (4 * r.sigma**2) + math.log(60 / r.sigma) + 10
+    assert r.bound == pytest.approx(expected, rel=1e-10)
+    with pytest.raises(FlatnessError, match="initial must be a module"):
+        M.pac_bayes_flatness(model, F.cross_entropy, data, initial=torch.zeros(3))
+
+
+def test_pac_bayes_refuses_what_has_no_accuracy_or_no_target():
+    model, data = least_squares()[:2]
+    with pytest.raises(FlatnessError, match="an accuracy needs class scores"):
+        M.pac_bayes_flatness(model, F.mse_loss, data)
+    net, batch_ = trained()
+    with pytest.raises(FlatnessError, match="target must lie in"):
+        M.pac_bayes_flatness(net, F.cross_entropy, batch_, target=0.1, tolerance=0.2)

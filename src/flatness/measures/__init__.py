@@ -15,6 +15,8 @@ Which parameters are perturbed, and why: :mod:`flatness.measures.perturbation`.
   ascent in an ``l2`` or ``linf`` set;
 - :func:`adaptive_curvature`: their second-order forms, ``rho^2/2 sum_i w_i^2 H_ii`` and
   ``rho^2/2 lambda_max(D H D)``, ``D = diag(|w|)``;
+- :func:`pac_bayes_flatness`: PAC-Bayes flatness and its bound, plain and magnitude-aware
+  (Jiang et al. 2020);
 - :func:`relative_flatness`: relative flatness of one layer (Petzka et al. 2021);
 - :func:`fisher_rao_norm`: the Fisher-Rao norm (Liang et al. 2019).
 """
@@ -22,13 +24,14 @@ Which parameters are perturbed, and why: :mod:`flatness.measures.perturbation`.
 from flatness.measures.adaptive import (
     NORMS,
     AdaptiveCurvature,
-    PrecisionWarning,
     AverageSharpness,
+    PrecisionWarning,
     WorstSharpness,
     adaptive_curvature,
     average_sharpness,
     worst_sharpness,
 )
+from flatness.measures.pacbayes import PacBayes, pac_bayes_flatness
 from flatness.measures.relative import RelativeFlatness, default_layer, relative_flatness
 from flatness.measures.scale import FisherRao, ScaledSharpness, fisher_rao_norm, scaled_sharpness
 
@@ -37,6 +40,7 @@ __all__ = [
     "AdaptiveCurvature",
     "AverageSharpness",
     "FisherRao",
+    "PacBayes",
     "PrecisionWarning",
     "RelativeFlatness",
     "ScaledSharpness",
@@ -45,6 +49,7 @@ __all__ = [
     "average_sharpness",
     "default_layer",
     "fisher_rao_norm",
+    "pac_bayes_flatness",
     "relative_flatness",
     "scaled_sharpness",
     "worst_sharpness",

@@ -18,7 +18,6 @@ next layer's weights divided by it (Dinh et al. 2017), as ``D`` scales with the 
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,11 +25,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from flatness.errors import FlatnessError
+from flatness.errors import unknown
 from flatness.hessian.checks import Output, check_options, with_autograd
 from flatness.hessian.joint import joint_measurement
 from flatness.hessian.operator import HessianOperator
 from flatness.measures.operators import Scaled
+from flatness.measures.options import count, positive
 from flatness.measures.perturbation import PerturbedLoss, resolve_mode
 
 #: the norms of the worst-case perturbation set
@@ -110,27 +110,6 @@ class AdaptiveCurvature:
     passes: int
 
 
-def _positive(value, what: str) -> float:
-    """``value`` as a float: a positive finite real number (numpy's and 0-dim tensors' too),
-    small enough that ``value^2`` is finite; otherwise a FlatnessError naming ``what``."""
-    if torch.is_tensor(value) and value.dim() == 0 and value.is_floating_point():
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise FlatnessError(f"{what} must be a positive number, got {value!r}")
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise FlatnessError(f"{what} must be a positive finite number, got {value!r}")
-    if not math.isfinite(value * value):
-        raise FlatnessError(f"{what} is too large: {value!r} squared is not finite")
-    return value
-
-
-def _count(value, what: str, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-        raise FlatnessError(f"{what} must be an integer of at least {least}, got {value!r}")
-    return int(value)
-
-
 def _resolved(value: float, base: float, dtype: torch.dtype, what: str) -> None:
     """A :class:`PrecisionWarning` where a loss increase is too small to be told from the
     rounding of the loss in the model's dtype (some 100 units in the last place of ``L(w)``)."""
@@ -166,8 +145,8 @@ def average_sharpness(
     Raises:
         FlatnessError: bad options or input the Hessian functions refuse.
     """
-    rho = _positive(rho, "rho")
-    pairs = _count(pairs, "pairs", 2)
+    rho = positive(rho, "rho")
+    pairs = count(pairs, "pairs", 2)
     check_options(seed=seed)
     bn_mode = resolve_mode(model, bn_mode)
     f = PerturbedLoss(model, loss_fn, data, bn_mode=bn_mode, output=output)
@@ -223,14 +202,12 @@ def worst_sharpness(
         FlatnessError: bad options (``norm`` one of ``"l2"``, ``"linf"``) or input the Hessian
             functions refuse.
     """
-    rho = _positive(rho, "rho")
+    rho = positive(rho, "rho")
     if norm not in NORMS:
-        from flatness.errors import unknown
-
         raise unknown("norm", norm, NORMS)
-    restarts = _count(restarts, "restarts")
-    steps = _count(steps, "steps", 0)
-    step_size = _positive(step_size, "step_size")
+    restarts = count(restarts, "restarts")
+    steps = count(steps, "steps", 0)
+    step_size = positive(step_size, "step_size")
     check_options(seed=seed)
     bn_mode = resolve_mode(model, bn_mode)
     f = PerturbedLoss(model, loss_fn, data, bn_mode=bn_mode, output=output)
@@ -299,7 +276,7 @@ def adaptive_curvature(
     Raises:
         FlatnessError: bad options or input the Hessian functions refuse.
     """
-    rho = _positive(rho, "rho")
+    rho = positive(rho, "rho")
     bn_mode = resolve_mode(model, bn_mode)
     op = HessianOperator(model, loss_fn, data, bn_mode=bn_mode, output=output)
     weights = torch.cat([p.reshape(-1) for p in op.params.values()])

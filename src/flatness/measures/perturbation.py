@@ -116,6 +116,31 @@ class PerturbedLoss:
             )
         return value, gradient
 
+    def accuracy(self, delta: torch.Tensor) -> float:
+        """The fraction of examples whose largest output at ``w + delta`` is their label.
+
+        Raises:
+            FlatnessError: targets that are not class labels for the outputs' rows.
+        """
+        delta = delta.to(self.device, self.dtype)
+        correct, examples = 0, 0
+        with curvature_modes(self.model, self.bn_mode), torch.no_grad():
+            moved = self._unflatten(self.weights + delta)
+            for x, y, n in batches(self.data, self.device):
+                out = select_output(
+                    functional_forward(self.model, (moved, self.buffers), (x,)), self.output
+                )
+                if y.is_floating_point() or out.dim() != 2 or y.shape != out.shape[:1]:
+                    raise FlatnessError(
+                        "an accuracy needs class scores of shape (examples, classes) and integer "
+                        f"labels of shape (examples,); got outputs {tuple(out.shape)} and targets "
+                        f"{tuple(y.shape)} {y.dtype}"
+                    )
+                correct += int((out.argmax(1) == y).sum())
+                examples += n
+        self.forward_passes += 1
+        return correct / examples
+
     def loss(self, delta: torch.Tensor) -> float:
         """The mean data loss at ``w + delta``."""
         return self._mean(delta, grad=False)[0]
