@@ -466,6 +466,10 @@ def _ls_computations(root) -> None:
         print(f"damaged: {path.name} ({reason}); the next use computes it again")
 
 
+#: the exit code after Ctrl-C, as a shell reports a process that SIGINT ended
+INTERRUPTED = 130
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -547,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             "flatness: interrupted; a run being trained resumes from its last checkpoint when "
             "it is asked for again",
             file=sys.stderr,
+            flush=True,
         )
-        return 130
+        return INTERRUPTED
     return 0
