@@ -160,6 +160,39 @@ def test_a_crash_mid_write_keeps_the_old_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # no temporary file left
 
 
+class Interrupt:
+    """Pickled half-way through a checkpoint, as if Ctrl-C arrived inside torch.save."""
+
+    def __reduce__(self):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_inside_torch_save_is_an_interruption_and_keeps_the_old_checkpoint(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "run.pt"
+    save_checkpoint(path, {"epoch": 3})
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 4, "w": torch.zeros(10_000), "stop": Interrupt()})
+    # torch's zip writer, closed half-done, raises over the interruption: still one
+    real = torch.save
+
+    def breaks_on_close(obj, f):
+        try:
+            real(obj, f)
+        except KeyboardInterrupt:
+            raise RuntimeError("unexpected pos 40320 vs 40240")  # noqa: B904, as torch does
+
+    monkeypatch.setattr(torch, "save", breaks_on_close)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"epoch": 5, "stop": Interrupt()})
+    # an error of its own, with no interruption behind it, stays what it is
+    with pytest.raises(OSError, match="simulated crash"):
+        save_checkpoint(path, {"epoch": 6, "crash": Crash()})
+    assert load_checkpoint(path) == {"epoch": 3}
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]
+
+
 def test_saving_removes_the_temporary_files_a_killed_writer_left(tmp_path):
     path = tmp_path / "abc.pt"
     killed = tmp_path / ".abc.pt.tmp-k1113d"  # as left by a SIGKILL during torch.save

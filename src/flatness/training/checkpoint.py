@@ -56,8 +56,12 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if _interrupted(err):
+            # Ctrl-C inside torch.save leaves its zip writer half-done, and closing it raises
+            # "unexpected pos" over the KeyboardInterrupt: the interruption is what happened
+            raise KeyboardInterrupt from None
         raise
     folder = os.open(path.parent, os.O_RDONLY)
     try:
@@ -65,6 +69,17 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     finally:
         os.close(folder)
     remove_temporaries(path)
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Whether ``err`` is a KeyboardInterrupt, or was raised while handling one."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__context__
+    return False
 
 
 def remove_temporaries(path: str | Path) -> list[Path]:
