@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from flatness.errors import FlatnessError
-from flatness.hessian.checks import Output, batches, check_options, with_autograd
+from flatness.hessian.checks import Output, check_options, with_autograd
 from flatness.measures.options import count, positive
 from flatness.measures.perturbation import PerturbedLoss, resolve_mode
 
@@ -107,11 +107,13 @@ def pac_bayes_flatness(
     base = f.accuracy(torch.zeros_like(w))
     gen = torch.Generator().manual_seed(seed)
 
+    squares = w.double().cpu() ** 2
+
     def drops(sigma: float) -> torch.Tensor:
+        scale = (sigma**2 * squares + eps**2).sqrt() if magnitude_aware else sigma
         out = []
         for _ in range(samples):
             z = torch.randn(f.size, generator=gen, dtype=torch.float64)
-            scale = (sigma**2 * w.double().cpu() ** 2 + eps**2).sqrt() if magnitude_aware else sigma
             out.append(base - f.accuracy((scale * z).to(f.device, f.dtype)))
         return torch.tensor(out, dtype=torch.float64)
 
@@ -130,7 +132,7 @@ def pac_bayes_flatness(
         else:
             lower = sigma
     drop = float(found.mean())
-    m = _examples(f)
+    m = f.examples
     distance = (w - w0).double()
     if magnitude_aware:
         numerator = eps**2 + (sigma**2 + 1) * float(distance.pow(2).sum()) / f.size
@@ -171,7 +173,3 @@ def _initial(initial, f: PerturbedLoss) -> torch.Tensor:
         f"initial must be a module of the model's structure or a flat vector of its {f.size} "
         f"variables, got {type(initial).__name__}"
     )
-
-
-def _examples(f: PerturbedLoss) -> int:
-    return sum(n for _, _, n in batches(f.data, f.device))

@@ -55,6 +55,7 @@ class PerturbedLoss:
     Attributes:
         weights: the variables ``w`` as one flat float vector (detached).
         base: ``L(w)``.
+        examples: the examples in one pass over the data.
         forward_passes: passes over the data made so far (each loss or gradient is one).
     """
 
@@ -81,6 +82,8 @@ class PerturbedLoss:
             x, y = probe_batch(*next(batches(data, self.device))[:2])
             check_functional(model, loss_fn, x, y, named, output, "a perturbed loss")
         self.forward_passes = 0
+        #: the examples in one pass over ``data``, counted by the first
+        self.examples = 0
         self.base = self.loss(torch.zeros_like(self.weights))
 
     def _unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -107,6 +110,7 @@ class PerturbedLoss:
                 total += n * float(loss.detach())
                 examples += n
         self.forward_passes += 1
+        self.examples = examples
         if grad:
             gradient /= examples
         value = total / examples
