@@ -155,6 +155,8 @@ class _Run:
         self.series: dict[str, list[float]] = {}
         self.seconds = {"train": 0.0, "hessian": 0.0, "wall": 0.0}
         self.sittings = 1
+        #: the measures of :func:`flatness.training.measurement.sharpness`, after the last epoch
+        self.measures: dict = {}
 
     def state(self) -> dict:
         return {
@@ -318,6 +320,9 @@ def train(
             bar.set_postfix_str(f"measuring the Hessian after epoch {epoch + 1}")
             values, arrays = _measure(run, epoch, final=last)
             final_arrays |= arrays
+            if last:
+                bar.set_postfix_str("measuring sharpness after the last epoch")
+                run.measures = _sharpness(run, epoch, values)
         else:
             values = measure.unmeasured(run.model)
         run.seconds["hessian"] += values["hessian_seconds"]
@@ -429,6 +434,15 @@ def _measure(run: _Run, epoch: int, *, final: bool):
         )
 
 
+def _sharpness(run: _Run, epoch: int, values: dict) -> dict:
+    model, d, cfg = run.result_model, run.data, run.config
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        n = cfg.hessian_examples
+        return measure.sharpness(
+            model, d.x_train[:n], d.y_train[:n], seed=cfg.seed * 100_003 + epoch, values=values
+        )
+
+
 def test_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """``(len(y),)`` booleans: where ``model`` (in eval mode) classifies ``x`` right."""
     was_training = model.training
@@ -458,6 +472,7 @@ def _result(run: _Run, final_arrays: dict[str, np.ndarray]) -> TrainResult:
         "train_seconds": run.seconds["train"],
         "hessian_seconds": run.seconds["hessian"],
     }
+    final |= run.measures
     return TrainResult(metrics=final, arrays=arrays)
 
 

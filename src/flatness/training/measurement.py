@@ -17,6 +17,10 @@ deterministic, unaugmented images:
   quadrature density with the run's ``slq_steps``, from the Lanczos run that also gives
   ``lambda_max`` (as the authors took theirs).
 
+After the last epoch the run also records every measure of :mod:`flatness.measures.suite`
+(scale-aware, adaptive, relative, PAC-Bayes, Fisher-Rao) on the same examples, reusing the
+final ``lambda_max`` and trace, so that chapters judging those measures need no weights.
+
 Networks with BatchNorm are measured in both modes: ``eval`` (running statistics, PyHessian's
 convention; the columns without suffix) and ``train`` (each batch's own statistics, batches of
 the run's batch size in a fixed order, the authors' convention; columns ending ``_bn_train``).
@@ -37,6 +41,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flatness import hessian, models
 from flatness.hessian.softmax import softmax_regression_spectrum
+from flatness.measures.suite import measure_suite
 
 #: Largest model whose exact Hessian is formed at every measurement (P^2 float64 numbers).
 EXACT_LIMIT = 2_000
@@ -197,3 +202,29 @@ def measure(
 def unmeasured(model: nn.Module) -> dict[str, float]:
     """NaN in every measurement column, for epochs without a measurement."""
     return {k: math.nan for k in measured_columns(model)} | {"hessian_seconds": 0.0}
+
+
+def sharpness(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, seed: int, values: dict
+) -> dict:
+    """Every measure of :mod:`flatness.measures.suite` of ``model`` on ``(x, y)``, reusing the
+    eval-mode ``lambda_max`` and trace of a measurement's ``values``.
+
+    Returns:
+        The suite's columns, ``measures_seconds``, and ``measures_imprecise``,
+        ``measures_unconverged`` and ``measures_undefined`` (lists of column names).
+    """
+    found = measure_suite(
+        model,
+        _loss,
+        _data(x, y, EVAL_BATCH, False),
+        seed=seed,
+        lambda_max=values["lambda_max"],
+        trace=(values["trace"], values["trace_se"]),
+    )
+    return found.values | {
+        "measures_seconds": found.seconds,
+        "measures_imprecise": list(found.imprecise),
+        "measures_unconverged": list(found.unconverged),
+        "measures_undefined": list(found.undefined),
+    }

@@ -1,0 +1,85 @@
+"""The measure suite and the measures a training run records, against dense float64 Hessians
+of a hand-written loss, hand-computed weight norms and Dinh et al.'s rescaling."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from flatness.measures import suite
+from flatness.training.config import RunConfig
+from flatness.training.loop import load_model, train
+from test_measures import batch, dense, relu_net
+
+
+def test_the_suite_matches_the_dense_hessian_where_its_measures_are_exact_functions_of_it():
+    model, (x, y) = relu_net(bias=True), batch()
+    theta, _, h = dense(model, x, y)
+    s = suite.measure_suite(model, F.cross_entropy, (x, y), seed=3)
+    v = s.values
+    w2 = float(theta @ theta)
+    eig = torch.linalg.eigvalsh(h)
+    d = theta.abs()
+    assert v["weight_norm_squared"] == pytest.approx(w2, rel=1e-12)
+    assert v["scaled_lambda_max"] == pytest.approx(float(eig[-1]) * w2, rel=1e-3)
+    assert abs(v["scaled_trace"] - float(eig.sum()) * w2) <= 3 * v["scaled_trace_se"] + 1e-9
+    exact = float((theta**2 * torch.diagonal(h)).sum())
+    assert abs(v["adaptive_trace"] - exact) <= 3 * v["adaptive_trace_se"] + 1e-9 * abs(exact)
+    dhd = d[:, None] * h * d[None, :]
+    assert v["adaptive_lambda_max"] == pytest.approx(
+        float(torch.linalg.eigvalsh(dhd)[-1]), rel=1e-3
+    )
+    assert set(suite.MEASURES) <= set(v) and all(math.isfinite(v[m]) for m in suite.MEASURES)
+    assert all(v[f"{m}_se"] > 0 for m in suite.RANDOM)
+    assert set(s.family_seconds) == set(suite.FAMILIES.values())
+    assert s.hvps > 0 and s.forward_passes > 0 and s.undefined == ()
+
+
+def test_given_measurements_are_reused_for_the_scale_aware_measures():
+    model, (x, y) = relu_net(bias=True), batch()
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    s = suite.measure_suite(model, F.cross_entropy, (x, y), lambda_max=2.0, trace=(5.0, 0.5))
+    w2 = float(theta @ theta)
+    assert s.values["scaled_lambda_max"] == pytest.approx(2.0 * w2, rel=1e-12)
+    assert s.values["scaled_trace_se"] == pytest.approx(0.5 * w2, rel=1e-12)
+
+
+def test_a_network_without_a_linear_layer_leaves_relative_flatness_undefined():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = model.double()
+    x = torch.randn(12, 1, 5, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (12,))
+    s = suite.measure_suite(model, F.cross_entropy, (x, y))
+    assert s.undefined == ("relative_flatness",) and math.isnan(s.values["relative_flatness"])
+    assert math.isfinite(s.values["fisher_rao"])
+
+
+def test_the_invariant_measures_stay_put_under_rescaling_and_the_raw_ones_move():
+    model, (x, y) = relu_net(bias=False, hidden=6), batch(n=40)
+    before = suite.measure_suite(model, F.cross_entropy, (x, y), seed=1).values
+    with torch.no_grad():  # Dinh et al.: a in the first layer, 1/a in the second
+        model[0].weight.mul_(4.0)
+        model[2].weight.div_(4.0)
+    after = suite.measure_suite(model, F.cross_entropy, (x, y), seed=1).values
+    # the same seed draws the same u, and |w| * u moves the function alike at both scales
+    for m in ("adaptive_average", "adaptive_worst_l2", "adaptive_worst_linf", "fisher_rao"):
+        assert after[m] == pytest.approx(before[m], rel=1e-6), m
+    assert after["adaptive_lambda_max"] == pytest.approx(before["adaptive_lambda_max"], rel=1e-3)
+    for m in ("scaled_lambda_max", "scaled_trace"):
+        assert not after[m] == pytest.approx(before[m], rel=0.1), m
+
+
+def test_a_training_run_records_the_suite_of_its_final_model():
+    cfg = RunConfig(model="mlp-10-100", dataset="digits", weight_decay=0.0, seed=0, epochs=2)
+    result = train(cfg)
+    m = result.metrics
+    model = load_model(cfg, result.arrays, (1, 8, 8), 10)
+    w2 = sum(float(p.detach().double().pow(2).sum()) for p in model.parameters())
+    assert m["weight_norm_squared"] == pytest.approx(w2, rel=1e-6)
+    assert m["scaled_lambda_max"] == pytest.approx(m["lambda_max"] * w2, rel=1e-6)
+    assert m["scaled_trace"] == pytest.approx(m["trace"] * w2, rel=1e-6)
+    assert all(math.isfinite(m[c]) for c in suite.MEASURES)
+    assert m["measures_seconds"] > 0 and m["measures_undefined"] == []
