@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
+from test_measures import batch, dense, relu_net
 from torch import nn
 from torch.nn import functional as F
 
 from flatness.measures import suite
 from flatness.training.config import RunConfig
 from flatness.training.loop import load_model, train
-from test_measures import batch, dense, relu_net
 
 
 def test_the_suite_matches_the_dense_hessian_where_its_measures_are_exact_functions_of_it():
