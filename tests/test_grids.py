@@ -11,6 +11,7 @@ from flatness.chapters import (
     estimators,
     grids,
     logreg,
+    measures,
     mlp,
     rank,
     resnets,
@@ -53,6 +54,7 @@ LOOKUPS = {
     "spectra": lambda p, mp: spectra.spectra(p, train_missing=False),
     "estimators": lambda p, mp: estimators.problem(estimators.settings(p), train_missing=False),
     "rank": lambda p, mp: _rank_lookups(p),
+    "measures": lambda p, mp: measures.comparisons(p, train_missing=False),
     "verdicts": _verdict_lookups,
 }
 

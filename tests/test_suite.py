@@ -82,4 +82,5 @@ def test_a_training_run_records_the_suite_of_its_final_model():
     assert m["scaled_lambda_max"] == pytest.approx(m["lambda_max"] * w2, rel=1e-6)
     assert m["scaled_trace"] == pytest.approx(m["trace"] * w2, rel=1e-6)
     assert all(math.isfinite(m[c]) for c in suite.MEASURES)
-    assert m["measures_seconds"] > 0 and m["measures_undefined"] == []
+    assert m["measures_seconds"] > 0
+    assert all(isinstance(v, (int, float)) for v in m.values())  # a stored run's metrics

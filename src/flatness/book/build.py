@@ -743,10 +743,11 @@ def build_book(
         data_root = (parameters or {}).get("data_root")
         chosen = evidence.choices(list(at), data_root=data_root)
         at = {name: c.profile for name, c in chosen.items()}
-        if "verdicts" in at:
-            extra["verdicts"] = {
-                "chapter_profiles": {c: at.get(c, profile) for c in evidence.VERDICT_CHAPTERS}
-            }
+        for collector in evidence.COLLECTORS:  # pages that gather other chapters' runs
+            if collector in at:
+                extra[collector] = {
+                    "chapter_profiles": {c: at.get(c, profile) for c in evidence.VERDICT_CHAPTERS}
+                }
         scales = {}
         for name, p in at.items():
             scales.setdefault(p, []).append(name)

@@ -29,6 +29,8 @@ from flatness.results.published import published_root
 SCALES = ("paper", "cpu")
 #: the chapters whose claims the verdict page collects (each at its own chapter's profile)
 VERDICT_CHAPTERS = ("theory", "logreg", "mlp", "cnn", "resnets", "adaptive", "rank")
+#: the pages that judge other chapters' runs, each at its own chapter's profile
+COLLECTORS = ("measures", "verdicts")
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,8 @@ def choices(chapters: list[str], *, data_root=None, published=None) -> dict[str,
     the largest scale available."""
     out = {}
     for name in chapters:
-        if name == "verdicts":
-            out[name] = Choice(name, SCALES[-1], "each claim at its own chapter's profile")
+        if name in COLLECTORS:
+            out[name] = Choice(name, SCALES[-1], "each comparison at its own chapter's profile")
         else:
             out[name] = choose(name, data_root=data_root, published=published)
     return out

@@ -27,6 +27,7 @@ CHAPTERS = (
     "adaptive",
     "rank",
     "spectra",
+    "measures",
     "verdicts",
     "estimators",
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 from flatness.cli import options
 from flatness.errors import FlatnessError
 
-GRID_HELP = "a chapter (logreg, mlp, cnn, resnets, adaptive, rank, spectra, verdicts, "
+GRID_HELP = "a chapter (logreg, mlp, cnn, resnets, adaptive, rank, spectra, measures, verdicts, "
 GRID_HELP += "estimators), all, or a YAML file of points; publish also takes computations"
 
 

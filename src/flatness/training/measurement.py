@@ -211,8 +211,9 @@ def sharpness(
     eval-mode ``lambda_max`` and trace of a measurement's ``values``.
 
     Returns:
-        The suite's columns, ``measures_seconds``, and ``measures_imprecise``,
-        ``measures_unconverged`` and ``measures_undefined`` (lists of column names).
+        The suite's columns, ``measures_seconds``, and 1.0 in ``<measure>_imprecise`` and
+        ``<measure>_unconverged`` for the measures the suite flags so (a stored run's metrics
+        are numbers); a measure the model does not define is NaN.
     """
     found = measure_suite(
         model,
@@ -222,9 +223,6 @@ def sharpness(
         lambda_max=values["lambda_max"],
         trace=(values["trace"], values["trace_se"]),
     )
-    return found.values | {
-        "measures_seconds": found.seconds,
-        "measures_imprecise": list(found.imprecise),
-        "measures_unconverged": list(found.unconverged),
-        "measures_undefined": list(found.undefined),
-    }
+    flags = {f"{m}_imprecise": 1.0 for m in found.imprecise}
+    flags |= {f"{m}_unconverged": 1.0 for m in found.unconverged}
+    return found.values | {"measures_seconds": found.seconds} | flags
