@@ -18,7 +18,9 @@ Which parameters are perturbed, and why: :mod:`flatness.measures.perturbation`.
 - :func:`pac_bayes_flatness`: PAC-Bayes flatness and its bound, plain and magnitude-aware
   (Jiang et al. 2020);
 - :func:`relative_flatness`: relative flatness of one layer (Petzka et al. 2021);
-- :func:`fisher_rao_norm`: the Fisher-Rao norm (Liang et al. 2019).
+- :func:`fisher_rao_norm`: the Fisher-Rao norm (Liang et al. 2019);
+- :func:`measure_suite`: all of them at once, at fixed settings (:mod:`flatness.measures.suite`),
+  as training runs record them after their last epoch.
 """
 
 from flatness.measures.adaptive import (
@@ -34,6 +36,7 @@ from flatness.measures.adaptive import (
 from flatness.measures.pacbayes import PacBayes, pac_bayes_flatness
 from flatness.measures.relative import RelativeFlatness, default_layer, relative_flatness
 from flatness.measures.scale import FisherRao, ScaledSharpness, fisher_rao_norm, scaled_sharpness
+from flatness.measures.suite import Suite, measure_suite
 
 __all__ = [
     "NORMS",
@@ -44,11 +47,13 @@ __all__ = [
     "PrecisionWarning",
     "RelativeFlatness",
     "ScaledSharpness",
+    "Suite",
     "WorstSharpness",
     "adaptive_curvature",
     "average_sharpness",
     "default_layer",
     "fisher_rao_norm",
+    "measure_suite",
     "pac_bayes_flatness",
     "relative_flatness",
     "scaled_sharpness",

@@ -24,6 +24,7 @@ from flatness.chapters.measures.comparisons import (
     effects,
     grid,
     orbit_run,
+    show_table,
     summary,
     table,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "orbit_figure",
     "orbit_run",
     "sentences",
+    "show_table",
     "run_measures",
     "stances",
     "summary",

@@ -27,7 +27,7 @@ import pandas as pd
 from flatness import data as datasets
 from flatness.analysis import names, stats
 from flatness.chapters import adaptive, cnn, common, logreg, mlp, resnets
-from flatness.chapters.measures.computed import COLUMNS, FAMILIES, run_measures
+from flatness.chapters.measures.computed import COLUMNS, FAMILIES, RAW, run_measures
 from flatness.errors import FlatnessError, RunMissing
 from flatness.profiles import get_profile
 
@@ -70,9 +70,9 @@ def _frame(arm_runs, base_runs, data, device, profile) -> tuple[pd.DataFrame, in
     for side, runs in (("arm", arm_runs), ("baseline", base_runs)):
         for r in runs:
             found = run_measures(r, data, profile=profile, device=device)
-            if found is None:
+            if found is None:  # the raw measures are in every run's metrics; the others not
                 lacking += 1
-                continue
+                found = {m: float(r.metrics.get(m, math.nan)) for m in RAW}
             rows.append({"side": side, "seed": r.config.seed} | found)
     return pd.DataFrame(rows, columns=["side", "seed", *COLUMNS]), lacking
 
@@ -215,13 +215,16 @@ def effects(found: list[Comparison]) -> pd.DataFrame:
                     "at_minimum": c.at_minimum,
                 }
             )
-    return pd.DataFrame(rows)
+    columns = ["comparison", "label", "chapter", "claim", "measure", "family", "interval"]
+    return pd.DataFrame(rows, columns=[*columns, "verdict", "at_minimum"])
 
 
 def table(judged: pd.DataFrame, claim: str) -> pd.DataFrame:
     """Measure x comparison of ``claim``: each cell the verdict and the ratio with its interval
     (a difference where a measure is not positive)."""
     part = judged[judged.claim == claim]
+    if part.empty:
+        return pd.DataFrame({"measure": [display(m) for m in COLUMNS]})
     cell = part.apply(lambda r: f"{r.verdict} {r.interval.short('.2g')}", axis=1)
     wide = (
         part.assign(cell=cell, measure=part.measure.map(display), comparison=part.label)
@@ -232,6 +235,16 @@ def table(judged: pd.DataFrame, claim: str) -> pd.DataFrame:
     wide.index.name = "measure"
     wide.columns.name = None
     return wide.reset_index()
+
+
+def show_table(judged: pd.DataFrame, claim: str):
+    """:func:`table` as the page shows it, or a sentence where no comparison of ``claim`` is
+    at hand."""
+    from IPython.display import Markdown
+
+    if judged.empty or not (judged.claim == claim).any():
+        return Markdown("No comparison of this kind is at hand at this scale.")
+    return names.table(table(judged, claim), missing="no run at hand")
 
 
 def display(measure: str) -> str:

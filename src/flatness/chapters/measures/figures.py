@@ -23,6 +23,8 @@ def figure(judged: pd.DataFrame, found: list[Comparison], claim: str):
     arm is sharper. A measure whose effect is a difference (a value not positive) or has no
     value is left out of its panel."""
     found = [c for c in found if c.claim == claim]
+    if not found:
+        return None
     families = list(dict.fromkeys(FAMILIES.values()))
     colours = dict(zip(families, plotting.colours(len(families))))
     ncols = len(found) if len(found) <= 4 else 3

@@ -106,11 +106,13 @@ def sentences(judged: pd.DataFrame, found: list[Comparison]) -> dict:
             else f"{len(at_min)} of the {len(c5)} optimiser comparisons ended at a minimum; no "
             "measure calls the optimiser's solution sharper than SGD's in all of them."
         )
-    lacking = sum(c.lacking for c in found)
+    short = [c for c in found if c.lacking]
     facts["lacking_md"] = (
-        f"{lacking} run(s) carry neither weights nor recorded measures and are left out of "
-        "these comparisons: their comparisons rest on the runs that remain."
-        if lacking
+        "Runs that carry neither weights nor recorded measures (published before runs recorded "
+        "them, under a smaller limit on published weights) have only the raw measures here: "
+        + "; ".join(f"{c.label}, {c.lacking} of {len(c.runs)} runs" for c in short)
+        + "."
+        if short
         else "Every run of these comparisons carries its measures or its weights."
     )
     return facts
