@@ -64,6 +64,7 @@ FAMILIES = {
     "pac_bayes_magnitude": "PAC-Bayes",
     "fisher_rao": "Fisher-Rao norm",
 }
+#: every measure's column name
 MEASURES = tuple(FAMILIES)
 #: the measures estimated at random, which carry a standard error (column ``<name>_se``)
 RANDOM = (
@@ -76,8 +77,8 @@ RANDOM = (
 
 @dataclass(frozen=True)
 class Suite:
-    """The measures of one model: ``values`` (column -> value, :data:`MEASURES`, ``_se``
-    columns for :data:`RANDOM`, and ``weight_norm_squared``), the work done and its time.
+    """The measures of one model: ``values`` (column -> value, :data:`~flatness.measures.suite.MEASURES`, ``_se``
+    columns for :data:`~flatness.measures.suite.RANDOM`, and ``weight_norm_squared``), the work done and its time.
 
     ``imprecise`` names the measures whose loss increase was within the rounding of the loss
     (:class:`~flatness.measures.PrecisionWarning`); ``unconverged`` those whose iteration
@@ -88,7 +89,7 @@ class Suite:
     hvps: int
     forward_passes: int
     seconds: float
-    #: seconds spent on each family of :data:`FAMILIES`
+    #: seconds spent on each family of :data:`~flatness.measures.suite.FAMILIES`
     family_seconds: dict
     imprecise: tuple[str, ...] = ()
     unconverged: tuple[str, ...] = ()
@@ -107,7 +108,7 @@ def measure_suite(
     trace: tuple[float, float] | None = None,
     output: Output = None,
 ) -> Suite:
-    """Every measure of :data:`MEASURES` of ``model`` on ``data`` at the module's settings.
+    """Every measure of :data:`~flatness.measures.suite.MEASURES` of ``model`` on ``data`` at the module's settings.
 
     ``lambda_max`` and ``trace`` (estimate, standard error), when a measurement of the same
     model and data already gave them, are reused for the scale-aware measures.

@@ -110,8 +110,7 @@ def _logreg(profile, fetch, train_missing) -> tuple[list[Comparison], list[str]]
 
 def _missing_note(chapter: str, profile: str, what: str, missing: int) -> str:
     return (
-        f"{names.words(what)} ({chapter} chapter, `{profile}` profile): {missing} run(s) neither "
-        "published nor stored"
+        f"{names.words(what)} (`{profile}` profile): {missing} run(s) neither published nor stored"
     )
 
 

@@ -194,7 +194,11 @@ def build_facts(found: list[Comparison], notes: list[str]) -> dict:
         by.setdefault(c.profile, [])
         if c.chapter not in by[c.profile]:
             by[c.profile].append(c.chapter)
-    scale = "; ".join(f"`{p}`: {', '.join(chapters)}" for p, chapters in by.items())
+    from flatness.chapters.verdicts import TITLES
+
+    scale = "; ".join(
+        f"`{p}`: {', '.join(f'“{TITLES[c]}”' for c in chapters)}" for p, chapters in by.items()
+    )
     return {
         "scale_md": f"Comparisons judged, by profile and chapter: {scale}." if found else "",
         "notes_md": (
