@@ -176,11 +176,11 @@ def family_verdicts(judged: pd.DataFrame, found: list[Comparison]) -> pd.DataFra
         rows.append(
             {
                 "family": family,
-                "measures": ", ".join(display(m) for m in members),
-                "profile": ", ".join(used),
-                "comparisons": part.comparison.nunique(),
-                **counts,
                 "the L2 solution is": STANCES[stance(*counts.values())],
+                **counts,
+                "comparisons": part.comparison.nunique(),
+                "profile": ", ".join(used),
+                "measures": ", ".join(display(m) for m in members),
             }
         )
     return pd.DataFrame(rows)
