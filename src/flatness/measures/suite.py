@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from flatness.errors import FlatnessError
@@ -66,6 +67,20 @@ FAMILIES = {
 }
 #: every measure's column name
 MEASURES = tuple(FAMILIES)
+#: the measures read from the Hessian or the per-example gradients, whose values lose their
+#: digits once the loss is below the dtype's resolution
+CURVATURE = (
+    "scaled_lambda_max",
+    "scaled_trace",
+    "adaptive_trace",
+    "adaptive_lambda_max",
+    "relative_flatness",
+    "fisher_rao",
+)
+#: a loss below this many units in the last place of 1 leaves the softmax saturated: float32
+#: curvature measures were off by a factor of 2 to 4 at a loss of 0 (8e-10 in float64) and
+#: agreed within 1 % with float64 at 5e-7 (about 4 units)
+SATURATED = 1.0
 #: the measures estimated at random, which carry a standard error (column ``<name>_se``)
 RANDOM = (
     "scaled_trace",
@@ -77,8 +92,10 @@ RANDOM = (
 
 @dataclass(frozen=True)
 class Suite:
-    """The measures of one model: ``values`` (column -> value, :data:`~flatness.measures.suite.MEASURES`, ``_se``
-    columns for :data:`~flatness.measures.suite.RANDOM`, and ``weight_norm_squared``), the work done and its time.
+    """The measures of one model: ``values`` (column -> value,
+    :data:`~flatness.measures.suite.MEASURES`, ``_se`` columns for
+    :data:`~flatness.measures.suite.RANDOM`, and ``weight_norm_squared``), the work done and
+    its time.
 
     ``imprecise`` names the measures whose loss increase was within the rounding of the loss
     (:class:`~flatness.measures.PrecisionWarning`); ``unconverged`` those whose iteration
@@ -108,14 +125,23 @@ def measure_suite(
     trace: tuple[float, float] | None = None,
     output: Output = None,
 ) -> Suite:
-    """Every measure of :data:`~flatness.measures.suite.MEASURES` of ``model`` on ``data`` at the module's settings.
+    """Every measure of :data:`~flatness.measures.suite.MEASURES` of ``model`` on ``data``, at
+    the module's settings.
 
     ``lambda_max`` and ``trace`` (estimate, standard error), when a measurement of the same
     model and data already gave them, are reused for the scale-aware measures.
 
+    A loss so small that the model's dtype cannot resolve its curvature (below
+    :data:`SATURATED` units in the last place of 1, where the softmax probabilities round to
+    0 and 1) puts every curvature measure in ``imprecise``; a measure the model does not
+    define (relative flatness without a linear layer, the Fisher-Rao norm where examples
+    interact or the loss is not a plain per-example mean) is NaN and named in ``undefined``.
+
     Raises:
-        FlatnessError: input any of the measures refuses.
+        FlatnessError: input any of the measures refuses; only one of ``lambda_max`` and
+            ``trace``, or either not finite (a standard error below 0 included).
     """
+    lambda_max, trace = _given(lambda_max, trace)
     start = time.perf_counter()
     common = dict(bn_mode="eval", output=output)
     seeded = common | dict(seed=seed)
@@ -195,11 +221,19 @@ def measure_suite(
         if not pb.converged:
             unconverged.append(column)
     lap("PAC-Bayes")
-    fr = fisher_rao_norm(model, loss_fn, data, **common)
-    values["fisher_rao"] = fr.value
-    passes += fr.forward_passes
+    try:
+        fr = fisher_rao_norm(model, loss_fn, data, **common)
+    except FlatnessError:  # the input passed every other measure: the norm alone is undefined
+        values["fisher_rao"] = math.nan
+        undefined.append("fisher_rao")
+    else:
+        values["fisher_rao"] = fr.value
+        passes += fr.forward_passes
     lap("Fisher-Rao norm")
     values["weight_norm_squared"] = squared
+    dtype = next(p for p in model.parameters() if p.requires_grad).dtype
+    if avg.base_loss < SATURATED * torch.finfo(dtype).eps:
+        imprecise += [m for m in CURVATURE if m not in imprecise]
     return Suite(
         values={k: float(v) for k, v in values.items()},
         hvps=hvps,
@@ -214,3 +248,30 @@ def measure_suite(
 
 def _precision_warnings(caught) -> int:
     return sum(issubclass(w.category, PrecisionWarning) for w in caught)
+
+
+def _given(lambda_max, trace) -> tuple:
+    """``lambda_max`` and ``trace`` checked: both or neither, finite numbers, a standard error
+    of at least 0."""
+    if lambda_max is None and trace is None:
+        return None, None
+    if lambda_max is None or trace is None:
+        raise FlatnessError(
+            "give both lambda_max and trace=(estimate, stderr) from one measurement, or neither"
+        )
+
+    def number(value, what: str) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise FlatnessError(f"{what} must be a finite number, got {value!r}")
+        return float(value)
+
+    if not isinstance(trace, (tuple, list)) or len(trace) != 2:
+        raise FlatnessError(f"trace must be a pair (estimate, stderr), got {trace!r}")
+    estimate, stderr = number(trace[0], "trace's estimate"), number(trace[1], "trace's stderr")
+    if stderr < 0:
+        raise FlatnessError(f"trace's stderr must be at least 0, got {stderr!r}")
+    return number(lambda_max, "lambda_max"), (estimate, stderr)
