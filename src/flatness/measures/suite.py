@@ -77,9 +77,9 @@ CURVATURE = (
     "relative_flatness",
     "fisher_rao",
 )
-#: a loss below this many units in the last place of 1 leaves the softmax saturated: float32
-#: curvature measures were off by a factor of 2 to 4 at a loss of 0 (8e-10 in float64) and
-#: agreed within 1 % with float64 at 5e-7 (about 4 units)
+#: A loss below this many units in the last place of 1 leaves the softmax saturated. In
+#: float32, curvature measures were off by a factor of 2 to 4 at a loss of 0 (8e-10 in
+#: float64) and agreed within 1 % with float64 at 5e-7 (about 4 units).
 SATURATED = 1.0
 #: the measures estimated at random, which carry a standard error (column ``<name>_se``)
 RANDOM = (
@@ -132,9 +132,9 @@ def measure_suite(
     model and data already gave them, are reused for the scale-aware measures.
 
     A loss so small that the model's dtype cannot resolve its curvature (below
-    :data:`SATURATED` units in the last place of 1, where the softmax probabilities round to
-    0 and 1) puts every curvature measure in ``imprecise``; a measure the model does not
-    define (relative flatness without a linear layer, the Fisher-Rao norm where examples
+    :data:`~flatness.measures.suite.SATURATED` units in the last place of 1, where the softmax
+    probabilities round to 0 and 1) puts every curvature measure in ``imprecise``; a measure
+    the model does not define (relative flatness without a linear layer, the Fisher-Rao norm where examples
     interact or the loss is not a plain per-example mean) is NaN and named in ``undefined``.
 
     Raises:
