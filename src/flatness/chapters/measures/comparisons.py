@@ -1,19 +1,5 @@
-"""The chapter "Which measures still call the L2 solution sharper?": every comparison the
-book makes, judged again with every measure of :mod:`flatness.measures`.
-
-The comparisons are the claims' own: weight decay against none in the logistic-regression,
-MLP, CNN and residual-net chapters (C3), each optimiser against SGD in the adaptive-optimiser
-chapter (C5), on the same runs, each at its chapter's profile (the largest at hand in a
-best-evidence build). A measure's effect is the ratio of its geometric means over seeds
-(Welch's t on the logarithms, :func:`flatness.chapters.common.effect`) and is judged sharper,
-flatter, no clear difference, or cannot be judged, by the same rule as the claims.
-
-A run's measures are those it recorded after its last epoch
-(:func:`flatness.training.measurement.sharpness`); a run stored before runs recorded them has
-them computed once from its weights, with the same function on the same examples and seed,
-and kept as a computation of the results store; a run with neither weights nor measures is
-counted and named on the page.
-"""
+"""The comparisons the chapter judges again: each chapter's arms and their runs' measures,
+and every measure's effect between the arms (the package's text says how)."""
 
 from __future__ import annotations
 
