@@ -28,6 +28,7 @@ CHAPTERS = (
     "rank",
     "spectra",
     "measures",
+    "predict",
     "verdicts",
     "estimators",
 )

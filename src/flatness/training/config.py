@@ -51,6 +51,11 @@ MAX_PARAMETERS = 10**9
 MAX_PARAMETERS_WHY = "4 GB of float32 weights, about 16 GB with gradients and the optimiser's state"
 
 
+#: Fields added after runs were stored: at their default (None) they stay out of the key, so
+#: that every stored run keeps its key.
+_LATER_FIELDS = ("snapshot_loss", "eval_every")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines one training run's result.
@@ -94,6 +99,15 @@ class RunConfig:
         slq_steps: Lanczos steps of the spectral density estimated after the last epoch for
             models too large for an exact spectrum; 0 skips it (at most
             :data:`MAX_SLQ_STEPS`).
+        snapshot_loss: at the end of the first epoch whose training cross-entropy is at most
+            this, record the run as a run stopped there would be recorded (its accuracies,
+            Hessian, measures and test predictions, under ``snapshot.``), then train on to
+            ``epochs``: the stopping rule of Jiang et al. (2020) beside a fixed budget, from
+            one run. With the ``constant`` schedule and no averaging the snapshot *is* the
+            stopped run. ``None``: no snapshot.
+        eval_every: score the validation and test splits every this many epochs (and after
+            the last, and at the snapshot); the training split is scored every epoch. ``None``:
+            every epoch. Their columns are NaN between (at most :data:`MAX_EPOCHS`).
 
     Raises:
         FlatnessError: for any field out of its range, naming the field and the valid range;
@@ -121,6 +135,8 @@ class RunConfig:
     hessian_max_probes: int = 1000
     hessian_examples: int | None = None
     slq_steps: int = 0
+    snapshot_loss: float | None = None
+    eval_every: int | None = None
 
     def __post_init__(self):
         fix = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731
@@ -214,6 +230,15 @@ class RunConfig:
                 why="Lanczos loses orthogonality long before; 100 resolve a density",
             ),
         )
+        if self.eval_every is not None:
+            fix(
+                "eval_every",
+                as_int(
+                    "eval_every", self.eval_every, minimum=1, maximum=MAX_EPOCHS, why=MAX_EPOCHS_WHY
+                ),
+            )
+        if self.snapshot_loss is not None:
+            fix("snapshot_loss", as_float("snapshot_loss", self.snapshot_loss, above=0.0))
         self._check_averaging(fix)
         _check_model_fits(self.model, self.dataset, self.width)
 
@@ -244,6 +269,10 @@ class RunConfig:
     def key(self) -> str:
         """A stable 16-hex-digit hash of the config (and :data:`RUN_FORMAT`)."""
         payload = {"format": RUN_FORMAT, **self.to_dict()}
+        # fields added after runs were published name those runs only when set
+        for field in _LATER_FIELDS:
+            if payload[field] is None:
+                del payload[field]
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from flatness import data as datasets
 from flatness import hessian, models
 from flatness.errors import DIVERGED_MULTIPLE, FlatnessError, RunDiverged
+from flatness.models import norms
 from flatness.training import measurement as measure
 from flatness.training import schedules
 from flatness.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -147,6 +148,8 @@ class _Run:
         self.model = models.build(
             config.model, data.input_shape, data.num_classes, width=config.width
         ).to(device)
+        # rebuilt from the seed on a resume, so a checkpoint need not hold it
+        self.initial = norms.initial_weights(self.model)
         self.optimiser = make_optimiser(config, self.model.parameters())
         self.averaged = AveragedModel(self.model) if config.averaging else None
         self.order = torch.Generator().manual_seed(config.seed)
@@ -157,6 +160,9 @@ class _Run:
         self.sittings = 1
         #: the measures of :func:`flatness.training.measurement.sharpness`, after the last epoch
         self.measures: dict = {}
+        #: the run as stopped at ``config.snapshot_loss`` (metrics, and its test predictions)
+        self.snapshot: dict = {}
+        self.snapshot_correct: torch.Tensor | None = None
 
     def state(self) -> dict:
         return {
@@ -171,6 +177,8 @@ class _Run:
             "series": self.series,
             "seconds": self.seconds,
             "sittings": self.sittings,
+            "snapshot": self.snapshot,
+            "snapshot_correct": self.snapshot_correct,
         }
 
     def restore(self, state: dict) -> None:
@@ -185,6 +193,8 @@ class _Run:
         self.series = {k: list(v) for k, v in state["series"].items()}
         self.seconds = {"wall": 0.0} | dict(state["seconds"])
         self.sittings = int(state.get("sittings", 1)) + 1
+        self.snapshot = dict(state.get("snapshot", {}))
+        self.snapshot_correct = state.get("snapshot_correct")
 
     @property
     def result_model(self) -> nn.Module:
@@ -325,6 +335,9 @@ def train(
                 run.measures = _sharpness(run, epoch, values)
         else:
             values = measure.unmeasured(run.model)
+        if _snapshot_due(run, row["train_loss"]):
+            bar.set_postfix_str(f"recording the run as stopped after epoch {epoch + 1}")
+            _snapshot(run, epoch, row, values if not math.isnan(values["lambda_max"]) else None)
         run.seconds["hessian"] += values["hessian_seconds"]
         for k, v in (row | values).items():
             run.series.setdefault(k, []).append(v)
@@ -362,11 +375,15 @@ def _check_batches(config: RunConfig, n: int) -> None:
 
 
 def _evaluate_row(run: _Run, epoch: int, lr: float, averaging: bool) -> dict[str, float]:
-    model, d = run.result_model, run.data
+    model, d, every = run.result_model, run.data, run.config.eval_every
     train_loss, train_acc = evaluate(model, d.x_train, d.y_train)
     _check_finite(run.config, train_loss, f"after epoch {epoch + 1}")
-    val_loss, val_acc = evaluate(model, d.x_val, d.y_val)
-    test_loss, test_acc = evaluate(model, d.x_test, d.y_test)
+    last = epoch + 1 == run.config.epochs
+    if every is None or (epoch + 1) % every == 0 or last or _snapshot_due(run, train_loss):
+        val_loss, val_acc = evaluate(model, d.x_val, d.y_val)
+        test_loss, test_acc = evaluate(model, d.x_test, d.y_test)
+    else:
+        val_loss = val_acc = test_loss = test_acc = math.nan
     return {
         "epoch": epoch + 1,
         "lr": lr,
@@ -434,6 +451,44 @@ def _measure(run: _Run, epoch: int, *, final: bool):
         )
 
 
+def _snapshot_due(run: _Run, train_loss: float) -> bool:
+    limit = run.config.snapshot_loss
+    return limit is not None and not run.snapshot and train_loss <= limit
+
+
+def _snapshot(run: _Run, epoch: int, row: dict, values: dict | None) -> None:
+    """Record the run as a run stopped after ``epoch`` would be: the epoch's accuracies and
+    losses, the Hessian and every measure (taken now unless this epoch measured them), the
+    baselines and the test predictions."""
+    start = time.perf_counter()
+    measured: dict = {}
+    if run.config.hessian_every > 0:
+        last = epoch + 1 == run.config.epochs
+        if values is None:
+            values, _ = _measure(run, epoch, final=False)
+        measured = {k: values[k] for k in measure.measured_columns(run.result_model)}
+        measured |= run.measures if last else _sharpness(run, epoch, values)
+    skip = ("epoch", "lr", "averaged", "epoch_seconds")
+    found = {"epoch": epoch + 1} | {k: v for k, v in row.items() if k not in skip}
+    found |= _baselines(run) | measured
+    found["seconds"] = time.perf_counter() - start
+    run.snapshot = {f"snapshot.{k}": v for k, v in found.items()}
+    run.snapshot_correct = torch.as_tensor(
+        test_correct(run.result_model, run.data.x_test, run.data.y_test)
+    )
+
+
+def _baselines(run: _Run) -> dict:
+    """The norms Jiang et al. score beside sharpness; the path norm is None for a network it
+    is not defined for (tanh, BatchNorm)."""
+    model = run.result_model
+    try:
+        path = norms.path_norm(model, run.data.input_shape)
+    except FlatnessError:
+        path = None
+    return {"distance_from_init": norms.distance_from_init(model, run.initial), "path_norm": path}
+
+
 def _sharpness(run: _Run, epoch: int, values: dict) -> dict:
     model, d, cfg = run.result_model, run.data, run.config
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
@@ -472,7 +527,12 @@ def _result(run: _Run, final_arrays: dict[str, np.ndarray]) -> TrainResult:
         "train_seconds": run.seconds["train"],
         "hessian_seconds": run.seconds["hessian"],
     }
-    final |= run.measures
+    final |= _baselines(run) | run.measures
+    if run.config.snapshot_loss is not None:
+        # None: the run never reached the loss, and is listed as such rather than dropped
+        final |= run.snapshot or {"snapshot.epoch": None}
+        if run.snapshot_correct is not None:
+            arrays["snapshot.test_correct"] = run.snapshot_correct.numpy()
     return TrainResult(metrics=final, arrays=arrays)
 
 

@@ -1,0 +1,372 @@
+"""How well a measure ranks the generalisation gaps of a grid of runs: the field's statistics.
+
+A grid is a table of runs, one row each, with a column per hyperparameter (a factorial:
+every combination of levels, though cells may be missing), a ``seed`` column, the gap, and
+the measures. Every statistic here is computed on the *cells* of the grid, each cell's measure and gap averaged over its
+seeds, and gets a bootstrap interval over seeds: each draw resamples, within every cell, that
+cell's seeds with replacement (a bootstrap stratified by cell), and recomputes the statistic.
+With two seeds a cell's mean takes three values, so the interval shows the spread the seeds
+can show and no more.
+
+- :func:`kendall_tau`: Kendall's tau-b between a measure and the gap over all cells (ties
+  counted as scipy counts them).
+- :func:`granulated`: Jiang et al.'s (2020) granulated tau: for hyperparameter *i*, psi_i is
+  tau over the cells that differ in *i* alone, averaged over the settings of the others, and
+  Psi is the mean of the psi_i. A measure that tracks one hyperparameter, and nothing else,
+  scores on that psi_i only.
+- :func:`conditional_mi`: the conditional mutual information score of Jiang et al. (2020),
+  scored by the NeurIPS 2020 "Predicting Generalization in Deep Learning" competition. Over
+  ordered pairs of distinct cells, V_g is whether the first has the larger gap and V_mu
+  whether it has the larger measure; for each set S of at most two hyperparameters, U_S is
+  the pair's values of S. The score is ``min_S I(V_mu; V_g | U_S) / H(V_g | U_S)``. A measure
+  that only follows a hyperparameter which also drives the gap has a high tau and a score
+  near zero: conditioning on that hyperparameter leaves it nothing to tell. (The
+  competition's scorer averages the cells of U_S without their weights and takes |S| = 2
+  only; this follows the paper's definition.)
+- :func:`sign_error`: Dziugaite et al.'s (2020) sign-error on coupled cells, pairs that
+  differ in one hyperparameter: 1 where the measure orders the pair's gaps wrongly, 0 where
+  rightly, 1/2 where it cannot tell them apart. Pairs whose gaps differ by less than
+  ``threshold`` (the test set's noise) are left out, as they left out pairs within Monte Carlo
+  noise. The robust sign-error is the worst over the environments (one hyperparameter varied
+  from one setting of the others); the mean is reported beside it.
+
+>>> kendall_tau([1, 2, 3, 4], [10, 20, 40, 30])
+0.6666666666666666
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from flatness.analysis.stats import LEVEL, Interval
+from flatness.errors import FlatnessError
+
+#: bootstrap draws of every interval
+DRAWS = 1000
+#: at most this many hyperparameters are conditioned on by the conditional MI score
+MAX_CONDITION = 2
+
+
+def kendall_tau(x, y) -> float:
+    """Kendall's tau-b of two equally long sequences; NaN where either is constant.
+
+    Tau-b is scipy's default: ties in ``x`` or ``y`` count in neither the concordant nor the
+    discordant pairs and shrink the denominator.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise FlatnessError(
+            f"kendall_tau needs two equally long 1-d sequences, got {x.shape}, {y.shape}"
+        )
+    i, j = np.triu_indices(len(x), k=1)
+    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    denominator = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
+    return float((sx * sy).sum() / denominator) if denominator else math.nan
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Every statistic of one measure on one grid, each with its bootstrap interval.
+
+    ``psi`` maps each hyperparameter to its psi_i; ``condition`` names the hyperparameters
+    whose conditioning gave the minimum of the conditional MI score (empty: none);
+    ``environments`` counts the coupled pairs the sign-error was judged on (after the noise
+    filter), ``cells`` and ``seeds`` the grid.
+    """
+
+    measure: str
+    tau: Interval
+    big_psi: Interval
+    psi: dict
+    cmi: Interval
+    condition: tuple[str, ...]
+    sign_error: Interval
+    mean_sign_error: Interval
+    environments: int
+    cells: int
+    seeds: int
+    #: the cells of the full factorial (``cells`` may be fewer)
+    full: int
+
+
+class Grid:
+    """A factorial of runs over ``hypers``, its cells and their seeds, ready for the
+    statistics. Built once per grid; the statistics of many measures reuse it.
+
+    A grid may miss cells, and a cell may hold fewer seeds than another (runs that failed, or
+    never reached a stopping loss): every statistic uses the cells at hand, and
+    :attr:`cells` beside :attr:`full` says how many those are.
+
+    Raises:
+        FlatnessError: a missing column; no runs; a hyperparameter at one level only;
+            non-finite gaps.
+    """
+
+    def __init__(self, runs: pd.DataFrame, hypers, *, gap: str = "gap", seed: str = "seed"):
+        hypers = tuple(hypers)
+        missing = [c for c in (*hypers, gap, seed) if c not in runs.columns]
+        if missing:
+            raise FlatnessError(
+                f"the runs have no column {missing}; they have {list(runs.columns)}"
+            )
+        if not hypers:
+            raise FlatnessError("name at least one hyperparameter of the grid")
+        if runs.empty:
+            raise FlatnessError("the grid holds no runs")
+        self.hypers, self.gap = hypers, gap
+        self.levels = {h: sorted(runs[h].unique(), key=_order) for h in hypers}
+        few = [h for h, v in self.levels.items() if len(v) < 2]
+        if few:
+            raise FlatnessError(f"{few} take one value only: a grid varies each hyperparameter")
+        self.runs = runs.sort_values([*hypers, seed], key=lambda c: c.map(_order))
+        self.runs = self.runs.reset_index(drop=True)
+        groups = self.runs.groupby(list(hypers), sort=False).indices
+        #: the cells that hold runs (a grid may miss some: runs that failed, or never reached
+        #: a stopping loss), and how many seeds each holds
+        self.cells = len(groups)
+        self.full = math.prod(len(v) for v in self.levels.values())
+        counts = np.array([len(rows) for rows in groups.values()])
+        self.seeds = int(counts.max())
+        self.counts = counts
+        #: (cells, len(hypers)) integer level of each cell
+        keys = [k if isinstance(k, tuple) else (k,) for k in groups]
+        self.codes = np.array(
+            [[self.levels[h].index(v) for h, v in zip(hypers, key, strict=True)] for key in keys]
+        )
+        #: (cells, seeds) row of each seed of each cell; a cell with fewer seeds repeats its own,
+        #: and :attr:`counts` says how many are distinct
+        self._rows = np.array([np.resize(rows, self.seeds) for rows in groups.values()], dtype=int)
+        g = self._matrix(gap)
+        if not np.isfinite(g).all():
+            raise FlatnessError(f"the gap column {gap!r} holds NaN or infinite values")
+        self.gaps = g
+        n = self.cells
+        self._pairs = np.array([(a, b) for a in range(n) for b in range(n) if a != b])
+
+    def _matrix(self, column: str) -> np.ndarray:
+        """(cells, seeds) values of ``column``."""
+        return self.runs[column].to_numpy(dtype=float)[self._rows]
+
+    def means(self, column: str) -> np.ndarray:
+        """Each cell's mean of ``column`` over its distinct seeds."""
+        values = self._matrix(column)
+        return np.array([v[:c].mean() for v, c in zip(values, self.counts, strict=True)])
+
+    # ---- the statistics on cell means ----------------------------------------------------
+
+    def tau(self, m: np.ndarray, g: np.ndarray) -> float:
+        return kendall_tau(m, g)
+
+    def psi(self, m: np.ndarray, g: np.ndarray) -> dict[str, float]:
+        out = {}
+        for i, h in enumerate(self.hypers):
+            others = np.delete(self.codes, i, axis=1)
+            keys = others @ _radix(others) if others.shape[1] else np.zeros(self.cells, int)
+            taus = [kendall_tau(m[keys == k], g[keys == k]) for k in np.unique(keys)]
+            taus = [t for t in taus if math.isfinite(t)]
+            out[h] = float(np.mean(taus)) if taus else math.nan
+        return out
+
+    def cmi(self, m: np.ndarray, g: np.ndarray) -> tuple[float, tuple[str, ...]]:
+        a, b = self._pairs[:, 0], self._pairs[:, 1]
+        vg = (g[a] > g[b]).astype(int)
+        vm = (m[a] > m[b]).astype(int)
+        best, where = math.inf, ()
+        for size in range(MAX_CONDITION + 1):
+            for subset in itertools.combinations(range(len(self.hypers)), size):
+                u = self._condition(subset, a, b)
+                score = _conditional_score(vm, vg, u)
+                if score < best:
+                    best, where = score, tuple(self.hypers[s] for s in subset)
+        return best, where
+
+    def _condition(self, subset, a, b) -> np.ndarray:
+        if not subset:
+            return np.zeros(len(a), dtype=int)
+        codes = self.codes[:, list(subset)]
+        cell = codes @ _radix(codes)
+        return cell[a] * (cell.max() + 1) + cell[b]
+
+    def environments(self):
+        """(hyperparameter index, first cell, second cell) of every coupled pair: cells that
+        differ in that hyperparameter alone, each unordered pair once."""
+        out = []
+        for i in range(len(self.hypers)):
+            others = np.delete(self.codes, i, axis=1)
+            keys = others @ _radix(others) if others.shape[1] else np.zeros(self.cells, int)
+            for k in np.unique(keys):
+                members = np.flatnonzero(keys == k)
+                out += [(i, p, q) for p, q in itertools.combinations(members, 2)]
+        return out
+
+    def sign_errors(self, m: np.ndarray, g: np.ndarray, threshold: float) -> np.ndarray:
+        env = np.array(self.environments())
+        p, q = env[:, 1], env[:, 2]
+        dg, dm = g[p] - g[q], m[p] - m[q]
+        keep = np.abs(dg) > threshold
+        return (1 - np.sign(dm[keep]) * np.sign(dg[keep])) / 2
+
+    # ---- the bootstrap -----------------------------------------------------------------
+
+    def rank(
+        self, measure: str, *, seed: int, draws: int = DRAWS, threshold: float = 0.0
+    ) -> Ranking:
+        """Every statistic of the column ``measure``, with intervals from ``draws`` resamples.
+
+        Raises:
+            FlatnessError: an unknown column, or a measure with NaN or infinite values.
+        """
+        if measure not in self.runs.columns:
+            raise FlatnessError(f"the runs have no column {measure!r}")
+        values = self._matrix(measure)
+        if not np.isfinite(values).all():
+            raise FlatnessError(f"the measure {measure!r} holds NaN or infinite values")
+        rng = np.random.default_rng(seed)
+        point = self._statistics(self.means(measure), self.means(self.gap), threshold)
+        rows = np.arange(self.cells)[:, None]
+        samples = []
+        for _ in range(draws):
+            # each cell resamples its own seeds, as many draws as the largest cell has
+            pick = (rng.random((self.cells, self.seeds)) * self.counts[:, None]).astype(int)
+            m, g = values[rows, pick].mean(1), self.gaps[rows, pick].mean(1)
+            samples.append(self._statistics(m, g, threshold))
+        n = (self.cells, self.seeds)
+
+        def interval(name):
+            drawn = np.array([s[name] for s in samples], dtype=float)
+            return _percentile(point[name], drawn, n)
+
+        return Ranking(
+            measure=measure,
+            tau=interval("tau"),
+            big_psi=interval("Psi"),
+            psi={h: interval(f"psi.{h}") for h in self.hypers},
+            cmi=interval("cmi"),
+            condition=point["condition"],
+            sign_error=interval("robust"),
+            mean_sign_error=interval("mean"),
+            environments=point["environments"],
+            cells=self.cells,
+            seeds=self.seeds,
+            full=self.full,
+        )
+
+    def _statistics(self, m, g, threshold) -> dict:
+        psi = self.psi(m, g)
+        cmi, condition = self.cmi(m, g)
+        errors = self.sign_errors(m, g, threshold)
+        finite = [v for v in psi.values() if math.isfinite(v)]
+        return {
+            "tau": self.tau(m, g),
+            "Psi": float(np.mean(finite)) if finite else math.nan,
+            **{f"psi.{h}": v for h, v in psi.items()},
+            "cmi": cmi,
+            "condition": condition,
+            "robust": float(errors.max()) if len(errors) else math.nan,
+            "mean": float(errors.mean()) if len(errors) else math.nan,
+            "environments": len(errors),
+        }
+
+
+def rank(
+    runs: pd.DataFrame,
+    measure: str,
+    hypers,
+    *,
+    seed: int,
+    gap: str = "gap",
+    draws: int = DRAWS,
+    threshold: float = 0.0,
+) -> Ranking:
+    """Every statistic of ``measure`` on the grid ``runs`` over ``hypers`` (see the module)."""
+    return Grid(runs, hypers, gap=gap).rank(measure, seed=seed, draws=draws, threshold=threshold)
+
+
+def granulated(runs: pd.DataFrame, measure: str, hypers, *, gap: str = "gap") -> dict[str, float]:
+    """psi_i of each hyperparameter and their mean ``"Psi"``, on cell means (no interval)."""
+    grid = Grid(runs, hypers, gap=gap)
+    stats = grid._statistics(grid.means(measure), grid.means(grid.gap), 0.0)
+    return {h: stats[f"psi.{h}"] for h in grid.hypers} | {"Psi": stats["Psi"]}
+
+
+def conditional_mi(
+    runs: pd.DataFrame, measure: str, hypers, *, gap: str = "gap"
+) -> tuple[float, tuple[str, ...]]:
+    """The conditional MI score on cell means and the conditioning set that minimises it."""
+    grid = Grid(runs, hypers, gap=gap)
+    return grid.cmi(grid.means(measure), grid.means(grid.gap))
+
+
+def sign_error(
+    runs: pd.DataFrame, measure: str, hypers, *, gap: str = "gap", threshold: float = 0.0
+) -> tuple[float, float, int]:
+    """The robust (worst) and mean sign-error over coupled cells, and how many were judged."""
+    grid = Grid(runs, hypers, gap=gap)
+    errors = grid.sign_errors(grid.means(measure), grid.means(grid.gap), threshold)
+    if not len(errors):
+        return math.nan, math.nan, 0
+    return float(errors.max()), float(errors.mean()), len(errors)
+
+
+def _conditional_score(vm: np.ndarray, vg: np.ndarray, u: np.ndarray) -> float:
+    """I(V_m; V_g | U) / H(V_g | U) in any base, from the counts of each (u, v_g, v_m)."""
+    _, u = np.unique(u, return_inverse=True)
+    counts = np.bincount(u * 4 + vg * 2 + vm, minlength=4 * (u.max() + 1)).reshape(-1, 2, 2)
+    counts = counts.astype(float)
+    total = counts.sum()
+    p_u = counts.sum(axis=(1, 2)) / total
+    with np.errstate(divide="ignore", invalid="ignore"):
+        joint = counts / counts.sum(axis=(1, 2), keepdims=True)
+        pg, pm = joint.sum(2, keepdims=True), joint.sum(1, keepdims=True)
+        mi = np.nansum(np.where(joint > 0, joint * np.log(joint / (pg * pm)), 0.0), axis=(1, 2))
+        h = -np.nansum(np.where(pg > 0, pg * np.log(pg), 0.0), axis=(1, 2))
+    entropy = float((p_u * h).sum())
+    return float((p_u * mi).sum() / entropy) if entropy > 0 else math.nan
+
+
+def _radix(codes: np.ndarray) -> np.ndarray:
+    """Weights that turn each row of small non-negative integers into one distinct integer."""
+    base = int(codes.max()) + 1 if codes.size else 1
+    return base ** np.arange(codes.shape[1])
+
+
+def _order(value):
+    """Levels sort by number where they are numbers, else by text."""
+    return (
+        (0, float(value), "")
+        if isinstance(value, (int, float, np.number))
+        else (1, 0.0, str(value))
+    )
+
+
+def _percentile(estimate: float, drawn: np.ndarray, n) -> Interval:
+    finite = drawn[np.isfinite(drawn)]
+    if not math.isfinite(estimate) or len(finite) < len(drawn) / 2:
+        return Interval(
+            estimate,
+            math.nan,
+            math.nan,
+            0.0,
+            "bootstrap over seeds",
+            n,
+            reason="undefined in the grid",
+        )
+    tail = 100 * (1 - LEVEL) / 2
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    if low == high:
+        # every draw agrees (a statistic the seeds cannot move): the interval is that point
+        return Interval(
+            estimate,
+            float(low),
+            float(high),
+            0.0,
+            "bootstrap over seeds",
+            n,
+            reason="every resample gives the same value",
+        )
+    return Interval(estimate, float(low), float(high), 0.0, "bootstrap over seeds", n)
