@@ -2,11 +2,11 @@
 
 A grid is a table of runs, one row each, with a column per hyperparameter (a factorial:
 every combination of levels, though cells may be missing), a ``seed`` column, the gap, and
-the measures. Every statistic here is computed on the *cells* of the grid, each cell's measure and gap averaged over its
-seeds, and gets a bootstrap interval over seeds: each draw resamples, within every cell, that
-cell's seeds with replacement (a bootstrap stratified by cell), and recomputes the statistic.
-With two seeds a cell's mean takes three values, so the interval shows the spread the seeds
-can show and no more.
+the measures. Every statistic here is computed on the *cells* of the grid, each cell's
+measure and gap averaged over its seeds, and gets a bootstrap interval over seeds: each draw
+resamples, within every cell, that cell's seeds with replacement (a bootstrap stratified by
+cell), and recomputes the statistic. With two seeds a cell's mean takes three values, so the
+interval shows the spread the seeds can show and no more.
 
 - :func:`kendall_tau`: Kendall's tau-b between a measure and the gap over all cells (ties
   counted as scipy counts them).

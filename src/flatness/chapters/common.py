@@ -379,9 +379,10 @@ def history(results: Results) -> pd.DataFrame:
 
 def correct(run: Run, data: datasets.Dataset, device=None) -> np.ndarray:
     """``(test examples,)`` booleans: where the run's final model is right (eval mode); stored
-    with the run since training recorded it, else computed from the run's weights."""
+    with the run since training recorded it, else computed from the run's weights (``data``
+    may be ``None`` for runs that stored them)."""
     stored = run.arrays.get("test_correct")
-    if stored is not None and len(stored) == len(data.y_test):
+    if stored is not None and (data is None or len(stored) == len(data.y_test)):
         return stored.astype(bool)
     device = torch.device(device) if device is not None else default_device()
     model = load_model(run.config, run.arrays, data.input_shape, data.num_classes).to(device)

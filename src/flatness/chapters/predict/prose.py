@@ -1,0 +1,224 @@
+"""Every sentence of the chapter that judges, chosen from the scores' intervals.
+
+A statistic is *above zero* when its whole 95 % interval is, *below zero* when its whole
+interval is, else *not distinguishable from zero*. One measure *beats* another on a statistic
+only when their intervals do not overlap: with two seeds per cell the intervals are narrow,
+and a bare difference of estimates is no evidence.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from flatness.chapters.measures.comparisons import display
+from flatness.chapters.predict.claims import Pair
+from flatness.chapters.predict.design import HYPER_NAMES, HYPERS, RULES
+from flatness.chapters.predict.table import BASELINES, STATISTICS, Collected
+
+
+def _fmt(r, stat: str, fmt: str = "+.2f") -> str:
+    est, low, high = r[stat], r[f"{stat}_low"], r[f"{stat}_high"]
+    if not math.isfinite(low) or low == high:
+        return f"{est:{fmt}}"
+    return f"{est:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def sign(r, stat: str) -> str:
+    """``"above zero"``, ``"below zero"`` or ``"not distinguishable from zero"``."""
+    low, high = r[f"{stat}_low"], r[f"{stat}_high"]
+    if math.isfinite(low) and low > 0:
+        return "above zero"
+    if math.isfinite(high) and high < 0:
+        return "below zero"
+    if not math.isfinite(low) and r[stat] != 0:  # every resample agreed: the point is exact
+        return "above zero" if r[stat] > 0 else "below zero"
+    return "not distinguishable from zero"
+
+
+def beats(a, b, stat: str) -> bool:
+    """Whether ``a``'s interval lies wholly above ``b``'s."""
+    low = a[f"{stat}_low"] if math.isfinite(a[f"{stat}_low"]) else a[stat]
+    high = b[f"{stat}_high"] if math.isfinite(b[f"{stat}_high"]) else b[stat]
+    return low > high
+
+
+def table(scores: pd.DataFrame, grid: str, rule: str = "budget") -> pd.DataFrame:
+    """The page's table for one grid and rule: a row per measure, a column per statistic,
+    each ``estimate [low, high]``; the conditioning set that gave the conditional score."""
+    part = scores[(scores.grid == grid) & (scores.rule == rule)]
+    rows = []
+    for _, r in part.iterrows():
+        row = {"measure": display(r.measure), "family": r.family}
+        for stat, name in STATISTICS.items():
+            row[name] = _fmt(r, stat, "+.2f" if stat in ("tau", "Psi") else ".2f")
+        row["conditioned on"] = (
+            ", ".join(HYPER_NAMES[h] for h in r.condition.split(", ") if h) or "nothing"
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def facts(collected: Collected, scores: pd.DataFrame, pairs: list[Pair]) -> dict[str, str]:
+    """The page's glued Markdown: what was run, and every judging sentence."""
+    return (
+        _runs(collected)
+        | _headline(scores)
+        | _psi(scores)
+        | _rules(scores, collected)
+        | _claims(pairs)
+    )
+
+
+def _runs(c: Collected) -> dict[str, str]:
+    f = c.frame[c.frame.rule == "budget"]
+    parts = []
+    for d in c.designs:
+        here = f[f.grid == d.name]
+        full = len(d.configs())
+        parts.append(
+            f"the {d.name} grid ({d.model}, {len(d.seeds)} seeds, {full} runs; {len(here)} at hand)"
+        )
+    out = {"grids_md": "; ".join(parts) + "."}
+    never = c.never_reached
+    if len(never):
+        counts = never.groupby(["grid", "optimiser"]).size()
+        listed = ", ".join(f"{n} {o} runs of the {g} grid" for (g, o), n in counts.items())
+        out["never_md"] = (
+            f"{len(never)} runs never reached a training cross-entropy of "
+            f"{RULES['loss'].split()[-1]} within the budget ({listed}). Under that rule they "
+            "have no stopping point; they are left out of its statistics, and each is listed "
+            "below."
+        )
+    else:
+        out["never_md"] = "Every run reached the stopping loss within the budget."
+    out["missing_md"] = (
+        f"{len(c.missing)} runs of the grids are neither published nor stored and are left out "
+        "(train them with `python -m flatness sweep predict`)."
+        if c.missing
+        else ""
+    )
+    out["failed_md"] = (
+        f"{len(c.failed)} runs failed to train (the loss diverged) and are left out: "
+        + "; ".join(f"{cfg.label()}" for cfg, _ in c.failed)
+        + "."
+        if c.failed
+        else ""
+    )
+    return out
+
+
+def _headline(scores: pd.DataFrame) -> dict[str, str]:
+    part = scores[scores.rule == "budget"]
+    sentences = []
+    for grid, here in part.groupby("grid", sort=False):
+        here = here.set_index("measure")
+        best = here["cmi"].idxmax()
+        baselines = here.loc[[m for m in BASELINES if m in here.index]]
+        top_base = baselines["cmi"].idxmax() if len(baselines) else None
+        lam = here.loc["lambda_max"] if "lambda_max" in here.index else None
+        s = [f"On the {grid} grid, the largest conditional score is {display(best)}'s, "
+             f"{_fmt(here.loc[best], 'cmi', '.2f')}"]  # fmt: skip
+        if top_base is not None and best not in BASELINES:
+            if beats(here.loc[best], here.loc[top_base], "cmi"):
+                s.append(f"above the best norm baseline ({display(top_base)}, "
+                         f"{_fmt(here.loc[top_base], 'cmi', '.2f')})")  # fmt: skip
+            else:
+                s.append(f"not clearly above the best norm baseline ({display(top_base)}, "
+                         f"{_fmt(here.loc[top_base], 'cmi', '.2f')})")  # fmt: skip
+        sentence = ", ".join(s) + "."
+        if lam is not None:
+            sentence += (
+                f" The paper's λ_max has Kendall τ {_fmt(lam, 'tau')} with the gap, "
+                f"{sign(lam, 'tau')}, and a conditional score of {_fmt(lam, 'cmi', '.2f')}."
+            )
+        good = [m for m in here.index if sign(here.loc[m], "tau") == "above zero"]
+        wrong = [m for m in here.index if sign(here.loc[m], "tau") == "below zero"]
+        sentence += (
+            f" {len(good)} of {len(here)} measures rank the gaps in the right order more often "
+            f"than not (τ above zero) and {len(wrong)} in the wrong order (τ below zero)."
+        )
+        robust = here["robust"]
+        sentence += (
+            " Every measure orders some coupled pair wrongly in every resample: the robust "
+            "sign-error is 1 for all."
+            if (robust == 1).all()
+            else f" The smallest robust sign-error is {display(robust.idxmin())}'s, "
+            f"{_fmt(here.loc[robust.idxmin()], 'robust', '.2f')}."
+        )
+        sentences.append(sentence)
+    return {"headline_md": "\n".join(sentences) if sentences else "No grid has runs at hand."}
+
+
+def _psi(scores: pd.DataFrame) -> dict[str, str]:
+    part = scores[scores.rule == "budget"]
+    lines = []
+    for grid, here in part.groupby("grid", sort=False):
+        here = here.set_index("measure")
+        strongest = {m: max(HYPERS, key=lambda h: abs(here.loc[m, f"psi.{h}"])) for m in here.index}
+        counts = pd.Series(strongest).value_counts()
+        most = ", ".join(f"{HYPER_NAMES[h]} for {n}" for h, n in counts.items())
+        adaptive = [m for m in here.index if m.startswith("adaptive_")]
+        by_lr = [m for m in adaptive if strongest[m] == "lr"]
+        line = f"On the {grid} grid, the hyperparameter with the largest |ψ| is {most} measures."
+        if adaptive:
+            line += (
+                f" For {len(by_lr)} of the {len(adaptive)} adaptive measures it is the learning "
+                "rate, as Andriushchenko et al. found"
+                if by_lr
+                else f" For none of the {len(adaptive)} adaptive measures is it the learning "
+                "rate, which Andriushchenko et al. found adaptive sharpness to track"
+            ) + "."
+        lines.append(line)
+    return {"psi_md": "\n".join(lines)}
+
+
+def _rules(scores: pd.DataFrame, c: Collected) -> dict[str, str]:
+    if set(scores.rule) != set(RULES):
+        return {"rules_md": "Only one stopping rule has runs at hand."}
+    lines = []
+    for grid, here in scores.groupby("grid", sort=False):
+        budget = here[here.rule == "budget"].set_index("measure")
+        loss = here[here.rule == "loss"].set_index("measure")
+        common = [m for m in budget.index if m in loss.index]
+        flipped = [m for m in common if {sign(budget.loc[m], "tau"), sign(loss.loc[m], "tau")}
+                   == {"above zero", "below zero"}]  # fmt: skip
+        changed = [m for m in common if sign(budget.loc[m], "tau") != sign(loss.loc[m], "tau")]
+        line = (
+            f"On the {grid} grid, {len(changed)} of {len(common)} measures change the side of "
+            "zero their τ is judged on between the two rules"
+        )
+        line += (
+            f", and {len(flipped)} flip from one side to the other ({', '.join(map(display, flipped))})."
+            if flipped
+            else ", and none flips from one side to the other."
+        )
+        lines.append(line)
+    return {"rules_md": "\n".join(lines)}
+
+
+def _claims(pairs: list[Pair]) -> dict[str, str]:
+    if not pairs:
+        return {"claims_md": "No pair of the grids has all its runs at hand."}
+    lines = []
+    frame = pd.DataFrame(
+        [
+            {
+                "claim": p.claim,
+                "grid": p.grid,
+                "sharper": p.judged.sharper.outcome,
+                "better": p.judged.better.outcome,
+            }
+            for p in pairs
+        ]  # fmt: skip
+    )
+    for (claim, grid), here in frame.groupby(["claim", "grid"], sort=False):
+        what = "weight decay against none" if claim == "C3" else "Gadam against SGD"
+        sharper = ", ".join(f"{n} {o}" for o, n in here.sharper.value_counts().items())
+        better = ", ".join(f"{n} {o}" for o, n in here.better.value_counts().items())
+        lines.append(
+            f"- {claim} ({what}), {grid} grid, {len(here)} pairs: *sharper* {sharper}; "
+            f"*generalises better* {better}."
+        )
+    return {"claims_md": "\n".join(lines)}
