@@ -108,6 +108,18 @@ def test_weights_above_the_limit_are_left_out_and_paired_comparisons_still_work(
     assert 0 < expected.mean() < 1
 
 
+def test_publishing_without_weights_keeps_metrics_and_test_predictions(tmp_path):
+    cfg = RunConfig(weight_decay=0.0, seed=2, **TINY)
+    run = load_or_run(cfg, store=Store(tmp_path / "local"), published=False)
+    layer = pub.Published(tmp_path / "published")
+    pub.publish([run], layer, weights=False)
+    found = layer.find(cfg)
+    assert not any(k.startswith("state.") for k in found.arrays)
+    assert found.provenance["weights_published"] is False
+    assert found.metrics == run.metrics
+    np.testing.assert_array_equal(found.arrays["test_correct"], run.arrays["test_correct"])
+
+
 def test_publishing_again_leaves_published_runs_as_they_are(published_run):
     cfg, run, layer = published_run
     before = {p.name: p.stat().st_mtime_ns for p in (layer.root / cfg.key()).iterdir()}

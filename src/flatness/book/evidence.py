@@ -28,7 +28,7 @@ from flatness.results.published import published_root
 #: the profiles a chapter may be shown at, largest first
 SCALES = ("paper", "cpu")
 #: the chapters whose claims the verdict page collects (each at its own chapter's profile)
-VERDICT_CHAPTERS = ("theory", "logreg", "mlp", "cnn", "resnets", "adaptive", "rank")
+VERDICT_CHAPTERS = ("theory", "logreg", "mlp", "cnn", "resnets", "adaptive", "rank", "predict")
 #: the pages that judge other chapters' runs, each at its own chapter's profile
 COLLECTORS = ("measures", "verdicts")
 

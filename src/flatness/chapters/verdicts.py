@@ -14,7 +14,7 @@ import pandas as pd
 from flatness import data as datasets
 from flatness.analysis import names, plotting, stats
 from flatness.analysis.plotting import name as plain_name
-from flatness.chapters import adaptive, cnn, common, logreg, mlp, rank, resnets, theory
+from flatness.chapters import adaptive, cnn, common, logreg, mlp, predict, rank, resnets, theory
 from flatness.chapters.rank import tables as rank_tables
 from flatness.chapters.theory import facts as theory_facts
 from flatness.chapters.theory import prose as theory_prose
@@ -44,6 +44,7 @@ TITLES = {
     "resnets": "Residual networks",
     "adaptive": "Adaptive optimisers with iterate averaging",
     "rank": "Is the Hessian low-rank?",
+    "predict": "Does any measure predict generalisation?",
 }
 
 
@@ -211,7 +212,7 @@ def grid(profile: str) -> list:
     out = logreg.grid(profile)
     for module in (*TRAINING.values(), adaptive):
         out += module.grid(profile)
-    return out + rank.grid(profile)
+    return out + rank.grid(profile) + predict.grid(profile)
 
 
 def _not_tested(claim, chapter, profile, dataset, setting, missing: int, dead: int = 0) -> dict:
@@ -296,12 +297,51 @@ def rows(
         fetch,
         train_missing,
     )
+    out += grid_rows(at("predict"), data_root=data_root, train_missing=train_missing)
     try:
         out += c6_rows(at("rank"), data_root=data_root, train_missing=train_missing)
     except RunMissing:
         missing = sum(1 for c in rank.grid(at("rank")) if not _present(c))
         out.append(_not_tested("C6", "rank", at("rank"), "", "rank bounds", missing))
     return pd.DataFrame(out)
+
+
+def grid_rows(profile: str, *, data_root=None, train_missing=True) -> list[dict]:
+    """C3 and C5 on the prediction chapter's grids: each grid's headline pair of each claim
+    (:mod:`flatness.chapters.predict.claims`), both halves; a "not tested" row for a headline
+    pair whose runs are not all at hand."""
+    collected = predict.collect(profile, data_root=data_root, train_missing=train_missing)
+    found = {(p.claim, p.grid): p for p in predict.pairs(collected) if p.headline}
+    out = []
+    for design in collected.designs:
+        dataset = design.shared["dataset"]
+        size = design.shared.get("train_size")
+        where = f"{design.name} grid, {size:,} training images" if size else f"{design.name} grid"
+        for claim in ("C3", "C5"):
+            pair = found.get((claim, design.name))
+            if claim == "C5" and not {"sgd", "gadam"} <= set(design.optimisers):
+                continue
+            if pair is None:
+                missing = len(collected.missing) + len(collected.failed)
+                out.append(_not_tested(claim, "predict", profile, dataset, where, missing))
+                continue
+            c, seeds = pair.judged, len(design.seeds)
+            for h in (c.sharper, c.better):
+                out.append(
+                    _row(
+                        claim,
+                        "predict",
+                        profile,
+                        dataset,
+                        f"{where}: {h.comparison}",
+                        h.name,
+                        _effects(h),
+                        h.outcome,
+                        seeds,
+                        next(iter(h.effects.values()), None),
+                    )
+                )
+    return out
 
 
 def scale_sentence(profile: str, profiles: Mapping[str, str] | None) -> str:
@@ -314,7 +354,8 @@ def scale_sentence(profile: str, profiles: Mapping[str, str] | None) -> str:
             return (
                 "The verdicts hold for this profile's data and models only: under `cpu` they "
                 "judge the reduced stand-ins on scikit-learn's digits, not the paper's MNIST and "
-                "CIFAR-100 runs."
+                "CIFAR-100 runs; the rows of the prediction grids alone are on MNIST, with "
+                "small networks trained on 2,000 images."
             )
         return f"The verdicts hold for the `{only}` profile's data and models."
     by = {}
@@ -328,7 +369,7 @@ def scale_sentence(profile: str, profiles: Mapping[str, str] | None) -> str:
 
 
 #: the chapters whose profile the verdict page can take from a best-evidence build
-CHAPTER_PROFILES = ("theory", "logreg", "mlp", "cnn", "resnets", "adaptive", "rank")
+CHAPTER_PROFILES = ("theory", "logreg", "mlp", "cnn", "resnets", "adaptive", "rank", "predict")
 
 
 def _present(config) -> bool:

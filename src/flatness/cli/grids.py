@@ -68,6 +68,12 @@ def add_parsers(sub) -> None:
         "classes), which publish otherwise refuses: both runs that predict every class alike "
         "(loss about ln K) and runs that diverged (loss far above ln K)",
     )
+    publish.add_argument(
+        "--without-weights",
+        action="store_true",
+        help="leave every run's weights out (its metrics, series and test predictions are "
+        "published): for large grids whose pages read no weights",
+    )
     options.store_options(publish)
 
 
@@ -322,7 +328,9 @@ def _publish(args) -> None:
     grid = grids.load(args.grid, args.profile)
     runs = [r for r in (store.load(c) for c in grid.configs) if r is not None]
     # a damaged published copy is written again
-    written = published.publish(runs, layer, allow_collapsed=args.allow_collapsed)
+    written = published.publish(
+        runs, layer, allow_collapsed=args.allow_collapsed, weights=not args.without_weights
+    )
     have = {r.key for r in runs}
     missing = [
         p

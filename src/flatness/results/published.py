@@ -193,10 +193,14 @@ def collapse_reason(run: Run) -> str:
     return f"training loss {loss:.4g}, about ln K = {chance:.4g}: it predicts every class alike"
 
 
-def publish(runs: list[Run], layer: Published, *, allow_collapsed: bool = False) -> list[Path]:
+def publish(
+    runs: list[Run], layer: Published, *, allow_collapsed: bool = False, weights: bool = True
+) -> list[Path]:
     """Copy good runs of a local store into ``layer``, each written whole and then renamed.
 
-    Weights above :data:`WEIGHTS_LIMIT_BYTES` are left out (recorded in ``provenance.json``).
+    Weights above :data:`WEIGHTS_LIMIT_BYTES` are left out (recorded in ``provenance.json``);
+    with ``weights=False`` every run's are, for grids whose pages read only the metrics and
+    test predictions the runs recorded (hundreds of runs' weights would swell the checkout).
     A run already published (and matching its hashes) is left as it is; a damaged one is
     replaced. Returns the folders written.
 
@@ -240,7 +244,7 @@ def publish(runs: list[Run], layer: Published, *, allow_collapsed: bool = False)
             pass  # damaged: written again below
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{run.key}-", dir=layer.root))
         try:
-            _fill(run, tmp)
+            _fill(run, tmp, WEIGHTS_LIMIT_BYTES if weights else -1)
             tmp.chmod(0o755)  # mkdtemp's 0700 would hide the run from others on a shared disk
             if target.is_dir():
                 aside = layer.root / f".old-{run.key}"
@@ -266,11 +270,11 @@ def _remove_leftovers(root: Path, key: str) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _fill(run: Run, tmp: Path) -> None:
+def _fill(run: Run, tmp: Path, limit: int) -> None:
     arrays = run.arrays
     weights = sum(v.nbytes for k, v in arrays.items() if k.startswith("state."))
     provenance = dict(run.provenance)
-    if weights > WEIGHTS_LIMIT_BYTES:
+    if weights > limit:
         arrays = {k: v for k, v in arrays.items() if not k.startswith("state.")}
         provenance["weights_published"] = False
         provenance["weights_bytes"] = int(weights)

@@ -19,7 +19,7 @@ from flatness.chapters.predict.design import (
     levels_table,
 )
 from flatness.chapters.predict.figures import psi, rules, scatter, statistics, strongest
-from flatness.chapters.predict.prose import facts, table
+from flatness.chapters.predict.prose import facts, score_table
 from flatness.chapters.predict.table import COLUMNS, FAMILIES, Collected, collect, scores
 
 __all__ = [
@@ -44,5 +44,5 @@ __all__ = [
     "scores",
     "statistics",
     "strongest",
-    "table",
+    "score_table",
 ]

@@ -44,7 +44,7 @@ def beats(a, b, stat: str) -> bool:
     return low > high
 
 
-def table(scores: pd.DataFrame, grid: str, rule: str = "budget") -> pd.DataFrame:
+def score_table(scores: pd.DataFrame, grid: str, rule: str = "budget") -> pd.DataFrame:
     """The page's table for one grid and rule: a row per measure, a column per statistic,
     each ``estimate [low, high]``; the conditioning set that gave the conditional score."""
     part = scores[(scores.grid == grid) & (scores.rule == rule)]
