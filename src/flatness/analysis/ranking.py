@@ -147,6 +147,7 @@ class Grid:
         self.gaps = g
         n = self.cells
         self._pairs = np.array([(a, b) for a in range(n) for b in range(n) if a != b])
+        self._prepare()
 
     def _matrix(self, column: str) -> np.ndarray:
         """(cells, seeds) values of ``column``."""
@@ -162,14 +163,44 @@ class Grid:
     def tau(self, m: np.ndarray, g: np.ndarray) -> float:
         return kendall_tau(m, g)
 
-    def psi(self, m: np.ndarray, g: np.ndarray) -> dict[str, float]:
-        out = {}
-        for i, h in enumerate(self.hypers):
+    def _prepare(self) -> None:
+        """Index arrays every draw reuses: the coupled pairs of each hyperparameter (with
+        their group), and each conditioning set's value for every ordered pair of cells."""
+        self._coupled = []  # per hyperparameter: (first cells, second cells, group ids)
+        for i in range(len(self.hypers)):
             others = np.delete(self.codes, i, axis=1)
             keys = others @ _radix(others) if others.shape[1] else np.zeros(self.cells, int)
-            taus = [kendall_tau(m[keys == k], g[keys == k]) for k in np.unique(keys)]
-            taus = [t for t in taus if math.isfinite(t)]
-            out[h] = float(np.mean(taus)) if taus else math.nan
+            p, q, group = [], [], []
+            for gid, k in enumerate(np.unique(keys)):
+                members = np.flatnonzero(keys == k)
+                for x, y in itertools.combinations(members, 2):
+                    p.append(x), q.append(y), group.append(gid)
+            self._coupled.append((np.array(p, int), np.array(q, int), np.array(group, int)))
+        a, b = self._pairs[:, 0], self._pairs[:, 1]
+        self._conditions = []
+        for size in range(MAX_CONDITION + 1):
+            for subset in itertools.combinations(range(len(self.hypers)), size):
+                _, u = np.unique(self._condition(subset, a, b), return_inverse=True)
+                names = tuple(self.hypers[j] for j in subset)
+                self._conditions.append((names, u.ravel(), int(u.max()) + 1 if len(u) else 1))
+
+    def psi(self, m: np.ndarray, g: np.ndarray) -> dict[str, float]:
+        out = {}
+        for h, (p, q, group) in zip(self.hypers, self._coupled, strict=True):
+            if not len(p):
+                out[h] = math.nan
+                continue
+            sm, sg = np.sign(m[p] - m[q]), np.sign(g[p] - g[q])
+            n = int(group.max()) + 1
+            # tau-b of each group from its pairs' signs, as kendall_tau counts them
+            concord = np.bincount(group, sm * sg, minlength=n)
+            denominator = np.sqrt(
+                np.bincount(group, sm != 0, minlength=n) * np.bincount(group, sg != 0, minlength=n)
+            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                taus = concord / denominator
+            taus = taus[np.isfinite(taus)]
+            out[h] = float(taus.mean()) if len(taus) else math.nan
         return out
 
     def cmi(self, m: np.ndarray, g: np.ndarray) -> tuple[float, tuple[str, ...]]:
@@ -177,12 +208,10 @@ class Grid:
         vg = (g[a] > g[b]).astype(int)
         vm = (m[a] > m[b]).astype(int)
         best, where = math.inf, ()
-        for size in range(MAX_CONDITION + 1):
-            for subset in itertools.combinations(range(len(self.hypers)), size):
-                u = self._condition(subset, a, b)
-                score = _conditional_score(vm, vg, u)
-                if score < best:
-                    best, where = score, tuple(self.hypers[s] for s in subset)
+        for names, u, n in self._conditions:
+            score = _conditional_score(vm, vg, u, n)
+            if score < best:
+                best, where = score, names
         return best, where
 
     def _condition(self, subset, a, b) -> np.ndarray:
@@ -195,18 +224,15 @@ class Grid:
     def environments(self):
         """(hyperparameter index, first cell, second cell) of every coupled pair: cells that
         differ in that hyperparameter alone, each unordered pair once."""
-        out = []
-        for i in range(len(self.hypers)):
-            others = np.delete(self.codes, i, axis=1)
-            keys = others @ _radix(others) if others.shape[1] else np.zeros(self.cells, int)
-            for k in np.unique(keys):
-                members = np.flatnonzero(keys == k)
-                out += [(i, p, q) for p, q in itertools.combinations(members, 2)]
-        return out
+        return [
+            (i, int(x), int(y))
+            for i, (p, q, _) in enumerate(self._coupled)
+            for x, y in zip(p, q, strict=True)
+        ]
 
     def sign_errors(self, m: np.ndarray, g: np.ndarray, threshold: float) -> np.ndarray:
-        env = np.array(self.environments())
-        p, q = env[:, 1], env[:, 2]
+        p = np.concatenate([c[0] for c in self._coupled])
+        q = np.concatenate([c[1] for c in self._coupled])
         dg, dm = g[p] - g[q], m[p] - m[q]
         keep = np.abs(dg) > threshold
         return (1 - np.sign(dm[keep]) * np.sign(dg[keep])) / 2
@@ -313,10 +339,10 @@ def sign_error(
     return float(errors.max()), float(errors.mean()), len(errors)
 
 
-def _conditional_score(vm: np.ndarray, vg: np.ndarray, u: np.ndarray) -> float:
-    """I(V_m; V_g | U) / H(V_g | U) in any base, from the counts of each (u, v_g, v_m)."""
-    _, u = np.unique(u, return_inverse=True)
-    counts = np.bincount(u * 4 + vg * 2 + vm, minlength=4 * (u.max() + 1)).reshape(-1, 2, 2)
+def _conditional_score(vm: np.ndarray, vg: np.ndarray, u: np.ndarray, n: int) -> float:
+    """I(V_m; V_g | U) / H(V_g | U) in any base, from the counts of each (u, v_g, v_m); ``u``
+    takes the values 0 .. n - 1."""
+    counts = np.bincount(u * 4 + vg * 2 + vm, minlength=4 * n).reshape(-1, 2, 2)
     counts = counts.astype(float)
     total = counts.sum()
     p_u = counts.sum(axis=(1, 2)) / total

@@ -4,10 +4,12 @@ grids of runs by the field's ranking statistics (:mod:`flatness.analysis.ranking
 - :mod:`~flatness.chapters.predict.design`: the grids (which runs, and why);
 - :mod:`~flatness.chapters.predict.table`: their runs as one table, and every measure's scores;
 - :mod:`~flatness.chapters.predict.claims`: C3 and C5 judged on the grids' pairs;
+- :mod:`~flatness.chapters.predict.anchor`: diagonal linear networks, a known answer;
 - :mod:`~flatness.chapters.predict.figures` and :mod:`~flatness.chapters.predict.prose`: the
   page's figures and its judging sentences.
 """
 
+from flatness.chapters.predict.anchor import Anchor, diagonal_networks
 from flatness.chapters.predict.claims import Pair, counts, pairs
 from flatness.chapters.predict.design import (
     HYPER_NAMES,
@@ -18,11 +20,15 @@ from flatness.chapters.predict.design import (
     grid,
     levels_table,
 )
-from flatness.chapters.predict.figures import psi, rules, scatter, statistics, strongest
-from flatness.chapters.predict.prose import facts, score_table
+from flatness.chapters.predict.figures import anchor, psi, rules, scatter, statistics, strongest
+from flatness.chapters.predict.prose import anchor_facts, facts, score_table
 from flatness.chapters.predict.table import COLUMNS, FAMILIES, Collected, collect, scores
 
 __all__ = [
+    "Anchor",
+    "anchor",
+    "anchor_facts",
+    "diagonal_networks",
     "COLUMNS",
     "FAMILIES",
     "HYPERS",

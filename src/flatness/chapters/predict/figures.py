@@ -184,3 +184,22 @@ def rules(scores: pd.DataFrame, stat: str = "tau"):
     handles = [plt.Line2D([], [], color=colours[r], marker=marks[r], lw=1.4) for r in RULES]
     plotting.legend_below(fig, handles, [RULES[r] for r in RULES], title="stopping rule")
     return fig
+
+
+def anchor(found):
+    """The diagonal linear networks: worst-case adaptive sharpness and lambda_max against the
+    test loss, one point per network, coloured by the initialisation scale."""
+    fig, axes = plt.subplots(1, 2, figsize=(plotting.WIDTH, 2.9))
+    for ax, values, name in zip(
+        axes,
+        (found.adaptive_worst_l2, found.lambda_max),
+        ("adaptive sharpness, worst ℓ2 (ρ = 0.5)", "λ_max"),
+        strict=True,
+    ):
+        points = ax.scatter(values, found.test_loss, c=np.log10(found.alpha), s=14, cmap="viridis")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(name)
+        ax.set_ylabel("test loss")
+    fig.colorbar(points, ax=axes, label="log10 initialisation scale α")
+    return fig

@@ -222,3 +222,36 @@ def _claims(pairs: list[Pair]) -> dict[str, str]:
             f"*generalises better* {better}."
         )
     return {"claims_md": "\n".join(lines)}
+
+
+#: Andriushchenko et al.'s (2023) Kendall tau between adaptive sharpness and test loss on
+#: diagonal linear networks, as the later literature quotes it
+ANCHOR_TAU = -0.68
+
+
+def anchor_facts(anchor) -> dict[str, str]:
+    """The anchor's sentences: our tau beside theirs, judged by sign and by size."""
+    ours = anchor.tau_adaptive
+    same = math.copysign(1, ours) == math.copysign(1, ANCHOR_TAU) and ours != 0
+    size = (
+        "stronger" if abs(ours) > abs(ANCHOR_TAU) + 0.1
+        else "weaker" if abs(ours) < abs(ANCHOR_TAU) - 0.1
+        else "about as strong"
+    )  # fmt: skip
+    verdict = (
+        f"The sign is reproduced: the sharper networks generalise better. In size ours is {size}"
+        f" ({ours:+.2f} against {ANCHOR_TAU:+.2f})."
+        if same
+        else f"The sign is not reproduced: ours is {ours:+.2f} against {ANCHOR_TAU:+.2f}."
+    )
+    excluded = len(anchor.excluded)
+    return {
+        "anchor_md": (
+            f"Of {anchor.kept + excluded} networks, {anchor.kept} reached the training loss "
+            f"{anchor.settings.get('target_loss', 1e-5):g}"
+            + (f" and {excluded} did not (left out)" if excluded else "")
+            + f". Kendall τ between worst-case adaptive sharpness and the test loss is "
+            f"{ours:+.2f} (theirs about {ANCHOR_TAU:+.2f}); for λ_max it is "
+            f"{anchor.tau_lambda_max:+.2f} and for the trace {anchor.tau_trace:+.2f}. {verdict}"
+        )
+    }
