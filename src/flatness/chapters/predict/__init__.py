@@ -20,13 +20,20 @@ from flatness.chapters.predict.design import (
     grid,
     levels_table,
 )
-from flatness.chapters.predict.figures import anchor, psi, rules, scatter, statistics, strongest
+from flatness.chapters.predict.figures import (
+    anchor_figure,
+    psi,
+    rules,
+    scatter,
+    statistics,
+    strongest,
+)
 from flatness.chapters.predict.prose import anchor_facts, facts, score_table
 from flatness.chapters.predict.table import COLUMNS, FAMILIES, Collected, collect, scores
 
 __all__ = [
     "Anchor",
-    "anchor",
+    "anchor_figure",
     "anchor_facts",
     "diagonal_networks",
     "COLUMNS",

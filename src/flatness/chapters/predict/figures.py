@@ -186,7 +186,7 @@ def rules(scores: pd.DataFrame, stat: str = "tau"):
     return fig
 
 
-def anchor(found):
+def anchor_figure(found):
     """The diagonal linear networks: worst-case adaptive sharpness and lambda_max against the
     test loss, one point per network, coloured by the initialisation scale."""
     fig, axes = plt.subplots(1, 2, figsize=(plotting.WIDTH, 2.9))
