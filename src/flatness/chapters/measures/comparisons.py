@@ -160,7 +160,7 @@ def comparisons(
     get_profile(profile)
     profiles = dict(profiles or {})
     for chapter, chosen in profiles.items():
-        if chapter not in CHAPTERS and chapter not in ("theory", "rank"):
+        if chapter not in CHAPTERS and chapter not in ("theory", "rank", "predict"):
             raise FlatnessError(f"unknown chapter {chapter!r}; the valid ones are {CHAPTERS}")
         get_profile(chosen)
     fetch = dict(data_root=data_root, device=device, progress=progress)
