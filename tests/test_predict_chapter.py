@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flatness.chapters.predict import claims, design, figures, prose, table
+from flatness.chapters.predict import claims, design, prose, table
 
 
 @pytest.mark.parametrize(("profile", "runs"), [("cpu", 324), ("smoke", 32)])
@@ -94,7 +94,7 @@ def test_the_strongest_hyperparameter_is_the_one_that_moves_the_measure():
     rng = np.random.default_rng(0)
     rows = [dict(weight_decay=w, optimiser=o, lr=lr, size=s, m=math.exp(2 * lr + 0.01 * rng.normal()))
             for w in range(3) for o in ("sgd", "adam") for lr in range(3) for s in range(3)]  # fmt: skip
-    assert figures.strongest(pd.DataFrame(rows), "m") == "lr"
+    assert table.strongest(pd.DataFrame(rows), "m") == "lr"
 
 
 def test_the_pairs_are_judged_and_one_per_claim_and_grid_is_the_headline():

@@ -26,10 +26,16 @@ from flatness.chapters.predict.figures import (
     rules,
     scatter,
     statistics,
-    strongest,
 )
 from flatness.chapters.predict.prose import anchor_facts, facts, score_table
-from flatness.chapters.predict.table import COLUMNS, FAMILIES, Collected, collect, scores
+from flatness.chapters.predict.table import (
+    COLUMNS,
+    FAMILIES,
+    Collected,
+    collect,
+    scores,
+    strongest,
+)
 
 __all__ = [
     "Anchor",

@@ -13,7 +13,7 @@ import seaborn as sns
 from flatness.analysis import plotting
 from flatness.chapters.measures.comparisons import display
 from flatness.chapters.predict.design import HYPER_NAMES, HYPERS, RULES
-from flatness.chapters.predict.table import COLUMNS, FAMILIES, STATISTICS
+from flatness.chapters.predict.table import COLUMNS, FAMILIES, STATISTICS, strongest
 
 
 def _family_colours() -> dict:
@@ -97,20 +97,6 @@ def psi(scores: pd.DataFrame, rule: str = "budget"):
         ax.set_title(f"{grid}: ψ per hyperparameter")
         ax.tick_params(axis="x", rotation=30)
     return fig
-
-
-def strongest(frame: pd.DataFrame, measure: str) -> str:
-    """The hyperparameter whose levels explain most of the spread of ``measure``'s logarithm
-    over the grid (the between-level share of the variance, eta squared)."""
-    values = np.log(frame[measure].where(frame[measure] > 0))
-    if values.isna().all():
-        values = frame[measure]
-    total = float(((values - values.mean()) ** 2).sum())
-    shares = {}
-    for h in HYPERS:
-        means = values.groupby(frame[h]).transform("mean")
-        shares[h] = float(((means - values.mean()) ** 2).sum()) / total if total else 0.0
-    return max(shares, key=shares.get)
 
 
 def scatter(frame: pd.DataFrame, measures, rule: str = "budget"):

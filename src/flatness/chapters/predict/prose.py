@@ -15,7 +15,7 @@ import pandas as pd
 from flatness.chapters.measures.comparisons import display
 from flatness.chapters.predict.claims import Pair
 from flatness.chapters.predict.design import HYPER_NAMES, HYPERS, RULES
-from flatness.chapters.predict.table import BASELINES, STATISTICS, Collected
+from flatness.chapters.predict.table import BASELINES, STATISTICS, Collected, strongest
 
 
 def _fmt(r, stat: str, fmt: str = "+.2f") -> str:
@@ -65,7 +65,7 @@ def facts(collected: Collected, scores: pd.DataFrame, pairs: list[Pair]) -> dict
     return (
         _runs(collected)
         | _headline(scores)
-        | _psi(scores)
+        | _psi(scores, collected.frame)
         | _rules(scores, collected)
         | _claims(pairs)
     )
@@ -151,25 +151,35 @@ def _headline(scores: pd.DataFrame) -> dict[str, str]:
     return {"headline_md": "\n".join(sentences) if sentences else "No grid has runs at hand."}
 
 
-def _psi(scores: pd.DataFrame) -> dict[str, str]:
+def _psi(scores: pd.DataFrame, frame: pd.DataFrame) -> dict[str, str]:
     part = scores[scores.rule == "budget"]
+    runs = frame[(frame.rule == "budget") & frame.reached]
     lines = []
     for grid, here in part.groupby("grid", sort=False):
         here = here.set_index("measure")
-        strongest = {m: max(HYPERS, key=lambda h: abs(here.loc[m, f"psi.{h}"])) for m in here.index}
-        counts = pd.Series(strongest).value_counts()
+        largest = {m: max(HYPERS, key=lambda h: abs(here.loc[m, f"psi.{h}"])) for m in here.index}
+        counts = pd.Series(largest).value_counts()
         most = ", ".join(f"{HYPER_NAMES[h]} for {n}" for h, n in counts.items())
+        line = (
+            f"On the {grid} grid, the hyperparameter whose changes a measure orders most "
+            f"consistently (the largest |ψ|) is {most} measures."
+        )
         adaptive = [m for m in here.index if m.startswith("adaptive_")]
-        by_lr = [m for m in adaptive if strongest[m] == "lr"]
-        line = f"On the {grid} grid, the hyperparameter with the largest |ψ| is {most} measures."
-        if adaptive:
+        grid_runs = runs[runs.grid == grid]
+        if adaptive and len(grid_runs):
+            by_lr = [m for m in adaptive if strongest(grid_runs, m) == "lr"]
             line += (
-                f" For {len(by_lr)} of the {len(adaptive)} adaptive measures it is the learning "
-                "rate, as Andriushchenko et al. found"
-                if by_lr
-                else f" For none of the {len(adaptive)} adaptive measures is it the learning "
-                "rate, which Andriushchenko et al. found adaptive sharpness to track"
-            ) + "."
+                f" The learning rate explains most of the spread over the grid of "
+                f"{len(by_lr)} of the {len(adaptive)} adaptive measures"
+                + (f" ({', '.join(map(display, by_lr))})" if by_lr else "")
+                + (
+                    ", as Andriushchenko et al. found adaptive sharpness to track the learning "
+                    "rate."
+                    if by_lr
+                    else "; Andriushchenko et al. found adaptive sharpness to track it, and "
+                    "here it does not."
+                )
+            )
         lines.append(line)
     return {"psi_md": "\n".join(lines)}
 
