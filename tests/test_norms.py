@@ -73,5 +73,51 @@ def test_the_distance_from_initialisation_is_the_norm_of_the_flattened_differenc
     assert norms.distance_from_init(net, start) == pytest.approx(
         float((moved - flat).norm()), rel=1e-6
     )
-    with pytest.raises(FlatnessError, match="one per parameter"):
+    with pytest.raises(FlatnessError, match="one tensor per parameter"):
         norms.distance_from_init(net, start[:-1])
+
+
+@pytest.mark.parametrize("pool", [nn.AdaptiveAvgPool2d(1), nn.AvgPool2d(2)])
+def test_average_pooling_counts_its_squared_weights_as_the_same_linear_map_does(pool):
+    conv = nn.Conv2d(1, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.fill_(2.0)
+    pooled = nn.Sequential(conv, pool, nn.Flatten())
+    linear = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        linear.weight.fill_(0.5)  # the same function on the 4 flattened pixels
+    same = nn.Sequential(nn.Flatten(), linear)
+    x = torch.randn(3, 1, 2, 2)
+    torch.testing.assert_close(pooled(x), same(x))
+    assert norms.path_norm(pooled, (1, 2, 2)) == pytest.approx(norms.path_norm(same, (1, 2, 2)))
+    assert norms.path_norm(same, (1, 2, 2)) == pytest.approx(1.0)
+
+
+def test_uneven_adaptive_windows_are_weighted_by_their_own_size():
+    # 3 positions into 2 windows: PyTorch's windows are {0, 1} and {1, 2}, two each
+    net = nn.Sequential(nn.AdaptiveAvgPool2d((1, 2)), nn.Flatten())
+    # paths: each output is a mean of 2 inputs: 2 paths of weight (1/2)^2 per output
+    assert norms.path_norm(net, (1, 1, 3)) ** 2 == pytest.approx(2 * 2 * 0.25)
+
+
+def test_the_papers_convolutional_networks_have_a_path_norm():
+    from flatness import models
+
+    for name in ("lenet5", "allcnn"):
+        net = models.build(name, (1, 28, 28), 10, width=0.25)
+        assert norms.path_norm(net, (1, 28, 28)) > 0
+
+
+def test_bad_shapes_devices_and_initial_weights_get_one_clear_message():
+    net = _mlp()
+    assert norms.path_norm(net, 3) == norms.path_norm(net, (3,))
+    with pytest.raises(FlatnessError, match=r"inputs of shape \(4,\)"):
+        norms.path_norm(net, (4,))
+    with torch.device("meta"):
+        ghost = _mlp()
+    with pytest.raises(FlatnessError, match="meta device"):
+        norms.path_norm(ghost, (3,))
+    with pytest.raises(FlatnessError, match="meta device"):
+        norms.distance_from_init(ghost, [])
+    with pytest.raises(FlatnessError, match="list of one tensor per parameter"):
+        norms.distance_from_init(net, net.state_dict())

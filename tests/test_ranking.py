@@ -192,3 +192,75 @@ def test_bad_columns_and_values_get_one_clear_message():
     bad = runs.assign(same=runs["same"].where(runs.index != 3))
     with pytest.raises(FlatnessError, match="NaN"):
         ranking.Grid(bad, HYPERS).rank("same", seed=0)
+
+
+def _small():
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        [
+            dict(opt=o, wd=w, seed=s, gap=rng.normal(), m=rng.normal())
+            for o in ("sgd", "adam")
+            for w in (0.0, 1e-4)
+            for s in (0, 1)
+        ]  # fmt: skip
+    )
+
+
+@pytest.mark.parametrize("call", [ranking.granulated, ranking.conditional_mi, ranking.sign_error])
+def test_every_entry_point_refuses_a_bad_measure_as_rank_does(call):
+    runs = _small()
+    with pytest.raises(FlatnessError, match="no column 'zz'"):
+        call(runs, "zz", ["opt", "wd"])
+    runs.loc[0, "m"] = np.nan
+    with pytest.raises(FlatnessError, match="NaN"):
+        call(runs, "m", ["opt", "wd"])
+    with pytest.raises(FlatnessError, match="not numbers"):
+        call(runs.assign(m="x"), "m", ["opt", "wd"])
+
+
+def test_missing_levels_and_repeated_runs_are_refused():
+    runs = _small()
+    holed = runs.astype({"wd": object})
+    holed.loc[holed.wd == 0, "wd"] = None
+    with pytest.raises(FlatnessError, match=r"\['wd'\] hold missing values"):
+        ranking.Grid(holed, ["opt", "wd"])
+    with pytest.raises(FlatnessError, match="repeat a cell and seed"):
+        ranking.Grid(pd.concat([runs, runs.iloc[:1]]), ["opt", "wd"])
+    with pytest.raises(FlatnessError, match="name one twice"):
+        ranking.Grid(runs, ["wd", "wd"])
+    # one hyperparameter may be named as a string
+    assert ranking.Grid(runs[runs.opt == "sgd"], "wd").hypers == ("wd",)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"draws": 0}, "draws"), ({"draws": 1.5}, "draws"), ({"seed": -1}, "seed"),
+     ({"seed": 1.5}, "seed"), ({"threshold": math.nan}, "threshold"),
+     ({"threshold": -0.1}, "threshold"), ({"threshold": "0.1"}, "threshold")],
+)  # fmt: skip
+def test_bad_bootstrap_settings_are_refused(kwargs, match):
+    with pytest.raises(FlatnessError, match=match):
+        ranking.rank(_small(), "m", ["opt", "wd"], **({"seed": 0} | kwargs))
+
+
+def test_a_gap_that_never_changes_has_no_conditional_score():
+    score, condition = ranking.conditional_mi(_small().assign(gap=1.0), "m", ["opt", "wd"])
+    assert math.isnan(score) and condition == ()
+
+
+def test_kendall_tau_counts_infinities_as_scipy_and_refuses_text():
+    x, y = [1, np.inf, np.inf, -np.inf], [1, 2, 3, 0]
+    assert ranking.kendall_tau(x, y) == pytest.approx(sps.kendalltau(x, y).statistic)
+    with pytest.raises(FlatnessError, match="numbers"):
+        ranking.kendall_tau(["a", "b"], [1, 2])
+
+
+def test_the_sign_error_is_the_expectation_over_coupled_seeds_counted_by_hand():
+    # one hyperparameter at two levels, two seeds: the measure orders seed 0's pair rightly
+    # and seed 1's wrongly, so the one environment's expected sign-error is 1/2
+    runs = pd.DataFrame(
+        dict(h=[0, 0, 1, 1], seed=[0, 1, 0, 1], gap=[1.0, 1.0, 2.0, 2.0], m=[1.0, 3.0, 2.0, 2.5])
+    )
+    assert ranking.sign_error(runs, "m", ["h"]) == (0.5, 0.5, 1)
+    # cell means would say rightly (2 < 2.25) and hide the seed that disagrees
+    assert runs.groupby("h").m.mean().is_monotonic_increasing

@@ -77,6 +77,8 @@ def test_fields_added_later_leave_every_earlier_key_unchanged():
     assert cfg.key() == hashlib.sha256(text.encode()).hexdigest()[:16]
     assert _config(snapshot_loss=0.01).key() != cfg.key()
     assert _config(eval_every=2).key() != cfg.key()
+    # scoring every epoch is what None means: the same run, the same key
+    assert _config(eval_every=1).key() == cfg.key()
 
 
 @pytest.mark.parametrize(

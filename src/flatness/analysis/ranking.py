@@ -9,7 +9,7 @@ cell), and recomputes the statistic. With two seeds a cell's mean takes three va
 interval shows the spread the seeds can show and no more.
 
 - :func:`kendall_tau`: Kendall's tau-b between a measure and the gap over all cells (ties
-  counted as scipy counts them).
+  counted as scipy counts them, infinities included).
 - :func:`granulated`: Jiang et al.'s (2020) granulated tau: for hyperparameter *i*, psi_i is
   tau over the cells that differ in *i* alone, averaged over the settings of the others, and
   Psi is the mean of the psi_i. A measure that tracks one hyperparameter, and nothing else,
@@ -23,12 +23,15 @@ interval shows the spread the seeds can show and no more.
   near zero: conditioning on that hyperparameter leaves it nothing to tell. (The
   competition's scorer averages the cells of U_S without their weights and takes |S| = 2
   only; this follows the paper's definition.)
-- :func:`sign_error`: Dziugaite et al.'s (2020) sign-error on coupled cells, pairs that
-  differ in one hyperparameter: 1 where the measure orders the pair's gaps wrongly, 0 where
-  rightly, 1/2 where it cannot tell them apart. Pairs whose gaps differ by less than
-  ``threshold`` (the test set's noise) are left out, as they left out pairs within Monte Carlo
-  noise. The robust sign-error is the worst over the environments (one hyperparameter varied
-  from one setting of the others); the mean is reported beside it.
+- :func:`sign_error`: Dziugaite et al.'s (2020) sign-error on coupled runs. An environment is
+  a pair of cells that differ in one hyperparameter alone; in it, each seed's run of one cell
+  is coupled with the same seed's run of the other, and the sign-error is 1 where the measure
+  orders the two runs' gaps wrongly, 0 where rightly, 1/2 where it ties, averaged over the
+  seeds (its expectation over the environment). Environments whose mean gaps differ by less
+  than ``threshold`` (the test set's noise) are left out, as they left out pairs within Monte
+  Carlo noise. The robust sign-error is the worst environment's; the mean over environments
+  is reported beside it. Its bootstrap resamples the seeds once for every cell, keeping the
+  coupling.
 
 >>> kendall_tau([1, 2, 3, 4], [10, 20, 40, 30])
 0.6666666666666666
@@ -45,6 +48,7 @@ import pandas as pd
 
 from flatness.analysis.stats import LEVEL, Interval
 from flatness.errors import FlatnessError
+from flatness.validation import as_float, as_int
 
 #: bootstrap draws of every interval
 DRAWS = 1000
@@ -58,13 +62,16 @@ def kendall_tau(x, y) -> float:
     Tau-b is scipy's default: ties in ``x`` or ``y`` count in neither the concordant nor the
     discordant pairs and shrink the denominator.
     """
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    try:
+        x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    except (TypeError, ValueError):
+        raise FlatnessError("kendall_tau needs two sequences of numbers") from None
     if x.shape != y.shape or x.ndim != 1:
         raise FlatnessError(
             f"kendall_tau needs two equally long 1-d sequences, got {x.shape}, {y.shape}"
         )
     i, j = np.triu_indices(len(x), k=1)
-    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    sx, sy = _signs(x[i], x[j]), _signs(y[i], y[j])
     denominator = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
     return float((sx * sy).sum() / denominator) if denominator else math.nan
 
@@ -108,7 +115,9 @@ class Grid:
     """
 
     def __init__(self, runs: pd.DataFrame, hypers, *, gap: str = "gap", seed: str = "seed"):
-        hypers = tuple(hypers)
+        hypers = (hypers,) if isinstance(hypers, str) else tuple(hypers)
+        if len(set(hypers)) != len(hypers):
+            raise FlatnessError(f"the hyperparameters {list(hypers)} name one twice")
         missing = [c for c in (*hypers, gap, seed) if c not in runs.columns]
         if missing:
             raise FlatnessError(
@@ -118,6 +127,20 @@ class Grid:
             raise FlatnessError("name at least one hyperparameter of the grid")
         if runs.empty:
             raise FlatnessError("the grid holds no runs")
+        holes = [h for h in (*hypers, seed) if runs[h].isna().any()]
+        if holes:
+            raise FlatnessError(
+                f"the columns {holes} hold missing values: every run needs its level of every "
+                "hyperparameter, and its seed"
+            )
+        repeated = runs[runs.duplicated([*hypers, seed], keep=False)]
+        if len(repeated):
+            first = repeated.iloc[0]
+            cell = ", ".join(f"{h}={first[h]}" for h in hypers)
+            raise FlatnessError(
+                f"{len(repeated)} runs repeat a cell and seed (e.g. {cell}, seed {first[seed]}): "
+                "each seed of a cell is one run; list each once"
+            )
         self.hypers, self.gap = hypers, gap
         self.levels = {h: sorted(runs[h].unique(), key=_order) for h in hypers}
         few = [h for h, v in self.levels.items() if len(v) < 2]
@@ -154,9 +177,29 @@ class Grid:
         return self.runs[column].to_numpy(dtype=float)[self._rows]
 
     def means(self, column: str) -> np.ndarray:
-        """Each cell's mean of ``column`` over its distinct seeds."""
-        values = self._matrix(column)
+        """Each cell's mean of ``column`` over its distinct seeds.
+
+        Raises:
+            FlatnessError: an unknown column, or one with NaN, infinite or non-numeric values.
+        """
+        values = self.values(column)
         return np.array([v[:c].mean() for v, c in zip(values, self.counts, strict=True)])
+
+    def values(self, column: str) -> np.ndarray:
+        """(cells, seeds) values of the measure ``column``, checked (see :meth:`means`)."""
+        if column not in self.runs.columns:
+            raise FlatnessError(
+                f"the runs have no column {column!r}; they have {list(self.runs.columns)}"
+            )
+        try:
+            values = self._matrix(column)
+        except (TypeError, ValueError):
+            raise FlatnessError(
+                f"the measure {column!r} holds values that are not numbers"
+            ) from None
+        if not np.isfinite(values).all():
+            raise FlatnessError(f"the measure {column!r} holds NaN or infinite values")
+        return values
 
     # ---- the statistics on cell means ----------------------------------------------------
 
@@ -212,7 +255,8 @@ class Grid:
             score = _conditional_score(vm, vg, u, n)
             if score < best:
                 best, where = score, names
-        return best, where
+        # a gap that never changes leaves nothing to predict: the score is undefined
+        return (best, where) if math.isfinite(best) else (math.nan, ())
 
     def _condition(self, subset, a, b) -> np.ndarray:
         if not subset:
@@ -230,12 +274,21 @@ class Grid:
             for x, y in zip(p, q, strict=True)
         ]
 
-    def sign_errors(self, m: np.ndarray, g: np.ndarray, threshold: float) -> np.ndarray:
+    def sign_errors(self, values: np.ndarray, gaps: np.ndarray, threshold: float) -> np.ndarray:
+        """The expected sign-error of every coupled pair whose mean gaps differ by more than
+        ``threshold``: over the seeds the two cells share (a run of one cell against the run
+        of the other with the same seed, coupled as Dziugaite et al. couple networks), 1 where
+        the measure orders the two runs' gaps wrongly, 0 where rightly, 1/2 where it ties.
+        ``values`` and ``gaps`` are (cells, seeds) in seed order."""
         p = np.concatenate([c[0] for c in self._coupled])
         q = np.concatenate([c[1] for c in self._coupled])
-        dg, dm = g[p] - g[q], m[p] - m[q]
-        keep = np.abs(dg) > threshold
-        return (1 - np.sign(dm[keep]) * np.sign(dg[keep])) / 2
+        shared = np.minimum(self.counts[p], self.counts[q])
+        mask = np.arange(self.seeds)[None, :] < shared[:, None]
+        dg, dm = gaps[p] - gaps[q], values[p] - values[q]
+        mean_gap = (dg * mask).sum(1) / shared
+        errors = (1 - _signs(dm, 0.0) * _signs(dg, 0.0)) / 2
+        expected = (errors * mask).sum(1) / shared
+        return expected[np.abs(mean_gap) > threshold]
 
     # ---- the bootstrap -----------------------------------------------------------------
 
@@ -247,20 +300,23 @@ class Grid:
         Raises:
             FlatnessError: an unknown column, or a measure with NaN or infinite values.
         """
-        if measure not in self.runs.columns:
-            raise FlatnessError(f"the runs have no column {measure!r}")
-        values = self._matrix(measure)
-        if not np.isfinite(values).all():
-            raise FlatnessError(f"the measure {measure!r} holds NaN or infinite values")
+        values = self.values(measure)
+        draws = as_int("draws", draws, minimum=1)
+        seed = as_int("seed", seed, minimum=0)
+        threshold = _threshold(threshold)
         rng = np.random.default_rng(seed)
-        point = self._statistics(self.means(measure), self.means(self.gap), threshold)
+        point = self._statistics(
+            self.means(measure), self.means(self.gap), threshold, values, self.gaps
+        )
         rows = np.arange(self.cells)[:, None]
         samples = []
         for _ in range(draws):
             # each cell resamples its own seeds, as many draws as the largest cell has
             pick = (rng.random((self.cells, self.seeds)) * self.counts[:, None]).astype(int)
             m, g = values[rows, pick].mean(1), self.gaps[rows, pick].mean(1)
-            samples.append(self._statistics(m, g, threshold))
+            # the sign-error keeps its coupling: every cell takes the same resampled seeds
+            cols = rng.integers(0, self.seeds, size=self.seeds)
+            samples.append(self._statistics(m, g, threshold, values[:, cols], self.gaps[:, cols]))
         n = (self.cells, self.seeds)
 
         def interval(name):
@@ -282,10 +338,10 @@ class Grid:
             full=self.full,
         )
 
-    def _statistics(self, m, g, threshold) -> dict:
+    def _statistics(self, m, g, threshold, values, gaps) -> dict:
         psi = self.psi(m, g)
         cmi, condition = self.cmi(m, g)
-        errors = self.sign_errors(m, g, threshold)
+        errors = self.sign_errors(values, gaps, threshold)
         finite = [v for v in psi.values() if math.isfinite(v)]
         return {
             "tau": self.tau(m, g),
@@ -316,8 +372,9 @@ def rank(
 def granulated(runs: pd.DataFrame, measure: str, hypers, *, gap: str = "gap") -> dict[str, float]:
     """psi_i of each hyperparameter and their mean ``"Psi"``, on cell means (no interval)."""
     grid = Grid(runs, hypers, gap=gap)
-    stats = grid._statistics(grid.means(measure), grid.means(grid.gap), 0.0)
-    return {h: stats[f"psi.{h}"] for h in grid.hypers} | {"Psi": stats["Psi"]}
+    psi = grid.psi(grid.means(measure), grid.means(grid.gap))
+    finite = [v for v in psi.values() if math.isfinite(v)]
+    return psi | {"Psi": float(np.mean(finite)) if finite else math.nan}
 
 
 def conditional_mi(
@@ -333,10 +390,17 @@ def sign_error(
 ) -> tuple[float, float, int]:
     """The robust (worst) and mean sign-error over coupled cells, and how many were judged."""
     grid = Grid(runs, hypers, gap=gap)
-    errors = grid.sign_errors(grid.means(measure), grid.means(grid.gap), threshold)
+    errors = grid.sign_errors(grid.values(measure), grid.gaps, _threshold(threshold))
     if not len(errors):
         return math.nan, math.nan, 0
     return float(errors.max()), float(errors.mean()), len(errors)
+
+
+def _threshold(value) -> float:
+    value = as_float("threshold", value, minimum=0.0)
+    if not math.isfinite(value):
+        raise FlatnessError(f"threshold must be a finite difference of gaps, got {value}")
+    return value
 
 
 def _conditional_score(vm: np.ndarray, vg: np.ndarray, u: np.ndarray, n: int) -> float:
@@ -353,6 +417,12 @@ def _conditional_score(vm: np.ndarray, vg: np.ndarray, u: np.ndarray, n: int) ->
         h = -np.nansum(np.where(pg > 0, pg * np.log(pg), 0.0), axis=(1, 2))
     entropy = float((p_u * h).sum())
     return float((p_u * mi).sum() / entropy) if entropy > 0 else math.nan
+
+
+def _signs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The sign of ``a - b`` by comparison, so that equal infinities tie (their difference
+    is NaN) and NaN compares as neither."""
+    return (a > b).astype(float) - (a < b).astype(float)
 
 
 def _radix(codes: np.ndarray) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 from flatness.cli import options
 from flatness.errors import FlatnessError
 
-GRID_HELP = "a chapter (logreg, mlp, cnn, resnets, adaptive, rank, spectra, measures, verdicts, "
-GRID_HELP += "estimators), all, or a YAML file of points; publish also takes computations"
+GRID_HELP = "a chapter (logreg, mlp, cnn, resnets, adaptive, rank, spectra, measures, predict, "
+GRID_HELP += "verdicts, estimators), all, or a YAML file of points; publish also takes computations"
 
 
 def add_parsers(sub) -> None:
@@ -72,7 +72,8 @@ def add_parsers(sub) -> None:
         "--without-weights",
         action="store_true",
         help="leave every run's weights out (its metrics, series and test predictions are "
-        "published): for large grids whose pages read no weights",
+        "published): for large grids whose pages read no weights; a run published already is "
+        "left as it is, so publishing it again without this flag adds no weights",
     )
     options.store_options(publish)
 

@@ -237,6 +237,8 @@ class RunConfig:
                     "eval_every", self.eval_every, minimum=1, maximum=MAX_EPOCHS, why=MAX_EPOCHS_WHY
                 ),
             )
+            if self.eval_every == 1:  # every epoch, as None says: one run, one key
+                fix("eval_every", None)
         if self.snapshot_loss is not None:
             fix("snapshot_loss", as_float("snapshot_loss", self.snapshot_loss, above=0.0))
         self._check_averaging(fix)
