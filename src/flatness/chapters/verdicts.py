@@ -333,7 +333,7 @@ def grid_rows(profile: str, *, data_root=None, train_missing=True) -> list[dict]
                         "predict",
                         profile,
                         dataset,
-                        f"{where}: {h.comparison}",
+                        f"{where}, {pair.short}",
                         h.name,
                         _effects(h),
                         h.outcome,

@@ -27,8 +27,18 @@ from flatness.chapters.predict.design import OPTIMISER_NAMES, Design
 from flatness.chapters.predict.table import Collected
 from flatness.results.entries import Run
 
-#: the level (rank) of the headline pair's learning rate, size and weight decay
-HEADLINE = {"lr": 1, "size": 1, "weight_decay": 2}
+
+def is_headline(claim: str, levels: dict, design: Design) -> bool:
+    """The grid's headline pair of ``claim``: the highest weight decay (the paper's), at the
+    middle learning rate and size, SGD's for C3."""
+    middle = design.levels // 2
+    top = len(design.weight_decay["sgd"]) - 1
+    return (
+        levels["lr"] == middle
+        and levels["size"] == middle
+        and levels["weight_decay"] in (-1, top)
+        and (claim == "C5" or levels["optimiser"] == "sgd")
+    )
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,8 @@ class Pair:
     setting: str
     judged: common.Claim
     headline: bool
+    #: the setting in a few words: what the two arms share, then how they differ
+    short: str = ""
 
 
 def _label(design: Design, opt: str, wd: float, lr: float, size) -> str:
@@ -106,14 +118,17 @@ def _judge(profile: str, design: Design, claim: str, a: list[Run], b: list[Run],
     )
     results = common.Results(settings, {label_a: a, label_b: b}, None, torch.device("cpu"))
     judged = common.judge_claim(results, label_a, label_b)
-    headline = (
-        levels["lr"] == HEADLINE["lr"]
-        and levels["size"] == HEADLINE["size"]
-        and (levels["weight_decay"] in (-1, HEADLINE["weight_decay"]))
-        and (claim == "C5" or levels["optimiser"] == "sgd")
-    )
+    headline = is_headline(claim, levels, design)
+    what = "width" if design.size_field == "width" else "batch"
+    if claim == "C3":
+        short = (f"{OPTIMISER_NAMES[opt_a]}, lr {ca.lr:g}, {what} {size:g}: "
+                 f"wd {ca.weight_decay:g} vs {cb.weight_decay:g}")  # fmt: skip
+    else:
+        short = (f"{what} {size:g}: Gadam (lr {ca.lr:g}, wd {ca.weight_decay:g}) vs "
+                 f"SGD (lr {cb.lr:g}, wd {cb.weight_decay:g})")  # fmt: skip
     setting = f"{design.name} grid: {label_a} vs {label_b}"
-    return Pair(claim, design.name, setting, dataclasses.replace(judged, setting=setting), headline)
+    judged = dataclasses.replace(judged, setting=setting)
+    return Pair(claim, design.name, setting, judged, headline, short)
 
 
 def counts(found: list[Pair]) -> pd.DataFrame:
