@@ -6,7 +6,8 @@ the measures. Every statistic here is computed on the *cells* of the grid, each 
 measure and gap averaged over its seeds, and gets a bootstrap interval over seeds: each draw
 resamples, within every cell, that cell's seeds with replacement (a bootstrap stratified by
 cell), and recomputes the statistic. With two seeds a cell's mean takes three values, so the
-interval shows the spread the seeds can show and no more.
+interval shows the spread the seeds can show and no more. The rank statistics' intervals are
+centred on the estimate (:func:`_percentile` says why).
 
 - :func:`kendall_tau`: Kendall's tau-b between a measure and the gap over all cells (ties
   counted as scipy counts them, infinities included).
@@ -321,7 +322,8 @@ class Grid:
 
         def interval(name):
             drawn = np.array([s[name] for s in samples], dtype=float)
-            return _percentile(point[name], drawn, n)
+            kind = name.split(".")[0]
+            return _percentile(point[name], drawn, n, BOUNDS[kind], centred=kind in CENTRED)
 
         return Ranking(
             measure=measure,
@@ -440,7 +442,26 @@ def _order(value):
     )
 
 
-def _percentile(estimate: float, drawn: np.ndarray, n) -> Interval:
+#: the range each statistic can take, to which a centred interval is clipped
+BOUNDS = {"tau": (-1, 1), "Psi": (-1, 1), "psi": (-1, 1), "cmi": (0, 1), "robust": (0, 1),
+          "mean": (0, 1)}  # fmt: skip
+
+
+#: the rank statistics, whose intervals are centred (:func:`_percentile`); the sign-errors'
+#: are the draws' plain percentiles (their worst case is no average that noise shrinks)
+CENTRED = ("tau", "Psi", "psi", "cmi")
+
+
+def _percentile(
+    estimate: float, drawn: np.ndarray, n, bounds=(-1, 1), *, centred: bool = True
+) -> Interval:
+    """The 95 % interval of the bootstrap draws, centred on ``estimate``: the distances of the
+    2.5th and 97.5th percentiles from the draws' median, laid either side of the estimate.
+
+    Why centred: a resampled cell's mean over two seeds is noisier than the mean of both, and
+    noise pulls a rank statistic towards zero, so the draws' percentiles sit below the
+    estimate (they can miss it). Centring keeps their spread, the seeds' say, and drops that
+    shift, which is an artefact of resampling rather than a property of the grid."""
     finite = drawn[np.isfinite(drawn)]
     if not math.isfinite(estimate) or len(finite) < len(drawn) / 2:
         return Interval(
@@ -453,7 +474,10 @@ def _percentile(estimate: float, drawn: np.ndarray, n) -> Interval:
             reason="undefined in the grid",
         )
     tail = 100 * (1 - LEVEL) / 2
-    low, high = np.percentile(finite, [tail, 100 - tail])
+    low, median, high = np.percentile(finite, [tail, 50, 100 - tail])
+    if centred:
+        low = float(np.clip(estimate - (median - low), *bounds))
+        high = float(np.clip(estimate + (high - median), *bounds))
     if low == high:
         # every draw agrees (a statistic the seeds cannot move): the interval is that point
         return Interval(

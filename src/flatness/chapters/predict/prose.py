@@ -99,11 +99,12 @@ def _runs(c: Collected) -> dict[str, str]:
         if c.missing
         else ""
     )
+    left = c.left_out
     out["failed_md"] = (
-        f"{len(c.failed)} runs failed to train (the loss diverged) and are left out: "
-        + "; ".join(f"{cfg.label()}" for cfg, _ in c.failed)
-        + "."
-        if c.failed
+        f"{len(left)} runs failed to train or learnt nothing and are in no statistic, table or "
+        f"pair ({len(c.failed)} failed, {len(c.collapsed)} ended at about the loss of "
+        "predicting every class alike); they are listed under the grids."
+        if len(left)
         else ""
     )
     return out
@@ -200,7 +201,8 @@ def _rules(scores: pd.DataFrame, c: Collected) -> dict[str, str]:
             "zero their τ is judged on between the two rules"
         )
         line += (
-            f", and {len(flipped)} flip from one side to the other ({', '.join(map(display, flipped))})."
+            f", and {len(flipped)} {'flips' if len(flipped) == 1 else 'flip'} from one side to "
+            f"the other ({', '.join(map(display, flipped))})."
             if flipped
             else ", and none flips from one side to the other."
         )

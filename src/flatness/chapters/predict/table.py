@@ -22,6 +22,7 @@ from flatness.chapters.measures.computed import RAW
 from flatness.chapters.predict.design import HYPERS, RULES, Design, designs
 from flatness.errors import FlatnessError, RunMissing
 from flatness.measures import suite
+from flatness.results import published
 from flatness.results.computations import cached
 from flatness.results.entries import Run
 from flatness.results.runs import load_or_run
@@ -46,7 +47,9 @@ DRAWS = 400
 @dataclass(frozen=True)
 class Collected:
     """The grids' runs at one profile: ``frame`` (see the module), the runs neither published
-    nor stored (``missing``), and those whose training failed, with why (``failed``)."""
+    nor stored (``missing``), those whose training failed, with why (``failed``), and those
+    that learnt nothing, with what their loss says (``collapsed``): the last two are in no
+    statistic, table or pair."""
 
     profile: str
     frame: pd.DataFrame
@@ -55,6 +58,18 @@ class Collected:
     failed: tuple[tuple[RunConfig, str], ...]
     #: the runs at hand, by key
     runs: dict[str, Run]
+    collapsed: tuple[tuple[RunConfig, str], ...] = ()
+
+    @property
+    def left_out(self) -> pd.DataFrame:
+        """The runs that failed or learnt nothing: grid, levels, seed, key and why."""
+        rows = []
+        for config, why in (*self.failed, *self.collapsed):
+            design = next(d for d in self.designs if d.model == config.model)
+            cell = design.cell(config)
+            rows.append({"grid": design.name, **cell, "seed": config.seed,
+                         "key": config.key(), "why": why})  # fmt: skip
+        return pd.DataFrame(rows, columns=["grid", *HYPERS, "seed", "key", "why"])
 
     @property
     def never_reached(self) -> pd.DataFrame:
@@ -74,7 +89,7 @@ def collect(
 ) -> Collected:
     """Every run of the chapter's grids at ``profile``: published, stored, or (with
     ``train_missing``) trained now."""
-    rows, missing, failed, runs = [], [], [], {}
+    rows, missing, failed, runs, collapsed = [], [], [], {}, []
     found = designs(profile)
     for design in found:
         for config in design.configs():
@@ -93,10 +108,13 @@ def collect(
             except FlatnessError as err:  # a run that failed (diverged) is listed, not hidden
                 failed.append((config, str(err).splitlines()[0]))
                 continue
+            if published.collapsed(run):
+                collapsed.append((config, published.collapse_reason(run)))
+                continue
             rows += _rows(design, config, run.metrics)
             runs[config.key()] = run
     frame = pd.DataFrame(rows, columns=_frame_columns())
-    return Collected(profile, frame, found, tuple(missing), tuple(failed), runs)
+    return Collected(profile, frame, found, tuple(missing), tuple(failed), runs, tuple(collapsed))
 
 
 def _frame_columns() -> list[str]:
