@@ -118,7 +118,8 @@ def test_every_float_field_refuses_values_beyond_float32_which_training_uses(fie
 
 def test_float_fields_within_float32_are_kept():
     assert set(FLOAT_FIELDS) == {
-        "weight_decay", "lr", "momentum", "width", "average_lr", "final_ratio", "hessian_rtol"
+        "weight_decay", "lr", "momentum", "width", "average_lr", "final_ratio", "hessian_rtol",
+        "snapshot_loss",
     }  # fmt: skip
     cfg = RunConfig(model="logreg", dataset="digits", weight_decay=3e38, seed=0, epochs=1, lr=1e-44)
     assert (cfg.weight_decay, cfg.lr) == (3e38, 1e-44)

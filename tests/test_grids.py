@@ -13,6 +13,7 @@ from flatness.chapters import (
     logreg,
     measures,
     mlp,
+    predict,
     rank,
     resnets,
     spectra,
@@ -55,6 +56,7 @@ LOOKUPS = {
     "estimators": lambda p, mp: estimators.problem(estimators.settings(p), train_missing=False),
     "rank": lambda p, mp: _rank_lookups(p),
     "measures": lambda p, mp: measures.comparisons(p, train_missing=False),
+    "predict": lambda p, mp: predict.collect(p, train_missing=False),
     "verdicts": _verdict_lookups,
 }
 

@@ -7,7 +7,7 @@ measure and gap averaged over its seeds, and gets a bootstrap interval over seed
 resamples, within every cell, that cell's seeds with replacement (a bootstrap stratified by
 cell), and recomputes the statistic. With two seeds a cell's mean takes three values, so the
 interval shows the spread the seeds can show and no more. The rank statistics' intervals are
-centred on the estimate (:func:`_percentile` says why).
+centred on the estimate (the private ``_percentile`` says why).
 
 - :func:`kendall_tau`: Kendall's tau-b between a measure and the gap over all cells (ties
   counted as scipy counts them, infinities included).
@@ -107,8 +107,8 @@ class Grid:
     statistics. Built once per grid; the statistics of many measures reuse it.
 
     A grid may miss cells, and a cell may hold fewer seeds than another (runs that failed, or
-    never reached a stopping loss): every statistic uses the cells at hand, and
-    :attr:`cells` beside :attr:`full` says how many those are.
+    never reached a stopping loss): every statistic uses the cells at hand, and ``cells``
+    beside ``full`` says how many those are.
 
     Raises:
         FlatnessError: a missing column; no runs; a hyperparameter at one level only;
