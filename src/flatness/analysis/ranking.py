@@ -22,8 +22,8 @@ centred on the estimate (the private ``_percentile`` says why).
   the pair's values of S. The score is ``min_S I(V_mu; V_g | U_S) / H(V_g | U_S)``. A measure
   that only follows a hyperparameter which also drives the gap has a high tau and a score
   near zero: conditioning on that hyperparameter leaves it nothing to tell. (The
-  competition's scorer averages the cells of U_S without their weights and takes |S| = 2
-  only; this follows the paper's definition.)
+  competition's scorer averages the cells of U_S without their weights and takes sets of
+  exactly two hyperparameters only; this follows the paper's definition.)
 - :func:`sign_error`: Dziugaite et al.'s (2020) sign-error on coupled runs. An environment is
   a pair of cells that differ in one hyperparameter alone; in it, each seed's run of one cell
   is coupled with the same seed's run of the other, and the sign-error is 1 where the measure
