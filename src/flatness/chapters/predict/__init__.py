@@ -27,7 +27,7 @@ from flatness.chapters.predict.figures import (
     scatter,
     statistics,
 )
-from flatness.chapters.predict.prose import anchor_facts, facts, score_table
+from flatness.chapters.predict.prose import anchor_facts, facts, runs_display, score_table
 from flatness.chapters.predict.table import (
     COLUMNS,
     FAMILIES,
@@ -63,5 +63,6 @@ __all__ = [
     "scores",
     "statistics",
     "strongest",
+    "runs_display",
     "score_table",
 ]

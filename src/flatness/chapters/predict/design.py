@@ -198,12 +198,14 @@ def levels_table(found: tuple[Design, ...]):
     for the page."""
     import pandas as pd
 
+    from flatness.analysis import names
+
     rows = []
     for d in found:
         for opt in d.optimisers:
             rows.append(
                 {
-                    "grid": f"{d.name} ({d.model})",
+                    "grid": f"{d.name} ({names.display(d.model)})",
                     "optimiser": OPTIMISER_NAMES[opt],
                     "weight decay": ", ".join(f"{v:g}" for v in d.weight_decay[opt]),
                     "learning rate": ", ".join(f"{v:g}" for v in d.lr[opt]),

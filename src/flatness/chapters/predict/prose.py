@@ -12,6 +12,7 @@ import math
 
 import pandas as pd
 
+from flatness.analysis import names
 from flatness.chapters.measures.comparisons import display
 from flatness.chapters.predict.claims import Pair
 from flatness.chapters.predict.design import HYPER_NAMES, HYPERS, RULES
@@ -60,6 +61,18 @@ def score_table(scores: pd.DataFrame, grid: str, rule: str = "budget") -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def runs_display(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table of runs (grid, levels, seed, key ...) in words: the hyperparameters' names, the
+    optimisers' and the levels' (low, middle, high)."""
+    out = frame.copy()
+    for h in HYPERS:
+        if h == "optimiser":
+            out[h] = out[h].map(names.display)
+        else:
+            out[h] = out[h].map(lambda v: ("low", "middle", "high")[int(v)] if int(v) < 3 else v)
+    return out.rename(columns=HYPER_NAMES)
+
+
 def facts(collected: Collected, scores: pd.DataFrame, pairs: list[Pair]) -> dict[str, str]:
     """The page's glued Markdown: what was run, and every judging sentence."""
     return (
@@ -78,7 +91,8 @@ def _runs(c: Collected) -> dict[str, str]:
         here = f[f.grid == d.name]
         full = len(d.configs())
         parts.append(
-            f"the {d.name} grid ({d.model}, {len(d.seeds)} seeds, {full} runs; {len(here)} at hand)"
+            f"the {d.name} grid ({names.display(d.model)}, {len(d.seeds)} seeds, {full} runs; "
+            f"{len(here)} at hand)"
         )
     out = {"grids_md": "; ".join(parts) + "."}
     never = c.never_reached
