@@ -52,7 +52,8 @@ def statistics(scores: pd.DataFrame, rule: str = "budget", stats=("tau", "Psi", 
                     ax.plot([r[f"{stat}_low"], r[f"{stat}_high"]], [y, y], color=colour, lw=1.6)
                 ax.plot(r[stat], y, "o", color=colour, ms=3.5)
             ax.axvline(0.0, color="0.3", lw=0.9, ls="--")
-            ax.set_title(f"{grid}: {STATISTICS[stat]}")
+            # the grid's name once per row, so that the titles fit the column
+            ax.set_title(f"{grid}: {STATISTICS[stat]}" if ax is row[0] else STATISTICS[stat])
             if stat != "cmi":
                 ax.set_xlim(-1.05, 1.05)
             else:

@@ -98,7 +98,9 @@ def _runs(c: Collected) -> dict[str, str]:
     never = c.never_reached
     if len(never):
         counts = never.groupby(["grid", "optimiser"]).size()
-        listed = ", ".join(f"{n} {o} runs of the {g} grid" for (g, o), n in counts.items())
+        listed = ", ".join(
+            f"{n} {names.display(o)} runs of the {g} grid" for (g, o), n in counts.items()
+        )
         out["never_md"] = (
             f"{len(never)} runs never reached a training cross-entropy of "
             f"{RULES['loss'].split()[-1]} within the budget ({listed}). Under that rule they "
