@@ -25,6 +25,7 @@ from flatness.chapters.predict.figures import (
     psi,
     rules,
     scatter,
+    scatter_measures,
     statistics,
 )
 from flatness.chapters.predict.prose import anchor_facts, facts, runs_display, score_table
@@ -60,6 +61,7 @@ __all__ = [
     "psi",
     "rules",
     "scatter",
+    "scatter_measures",
     "scores",
     "statistics",
     "strongest",

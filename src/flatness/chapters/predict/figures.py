@@ -100,6 +100,18 @@ def psi(scores: pd.DataFrame, rule: str = "budget"):
     return fig
 
 
+def scatter_measures(scores: pd.DataFrame) -> list[str]:
+    """The scatter's two measures: the paper's lambda_max, and the measure with the largest
+    conditional score on the first grid under the fixed budget (the trace where that is
+    lambda_max itself, or where no grid has scores)."""
+    budget = scores[scores.rule == "budget"]
+    if budget.empty:
+        return ["lambda_max", "trace"]
+    first = budget[budget.grid == budget.grid.iloc[0]].set_index("measure")
+    best = first["cmi"].idxmax()
+    return ["lambda_max", best if best != "lambda_max" else "trace"]
+
+
 def scatter(frame: pd.DataFrame, measures, rule: str = "budget"):
     """Each grid's cells (means over seeds): a measure against the gap, one panel per grid and
     measure, coloured by the level of the hyperparameter that moves the measure most."""
