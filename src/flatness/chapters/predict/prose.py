@@ -157,10 +157,13 @@ def _headline(scores: pd.DataFrame) -> dict[str, str]:
             f"than not (τ above zero) and {len(wrong)} in the wrong order (τ below zero)."
         )
         robust = here["robust"]
+        every = (robust == 1).all()
+        settled = every and (here["robust_low"] == 1).all()
         sentence += (
-            " Every measure orders some coupled pair wrongly in every resample: the robust "
-            "sign-error is 1 for all."
-            if (robust == 1).all()
+            " Every measure orders some coupled pair wrongly"
+            + (" in every resample" if settled else "")
+            + ": the robust sign-error is 1 for all."
+            if every
             else f" The smallest robust sign-error is {display(robust.idxmin())}'s, "
             f"{_fmt(here.loc[robust.idxmin()], 'robust', '.2f')}."
         )
@@ -192,9 +195,9 @@ def _psi(scores: pd.DataFrame, frame: pd.DataFrame) -> dict[str, str]:
                 + (
                     ", as Andriushchenko et al. found adaptive sharpness to track the learning "
                     "rate."
-                    if by_lr
+                    if 2 * len(by_lr) > len(adaptive)
                     else "; Andriushchenko et al. found adaptive sharpness to track it, and "
-                    "here it does not."
+                    "here most adaptive measures do not."
                 )
             )
         lines.append(line)
