@@ -108,6 +108,23 @@ def block_cost(problem) -> dict:
     return out
 
 
+def ggn_cost(problem) -> dict:
+    """The exact Gauss-Newton trace (``flatness.hessian.ggn_trace``, best of 3) in seconds
+    and in single Hessian-vector products of the same data (``gauss_newton.cheap`` calls
+    it cheap against the 16 or more products that probing takes)."""
+    out = {}
+    for mode in ("one batch", "loader"):
+        data = problem.data(mode)
+        H.ggn_trace(problem.model, ce, data)  # warm-up
+        seconds = min(_timed(lambda d=data: H.ggn_trace(problem.model, ce, d))[1] for _ in range(3))
+        op = H.HessianOperator(problem.model, ce, data)
+        v = op.rademacher(1, torch.Generator().manual_seed(0))
+        op.matmat(v)
+        product = min(_timed(lambda op=op, v=v: op.matmat(v))[1] for _ in range(3))
+        out[mode] = {"seconds": seconds, "products": seconds / product}
+    return out
+
+
 BUSY = "while True: pass"
 
 

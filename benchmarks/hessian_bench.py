@@ -273,6 +273,15 @@ def main() -> None:
                 + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in b.items()),
                 flush=True,
             )
+            extra["ggn_cost"] = g = full.ggn_cost(problem)
+            print(
+                "exact GGN trace: "
+                + ", ".join(
+                    f"{k} {fmt_s(v['seconds'])} = {v['products']:.1f} products"
+                    for k, v in g.items()
+                ),
+                flush=True,
+            )
             extra["slq_memory"] = m = extras.slq_memory(problem)
             print(
                 f"SLQ 30 steps x 4 probes: peak extra RSS {m['peak_extra_mib']:.1f} MiB "

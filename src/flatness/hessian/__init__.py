@@ -165,14 +165,16 @@ def trace(
     ``probes`` fixes the budget instead (``converged=None``: there is no target to reach).
 
     Methods: ``"auto"`` (default) takes the Gauss-Newton part's trace exactly where that is
-    about as cheap as a few products (every variable in a Linear, a small Conv2d or a
-    BatchNorm with running statistics, and no batch statistics: one batched backward per
-    batch, :func:`flatness.hessian.ggn_trace`)
+    about as cheap as a few products (every variable in a Linear, a Conv2d or a BatchNorm
+    with running statistics, and no batch statistics: one batched backward per batch,
+    :func:`flatness.hessian.ggn_trace`)
     and probes only the residual, which is small near a minimum. Its probing of that residual
-    starts with a block of ``batch`` Hutchinson probes and keeps sampling them when their
-    spread says at most four times as many reach ``rtol`` (a dominant diagonal); otherwise it
-    reuses the block's products as Hutch++'s sketch and probes only the deflated rest (a few
-    dominant eigenvalues). Where the Gauss-Newton trace is not cheap it is ``"krylov"``: a
+    starts with 8 Hutchinson probes, stops as soon as they reach ``rtol`` even with their
+    spread at its upper 95 % confidence bound, and otherwise samples up to a block of
+    ``max(32, batch)``; it keeps sampling when the block's spread says at most four blocks
+    reach ``rtol`` (a dominant diagonal), and otherwise reuses the block's products as
+    Hutch++'s sketch and probes only the deflated rest (a few dominant eigenvalues).
+    Where the Gauss-Newton trace is not cheap it is ``"krylov"``: a
     short block Lanczos run whose space is taken exactly, and Hutchinson on probes deflated
     against it (at least 16), as :func:`measure_all` does. With a fixed budget it is Hutch++.
     ``"ggn+hutchinson"`` (``"ggn+hutch++"``: Hutch++ on the residual) forces the split
@@ -185,7 +187,8 @@ def trace(
 
     The standard error is the spread of those ``probes`` samples, so it is itself uncertain
     when they are few: the error exceeds two standard errors about as often as Student's t
-    with ``probes - 1`` degrees of freedom does. Stopping at ``rtol`` uses at least 32. A fixed
+    with ``probes - 1`` degrees of freedom does. Stopping at ``rtol`` uses at least 32, or at
+    least 8 on the residual after the exact Gauss-Newton part (see above). A fixed
     budget does not: Hutch++ (``"auto"`` or ``"hutch++"``) spends ``2 (probes // 3)`` of it on
     the sketch, leaving ``probes - 2 (probes // 3)`` random probes, 4 for ``probes=12`` (the
     estimate then lay more than two standard errors from the exact trace in 14 % of 200 seeds

@@ -80,6 +80,13 @@ def ggn_trace(
     Runs with gradients on under ``torch.no_grad()`` or ``torch.inference_mode()`` too.
     """
     check_model(model, loss_fn, data, bn_mode=bn_mode, output=output)
+    return checked_ggn_trace(model, loss_fn, data, bn_mode, output, chunk_bytes)
+
+
+def checked_ggn_trace(model, loss_fn, data, bn_mode, output, chunk_bytes: int = 2**27) -> float:
+    """:func:`ggn_trace` on input :func:`~flatness.hessian.checks.check_model` has already
+    passed (a :class:`~flatness.hessian.HessianOperator` built on it), which is not checked
+    again; the separability checks still run."""
     if uses_batch_statistics(model, bn_mode):
         raise NotSeparable(
             "BatchNorm uses batch statistics here (bn_mode='train', or no running statistics): "
@@ -140,9 +147,8 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
         raise NotSeparable(
             f"the loss cannot be evaluated one example at a time under torch.func.vmap ({err})"
         ) from err
-    lam, u = torch.linalg.eigh(curvature.double())  # (n, k), (n, k, k)
-    u = u.to(z.dtype)
-    fast = _hooked_sum(model, x, output, lam, u, chunk_bytes)
+    factor, signs = _curvature_factor(z.reshape(n, k), curvature)
+    fast = _hooked_sum(model, x, output, factor, signs, chunk_bytes)
     if fast is not None:
         return fast
 
@@ -150,21 +156,40 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
         one = tensors(lambda t: t[None], xi)
         return select_output(functional_forward(model, (p, buffers), (one,)), output).reshape(-1)
 
-    def norms(xi, ui):
+    def norms(xi, fi):
         with torch.enable_grad():
             _, pull = vjp(lambda p: logits(p, xi), params)
-            rows = vmap(pull)(ui.T)[0]  # each (k, *shape): J^T u_c for every c
+            rows = vmap(pull)(fi.T)[0]  # each (k, *shape): J^T f_c for every column c
         return sum(r.reshape(k, -1).square().sum(dim=1) for r in rows.values())
 
     chunk = max(1, chunk_bytes // (k * size * z.element_size()))
     total = 0.0
     for s in range(0, n, chunk):
         try:
-            sq = vmap(norms)(tensors(lambda t, s=s: t[s : s + chunk], x), u[s : s + chunk])
+            sq = vmap(norms)(tensors(lambda t, s=s: t[s : s + chunk], x), factor[s : s + chunk])
         except (RuntimeError, NotImplementedError) as err:
             raise NotSeparable(f"the model cannot run one example at a time ({err})") from err
-        total += (lam[s : s + chunk] * sq.double()).sum().item()
+        total += (signs[s : s + chunk] * sq.double()).sum().item()
     return total
+
+
+def _curvature_factor(z: torch.Tensor, curvature: torch.Tensor):
+    """Columns ``f_ic`` and signs ``s_ic`` with ``H_i = sum_c s_ic f_ic f_ic^T`` for each
+    example's (k, k) loss curvature ``H_i``, as (n, k, k) and (n, k) float64 signs.
+
+    Softmax cross-entropy (with any soft or smoothed targets) has ``H_i = diag(p) - p p^T``,
+    ``p = softmax(z_i)``, which factors in closed form as ``f_ic = sqrt(p_c) (e_c - p)``; it is
+    used where the curvature is that to rounding, because a batched ``eigh`` of n small
+    matrices can cost more than the Jacobian products it factors for. Any other curvature is
+    diagonalised."""
+    p = torch.softmax(z.double(), dim=-1)
+    softmax = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    if torch.allclose(curvature.double(), softmax, rtol=1e-4, atol=1e-6):
+        eye = torch.eye(p.shape[1], dtype=p.dtype, device=p.device)
+        factor = (eye - p[:, :, None]) * p.sqrt()[:, None, :]  # column c: sqrt(p_c)(e_c - p)
+        return factor.to(z.dtype), torch.ones_like(p)
+    lam, u = torch.linalg.eigh(curvature.double())  # (n, k), (n, k, k)
+    return (u * lam.abs().sqrt()[:, None, :]).to(z.dtype), lam.sign()
 
 
 #: layers whose per-example gradients are formed from their inputs and output gradients
@@ -199,23 +224,14 @@ def hooked_layers(model: nn.Module) -> list[nn.Module] | None:
     return list({id(m): m for m in owners.values()}.values()) or None
 
 
-#: above this many convolution weights the per-example gradients cost more than probes. Zero:
-#: the unfolded per-example convolution gradients cost far more than the probes they save
-#: (LeNet-5 at width 0.5 on 128 digits, padded to 32x32: still running after 10 minutes on this
-#: 2-core CPU, against about 0.2 s per Hessian-vector product), so only networks whose
-#: variables all sit in Linear and BatchNorm layers get the exact GGN trace.
-CHEAP_CONV_WEIGHTS = 0
-
-
 def cheap(model: nn.Module) -> bool:
-    """Is the exact GGN trace about as cheap as a few products? Every variable in a Linear
-    (no per-example gradient is formed), or also in small convolutions and BatchNorms (per-
-    example convolution gradients, at most ``CHEAP_CONV_WEIGHTS`` weights in all: none)."""
-    layers = hooked_layers(model)
-    if layers is None:
-        return False
-    conv = sum(m.weight.numel() for m in layers if isinstance(m, nn.Conv2d))
-    return conv <= CHEAP_CONV_WEIGHTS
+    """Is the exact GGN trace about as cheap as a few products? Every variable in a layer whose
+    per-example gradients :func:`hooked_layers` forms from its inputs and output gradients.
+    Those cost about k forward passes for k logits (a convolution's are unfolded products of
+    the same size as its forward pass), which is less than the 16 or more products that
+    probing the whole Hessian takes; ``make bench`` times it against products on an MLP and a
+    BatchNorm CNN."""
+    return hooked_layers(model) is not None
 
 
 def _example_norms(module, a, delta, chunk_bytes) -> torch.Tensor:
@@ -235,14 +251,14 @@ def _example_norms(module, a, delta, chunk_bytes) -> torch.Tensor:
             return t.sum(dim=spatial) if spatial else t
 
         if w is not None and w.requires_grad:
-            total += pool(delta * xhat).double().square().sum(dim=-1)
+            total += pool(delta * xhat).square().sum(dim=-1).double()
         if b is not None and b.requires_grad:
-            total += pool(delta).double().square().sum(dim=-1)
+            total += pool(delta).square().sum(dim=-1).double()
         return total
     if isinstance(module, nn.Linear) and a.dim() == 2:  # delta a^T: ||delta||^2 ||a||^2
-        d2 = delta.double().square().sum(dim=-1)
+        d2 = delta.square().sum(dim=-1).double()
         if w.requires_grad:
-            total += d2 * a.double().square().sum(dim=-1)
+            total += d2 * a.square().sum(dim=-1).double()
         if b is not None and b.requires_grad:
             total += d2
         return total
@@ -258,9 +274,9 @@ def _example_norms(module, a, delta, chunk_bytes) -> torch.Tensor:
     for s in range(0, n, per):
         if w.requires_grad:
             g = torch.einsum("kncl,ndl->kncd", delta[:, s : s + per], cols[s : s + per])
-            total[:, s : s + per] += g.double().square().sum(dim=(-1, -2))
+            total[:, s : s + per] += g.square().sum(dim=(-1, -2)).double()
         if b is not None and b.requires_grad:
-            total[:, s : s + per] += delta[:, s : s + per].sum(dim=-1).double().square().sum(-1)
+            total[:, s : s + per] += delta[:, s : s + per].sum(dim=-1).square().sum(-1).double()
     return total
 
 
@@ -312,9 +328,9 @@ def _layers_explain_gradient(layers, calls, deltas, z, cotangent) -> bool:
     )
 
 
-def _hooked_sum(model, x, output, lam, u, chunk_bytes) -> float | None:
+def _hooked_sum(model, x, output, factor, signs, chunk_bytes) -> float | None:
     """The same sum from each layer's inputs and output gradients: one batched backward of
-    the k cotangents ``sqrt|lambda_c| u_c`` gives every layer's output gradient ``delta``, and
+    the k cotangents ``f_c`` (the factor's columns) gives every layer's output gradient ``delta``, and
     the example's gradient is ``delta a^T`` (a Linear: squared norm ``||delta||^2 ||a||^2``,
     Goodfellow, 2015), an unfolded convolution, or BatchNorm's ``delta x^``. None where this
     does not apply (the caller then takes per-example products)."""
@@ -346,9 +362,9 @@ def _hooked_sum(model, x, output, lam, u, chunk_bytes) -> float | None:
     calls = [seen[id(m)] for m in layers]
     if any(len(c) != 1 for c in calls):
         return None  # a layer used twice: its gradients from the two uses would mix
-    n, k = lam.shape
-    cotangents = (lam.abs().sqrt()[:, :, None] * u.transpose(1, 2).double()).transpose(0, 1)
-    cotangents = cotangents.to(z.dtype).reshape(k, *z.shape)  # (k, n, *shape): one per c
+    n, k = signs.shape
+    # (k, n, *shape): cotangent c holds every example's column c
+    cotangents = factor.permute(2, 0, 1).to(z.dtype).reshape(k, *z.shape)
     outs = [c[0][1] for c in calls]
     deltas = torch.autograd.grad(
         z,
@@ -364,4 +380,4 @@ def _hooked_sum(model, x, output, lam, u, chunk_bytes) -> float | None:
     with torch.no_grad():
         for module, [(inputs, _)], delta in zip(layers, calls, deltas):
             total += _example_norms(module, inputs.detach(), delta, chunk_bytes)
-    return (lam.sign().T.to(total) * total).sum().item()
+    return (signs.T.to(total) * total).sum().item()

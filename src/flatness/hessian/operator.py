@@ -146,6 +146,23 @@ class HessianOperator:
         self.passes = 0
         self.seconds = 0.0
 
+    @with_autograd
+    def residual(self) -> HessianOperator:
+        """The operator of the Hessian's residual ``H - G`` on the same model and data, built
+        without checking them again (this operator's checks passed on them)."""
+        if self.curvature != "hessian":
+            raise FlatnessError(f"the residual is of the Hessian, not of the {self.curvature}")
+        self._require_unchanged()
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.curvature, other._graph, other._kept, other.kept_bytes = "residual", None, None, 0
+        other.l2 = 0.0  # the penalty's l2 I is all in the Gauss-Newton part's exact trace
+        other.hvps, other.passes, other.seconds = 0, 0, 0.0
+        if is_batch(self.data):
+            with curvature_modes(self.model, self.bn_mode):
+                other._graph = other._gradient_graph(*next(batches(self.data, self.device))[:2])
+        return other
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The model output the loss is taken of (``output=``)."""
         return select_output(self.model(x), self.output)

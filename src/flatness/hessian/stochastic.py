@@ -5,7 +5,8 @@ Hutchinson: ``Tr A = E[z^T A z]`` for Rademacher ``z``; its variance is
 Musco, Musco and Woodruff, 2021) sketches A's range with ``s`` products, takes ``Tr(Q^T A Q)``
 exactly (``s`` more) and Hutchinson only on the deflated rest, which wins when a few
 eigenvalues dominate. For the Hessian's trace the Gauss-Newton part is taken exactly
-(:mod:`flatness.hessian.gauss_newton`) and only the residual is probed.
+(:mod:`flatness.hessian.gauss_newton`) and only the residual is probed, from
+:data:`RESIDUAL_MIN_PROBES` probes on.
 
 Applied to ``A = H`` (trace) and ``A = H^2`` (squared Frobenius norm, as ``||H z||^2``).
 ``"krylov"`` deflates the probes against a block Lanczos space instead of a random sketch
@@ -35,6 +36,13 @@ METHODS = ("auto", "hutchinson", "hutch++", "ggn+hutchinson", "ggn+hutch++", "kr
 SPLIT_METHODS = ("ggn+hutchinson", "ggn+hutch++")
 #: fewest random probes behind a reported standard error
 MIN_PROBES = 32
+#: fewest Hutchinson probes of the residual ``H - G`` once the Gauss-Newton part's trace is
+#: taken exactly. Near a minimum the residual is a small part of the trace, so a few probes
+#: reach ``rtol`` of the whole; below :data:`MIN_PROBES` sampling stops only when the standard
+#: error is within ``rtol`` even with the spread at its upper 95 % confidence bound
+#: (:func:`_caution`), and with 8 probes a normal error lies beyond 3 reported standard errors
+#: with probability 0.02 (Student's t, 7 degrees of freedom; ``tests/test_coverage.py``).
+RESIDUAL_MIN_PROBES = 8
 #: the Krylov estimator's Lanczos run: block size and the relative residual of its top Ritz
 #: pair at which its space is fixed (on the bench's BatchNorm CNN, a trace to 1 % took 40 to
 #: 72 HVPs this way, against 96 for Hutch++ after a Hutchinson pilot: ``make bench``)
@@ -71,12 +79,39 @@ def _stats(samples: list[float]) -> tuple[float, float, float]:
     return t.mean().item(), sd / math.sqrt(n), sd
 
 
-def _sample(op, quadratic, project, *, exact, probes, rtol, max_probes, batch, gen, initial=()):
+def _caution(n: int) -> float:
+    """1 from :data:`MIN_PROBES` samples on; below, the factor by which the spread of n
+    samples may be larger than the one seen: ``sqrt((n - 1) / q)`` for ``q`` the 5 % quantile
+    of chi-squared with ``n - 1`` degrees of freedom."""
+    if n >= MIN_PROBES:
+        return 1.0
+    if n < 2:
+        return math.inf
+    from scipy.special import chdtri  # scipy.stats costs seconds to import, this not
+
+    return math.sqrt((n - 1) / chdtri(n - 1, 0.95))
+
+
+def _sample(
+    op,
+    quadratic,
+    project,
+    *,
+    exact,
+    probes,
+    rtol,
+    max_probes,
+    batch,
+    gen,
+    initial=(),
+    floor=MIN_PROBES,
+):
     """Hutchinson samples of ``quadratic`` on (projected) Rademacher probes, after ``initial``
-    ones: a fixed number ``probes``, or adaptively until the relative standard error of
-    ``exact + mean`` is at most ``rtol``. Returns (mean, stderr, samples used, converged)."""
+    ones: a fixed number ``probes``, or adaptively (at least ``floor``) until the relative
+    standard error of ``exact + mean`` is at most ``rtol`` (with :func:`_caution` below
+    :data:`MIN_PROBES`). Returns (mean, stderr, samples used, converged)."""
     samples: list[float] = list(initial)
-    target = probes if probes is not None else max(MIN_PROBES, len(samples))
+    target = probes if probes is not None else max(floor, len(samples))
     while True:
         count = min(target, max_probes) - len(samples)
         if count > 0:
@@ -86,14 +121,38 @@ def _sample(op, quadratic, project, *, exact, probes, rtol, max_probes, batch, g
         if probes is not None:
             return mean, se, len(samples), None
         value = abs(exact + mean)
-        if se <= rtol * value:
+        if se * _caution(len(samples)) <= rtol * value:
             return mean, se, len(samples), True
         if len(samples) >= max_probes:
             return mean, se, len(samples), False
-        # probes the spread says are still needed, plus a tenth, in blocks of ``batch``
-        need = (sd / (rtol * value)) ** 2 if value > 0 else math.inf
+        # probes the spread says are still needed, plus a tenth, at most four blocks of
+        # ``batch`` (one pass over the data each)
+        need = (sd * _caution(len(samples)) / (rtol * value)) ** 2 if value > 0 else math.inf
         more = min(max(need * 1.1 - len(samples), 1), 4 * batch)
-        target = len(samples) + batch * math.ceil(more / batch)
+        target = len(samples) + math.ceil(more)
+
+
+def _pilot(op, quadratic, exact, rtol, floor, block, max_probes, batch, gen):
+    """Hutchinson samples from ``floor`` probes on, stopping early where they reach ``rtol``
+    (with :func:`_caution`), else at a full ``block``: the samples, their products (a sketch
+    for Hutch++) and whether they reached ``rtol``."""
+    samples: list[float] = []
+    products: list[torch.Tensor] = []
+    last = min(block, max_probes)
+    target = min(floor, last)
+    while True:
+        z = op.rademacher(target - len(samples), gen)
+        products.append(_products(op, z, batch))
+        samples += quadratic(z, products[-1]).double().tolist()
+        n = len(samples)
+        mean, se, sd = _stats(samples)
+        value = abs(exact + mean)
+        if se * _caution(n) <= rtol * value:
+            return samples, torch.cat(products), True
+        if n >= last or not value > 0:
+            return samples, torch.cat(products), False
+        need = (sd * _caution(n) / (rtol * value)) ** 2
+        target = min(last, n + math.ceil(max(need * 1.1 - n, 1)))
 
 
 def estimate_trace_of(
@@ -107,43 +166,64 @@ def estimate_trace_of(
     batch: int,
     seed: int,
     exact: float = 0.0,
+    floor: int = MIN_PROBES,
 ):
     """``exact + Tr A`` where ``quadratic(Z, HZ)`` gives ``z^T A z`` for each row of Z.
 
     ``method`` is "hutchinson", "hutch++" or "auto": a first block of Hutchinson probes, kept
-    when its spread says at most four times as many reach ``rtol`` (and then continued up to
-    that many), and otherwise reused as Hutch++'s sketch.
+    when its spread says at most four full blocks reach ``rtol`` (and then continued up to
+    that many), and otherwise reused as Hutch++'s sketch. ``floor``: the fewest Hutchinson
+    probes behind a standard error (:data:`RESIDUAL_MIN_PROBES` for the residual).
     Returns (estimate, stderr, method, random probes, converged, exact part).
     """
     gen = torch.Generator().manual_seed(seed)
     if method == "auto" and probes is not None:
         method = "hutch++"  # a fixed budget: nothing to choose from as it samples
     common = dict(rtol=rtol, max_probes=max_probes, batch=batch, gen=gen)
+    block = max(MIN_PROBES, batch)
     initial: list[float] = []
     if method == "auto":
-        pilot = max(MIN_PROBES, batch)
-        z = op.rademacher(pilot, gen)
-        hz = _products(op, z, batch)
-        initial = quadratic(z, hz).double().tolist()
+        initial, hz, done = _pilot(op, quadratic, exact, rtol, floor, block, max_probes, batch, gen)
+        if done:
+            mean, se, _ = _stats(initial)
+            return exact + mean, se, "hutchinson", len(initial), True, exact
         mean, _, sd = _stats(initial)
         value = abs(exact + mean)
-        if not (value > 0 and (sd / (rtol * value)) ** 2 <= 4 * pilot):
+        if not (value > 0 and (sd / (rtol * value)) ** 2 <= 4 * block):
             initial = []  # too many probes ahead: straight to Hutch++
     if method == "hutchinson":
         mean, se, n, ok = _sample(
-            op, quadratic, lambda z: z, exact=exact, probes=probes, initial=initial, **common
+            op,
+            quadratic,
+            lambda z: z,
+            exact=exact,
+            probes=probes,
+            initial=initial,
+            floor=floor,
+            **common,
         )
         return exact + mean, se, "hutchinson", n, ok, exact
     if initial and method == "auto":
         # Hutchinson looked cheap: give it up to four blocks' worth before switching
-        capped = dict(common, max_probes=min(max_probes, 4 * len(initial)))
+        capped = dict(common, max_probes=min(max_probes, 4 * block))
         mean, se, n, ok = _sample(
-            op, quadratic, lambda z: z, exact=exact, probes=None, initial=initial, **capped
+            op,
+            quadratic,
+            lambda z: z,
+            exact=exact,
+            probes=None,
+            initial=initial,
+            floor=floor,
+            **capped,
         )
         if ok or n >= max_probes:
             return exact + mean, se, "hutchinson", n, ok, exact
     if method == "auto":
-        sketch = hz  # many probes would be needed: the pilot's products sketch the range
+        # many probes would be needed: the pilot's products (a block's worth) sketch the range
+        extra = block - len(hz)
+        sketch = (
+            hz if extra <= 0 else torch.cat([hz, _products(op, op.rademacher(extra, gen), batch)])
+        )
     else:
         if probes is not None:
             size = probes // 3
@@ -249,28 +329,22 @@ def trace_estimate(
     if op.curvature == "hessian" and (
         method in SPLIT_METHODS or (method == "auto" and probes is None and _cheap_ggn(op))
     ):
-        from flatness.hessian.gauss_newton import NotSeparable, ggn_trace
+        from flatness.hessian.gauss_newton import NotSeparable, checked_ggn_trace
 
         start = time.perf_counter()
         try:
-            exact = ggn_trace(op.model, op.loss_fn, op.data, bn_mode=op.bn_mode, output=op.output)
+            # the operator's checks passed on this model and data: only separability is left
+            exact = checked_ggn_trace(op.model, op.loss_fn, op.data, op.bn_mode, op.output)
         except NotSeparable:
             if method != "auto":
                 raise
         else:
-            residual = HessianOperator(
-                op.model,
-                op.loss_fn,
-                op.data,
-                curvature="residual",
-                bn_mode=op.bn_mode,
-                output=op.output,
-            )
             est = _run(
-                residual,
+                op.residual(),
                 _quadratic_form,
                 exact=exact + op.l2 * op.size,
                 method=method.removeprefix("ggn+"),
+                floor=RESIDUAL_MIN_PROBES,
                 **kwargs,
             )
             seconds = time.perf_counter() - start
