@@ -86,6 +86,9 @@ def quadratic_problem(spectrum):
         ([2.0, 2.0, 2.0, 0.5, 0.3, 0.2, 0.1, -0.4], 3),
         ([2.0, 2.0 - 1e-12, 1.0, 0.5, 0.3, 0.2, 0.1, -0.4], 2),
         ([2.0, 2.0 - 1e-12, 2.0 - 2e-12, 0.9, 0.3, 0.2, 0.1, 0.0], 4),
+        # more copies than the default start block of 2 sees: it must widen to find them
+        ([3.0, 3.0, 3.0, 3.0, 1.0, 0.5, 0.2, 0.1, -0.4, 0.05], 5),
+        ([1.0, 0.9, 0.9, 0.9, 0.5, 0.4, 0.2, 0.1, -0.4, 0.05], 5),
     ],
 )
 def test_multiplicities_and_near_ties_against_eigvalsh(spectrum, k):
@@ -97,6 +100,19 @@ def test_multiplicities_and_near_ties_against_eigvalsh(spectrum, k):
     assert torch.allclose(result.eigenvalues, truth[:k], rtol=0, atol=1e-10)
     gram = result.eigenvectors @ result.eigenvectors.T
     assert torch.allclose(gram, torch.eye(k, dtype=torch.float64), atol=1e-8)
+
+
+def test_a_given_block_is_kept_and_the_default_widens_only_where_copies_may_hide():
+    tail = torch.linspace(-0.5, 0.8, 80).tolist()  # a space the basis does not fill
+    model, loss, data, _ = quadratic_problem([3.0, 3.0, 3.0, 1.0, *tail])
+    fixed = H.top_eigenvalues(model, loss, data, k=4, tol=1e-10, block=4)
+    assert fixed.converged and fixed.hvps == 4 * fixed.steps
+    default = H.top_eigenvalues(model, loss, data, k=4, tol=1e-10)
+    assert default.converged and default.hvps > 2 * default.steps  # it widened
+    assert torch.allclose(default.eigenvalues, fixed.eigenvalues, rtol=0, atol=1e-10)
+    plain = quadratic_problem([3.0, 2.0, 1.5, 1.0, *tail])
+    run = H.top_eigenvalues(plain[0], plain[1], plain[2], k=4, tol=1e-10)
+    assert run.converged and run.hvps == 2 * run.steps  # nothing repeats: blocks of 2
 
 
 def test_a_block_smaller_than_k_is_refused():
