@@ -36,7 +36,67 @@ def test_the_ggn_trace_matches_the_dense_ggn_for_losses_beyond_plain_cross_entro
     # other curvatures (diagonalised instead), the last one indefinite
     model, data = make("tanh")
     dense = dense_ggn_trace(model, loss, data)
-    assert H.ggn_trace(model, loss, data) == pytest.approx(dense, rel=1e-10)
+    assert H.ggn_trace(model, loss, data) == pytest.approx(dense, rel=1e-10, abs=0)
+
+
+def confident_one_vs_rest():
+    """Logits of about +-15: every curvature entry is below 1e-6, where a loose tolerance
+    would take any loss's curvature for softmax's."""
+    model = nn.Linear(3, 3).double()
+    with torch.no_grad():
+        model.weight.copy_(30 * torch.eye(3, dtype=torch.float64) - 15)
+        model.bias.zero_()
+    x = torch.eye(3, dtype=torch.float64).repeat(4, 1) + 0.01
+    return model, (x, torch.arange(3).repeat(4))
+
+
+def confident_closed_form(model, x) -> float:
+    """``mean_i (1 - sum_c p_ic^2) (||x_i||^2 + 1)``, softmax regression's GGN trace, in 50
+    digits (mpmath, a dependency of torch's sympy)."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(50):
+        total = mpmath.mpf(0)
+        for xi, zi in zip(x.tolist(), model(x).detach().tolist()):
+            top = max(zi)
+            e = [mpmath.e ** (mpmath.mpf(v) - top) for v in zi]
+            p = [v / sum(e) for v in e]
+            total += (1 - sum(q * q for q in p)) * (sum(mpmath.mpf(v) ** 2 for v in xi) + 1)
+        return float(total / len(x))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "one-vs-rest, confident",
+        "temperature, confident",
+        "z-loss 1e-5",
+        "cross-entropy, confident",
+    ],
+)
+def test_only_softmax_cross_entropy_gets_the_softmax_factor(case):
+    if case == "z-loss 1e-5":  # differs from softmax's curvature by about 1e-7
+        model, data = make("tanh")
+        loss = lambda z, y: ce(z, y) + 1e-5 * (torch.logsumexp(z, 1) ** 2).mean()
+    else:
+        model, data = confident_one_vs_rest()
+        loss = {
+            "one-vs-rest, confident": lambda z, y: nn.functional.binary_cross_entropy_with_logits(
+                z, torch.eye(3, dtype=z.dtype)[y]
+            ),
+            "temperature, confident": lambda z, y: ce(z / 0.5, y),
+            "cross-entropy, confident": ce,
+        }[case]
+    if case == "cross-entropy, confident":
+        # autograd's dense Hessian loses p(1 - p) ~ 1e-13 to cancellation (3e-4 relative):
+        # the reference is the closed form in 50 digits (the Hessian of a linear model is
+        # its Gauss-Newton part)
+        dense = truth = confident_closed_form(model, data[0])
+    else:
+        dense = dense_ggn_trace(model, loss, data)
+        truth = torch.trace(H.exact_hessian(model, loss, data)).item()
+    assert H.ggn_trace(model, loss, data) == pytest.approx(dense, rel=1e-9, abs=0)
+    run = H.trace(model, loss, data, rtol=0.05)
+    assert run.converged and abs(run.estimate - truth) <= 3 * run.stderr
 
 
 def test_a_float32_model_gets_the_float64_ggn_trace_to_float32_accuracy():
@@ -111,3 +171,14 @@ def test_a_batchnorm_cnn_in_eval_mode_gets_the_exact_ggn_split_by_default():
     assert estimate.method.startswith("ggn+") and estimate.converged
     assert H.ggn_trace(model, ce, data) == pytest.approx(dense_ggn_trace(model, ce, data))
     assert abs(estimate.estimate - truth) <= 4 * estimate.stderr
+
+
+def test_an_exact_answer_still_reports_its_rounding_as_its_standard_error():
+    # softmax regression: the Hessian is its Gauss-Newton part, so the residual's samples are
+    # rounding noise; the standard error must not claim less than the estimate's rounding
+    model, data = make("logreg")
+    truth = torch.trace(H.exact_hessian(model, ce, data)).item()
+    runs = [H.trace(model, ce, data, rtol=0.01, seed=s) for s in range(5)]
+    for run in runs:
+        assert run.stderr >= 4 * torch.finfo(torch.float64).eps * abs(run.estimate)
+        assert abs(run.estimate - truth) <= 3 * run.stderr

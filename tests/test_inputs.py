@@ -44,11 +44,16 @@ def zero_softmax_regression(classes: int):
     return model, (x, y), closed
 
 
-@pytest.mark.parametrize("classes,k", [(3, 2), (3, 3), (3, 4), (4, 3), (4, 4)])
+@pytest.mark.parametrize("classes,k", [(3, 2), (3, 3), (3, 4), (4, 3), (4, 4), (5, 8)])
 def test_repeated_eigenvalues_are_found_as_often_as_they_occur(classes, k):
     model, data, closed = zero_softmax_regression(classes)
-    result = H.top_eigenvalues(model, ce, data, k=k, tol=1e-10)
+    result = H.top_eigenvalues(model, ce, data, k=k, tol=1e-10, eigenvectors=True)
     assert result.converged
+    # the reported residuals bound the true ones, widened block included
+    exact = H.exact_hessian(model, ce, data)
+    v = result.eigenvectors
+    true = torch.linalg.vector_norm(v @ exact - result.eigenvalues[:, None] * v, dim=1)
+    assert (result.residuals >= true).all(), (result.residuals, true)
     assert torch.allclose(result.eigenvalues, closed[:k], rtol=1e-9, atol=0), (
         result.eigenvalues,
         closed[:k],
@@ -89,6 +94,9 @@ def quadratic_problem(spectrum):
         # more copies than the default start block of 2 sees: it must widen to find them
         ([3.0, 3.0, 3.0, 3.0, 1.0, 0.5, 0.2, 0.1, -0.4, 0.05], 5),
         ([1.0, 0.9, 0.9, 0.9, 0.5, 0.4, 0.2, 0.1, -0.4, 0.05], 5),
+        # a widened block needs steps before the hidden copy shows: judged too early, the top 4
+        # came out as 5, 4, 4, 3
+        ([5.0, 4.0, 4.0, 4.0, 3.0, 2.0, *torch.linspace(0.0, 0.9, 34).tolist()], 4),
     ],
 )
 def test_multiplicities_and_near_ties_against_eigvalsh(spectrum, k):
@@ -113,6 +121,21 @@ def test_a_given_block_is_kept_and_the_default_widens_only_where_copies_may_hide
     plain = quadratic_problem([3.0, 2.0, 1.5, 1.0, *tail])
     run = H.top_eigenvalues(plain[0], plain[1], plain[2], k=4, tol=1e-10)
     assert run.converged and run.hvps == 2 * run.steps  # nothing repeats: blocks of 2
+
+
+def test_products_too_large_to_keep_are_made_again_for_the_explicit_residuals(monkeypatch):
+    from flatness.hessian import lanczos
+
+    spectrum = [5.0, 4.0, 4.0, 4.0, 3.0, *torch.linspace(0.0, 0.9, 35).tolist()]
+    model, loss, data, d = quadratic_problem(spectrum)
+    kept = H.top_eigenvalues(model, loss, data, k=4, tol=1e-8, eigenvectors=True)
+    monkeypatch.setattr(lanczos, "KEEP_BYTES", 0)
+    made = H.top_eigenvalues(model, loss, data, k=4, tol=1e-8, eigenvectors=True)
+    assert made.converged and made.hvps > kept.hvps  # k more products per explicit residual
+    assert torch.allclose(made.eigenvalues, kept.eigenvalues, rtol=0, atol=1e-12)
+    v = made.eigenvectors
+    true = torch.linalg.vector_norm(v @ d - made.eigenvalues[:, None] * v, dim=1)
+    assert (made.residuals >= true).all()
 
 
 def test_a_block_smaller_than_k_is_refused():

@@ -169,8 +169,9 @@ def trace(
     with running statistics, and no batch statistics: one batched backward per batch,
     :func:`flatness.hessian.ggn_trace`)
     and probes only the residual, which is small near a minimum. Its probing of that residual
-    starts with 8 Hutchinson probes, stops as soon as they reach ``rtol`` even with their
-    spread at its upper 95 % confidence bound, and otherwise samples up to a block of
+    starts with ``stochastic.RESIDUAL_MIN_PROBES`` (8) Hutchinson probes, stops as soon as
+    they reach ``rtol`` even with their spread at its upper 95 % confidence bound, and
+    otherwise samples up to a block of
     ``max(32, batch)``; it keeps sampling when the block's spread says at most four blocks
     reach ``rtol`` (a dominant diagonal), and otherwise reuses the block's products as
     Hutch++'s sketch and probes only the deflated rest (a few dominant eigenvalues).

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import torch
+
+#: the rounding of an estimate in the model's dtype, in machine epsilons of its magnitude:
+#: a standard error never claims less (where the sampled part is exactly 0, a linear model's
+#: residual or a Krylov space that spans everything, the spread alone would claim 0 or 1e-32)
+ROUNDING = 4
+
+
+def with_rounding(stderr: float, estimate: float, dtype: torch.dtype) -> float:
+    """``stderr`` combined with the rounding of ``estimate`` in ``dtype``."""
+    return math.hypot(stderr, ROUNDING * torch.finfo(dtype).eps * abs(estimate))
 
 
 @dataclass(frozen=True)

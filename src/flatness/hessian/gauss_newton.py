@@ -137,8 +137,11 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
             per_example = vmap(example_loss)(z.reshape(n, k), y)
             if not torch.allclose(per_example.mean(), loss_fn(z, y), rtol=1e-4, atol=1e-7):
                 raise NotSeparable("the loss is not a mean of per-example terms")
-            hessian = torch.func.jacrev(torch.func.jacrev(example_loss))
-            curvature = vmap(hessian)(z.reshape(n, k), y)
+            hessian = vmap(torch.func.jacrev(torch.func.jacrev(example_loss)))
+            try:  # in float64 where the loss allows it, for the closed form's strict comparison
+                curvature = hessian(z.reshape(n, k).double(), y)
+            except (RuntimeError, NotImplementedError, ValueError, TypeError):
+                curvature = hessian(z.reshape(n, k), y)
     except FlatnessError:
         raise
     except (RuntimeError, NotImplementedError, ValueError, TypeError, IndexError) as err:
@@ -173,18 +176,30 @@ def _batch_sum(model, loss_fn, x, y, params, output, chunk_bytes) -> float:
     return total
 
 
+#: the absolute rounding of a float64 loss curvature's entries (64 machine epsilons)
+CLOSED_FORM_ATOL = 64 * torch.finfo(torch.float64).eps
+
+
+def _agrees(curvature: torch.Tensor, closed: torch.Tensor) -> bool:
+    """Every example's curvature equal to the closed form to float64 rounding."""
+    gap = (curvature - closed).abs().amax(dim=(1, 2))
+    return bool((gap <= 1e-9 * closed.abs().amax(dim=(1, 2)) + CLOSED_FORM_ATOL).all())
+
+
 def _curvature_factor(z: torch.Tensor, curvature: torch.Tensor):
     """Columns ``f_ic`` and signs ``s_ic`` with ``H_i = sum_c s_ic f_ic f_ic^T`` for each
     example's (k, k) loss curvature ``H_i``, as (n, k, k) and (n, k) float64 signs.
 
     Softmax cross-entropy (with any soft or smoothed targets) has ``H_i = diag(p) - p p^T``,
     ``p = softmax(z_i)``, which factors in closed form as ``f_ic = sqrt(p_c) (e_c - p)``; it is
-    used where the curvature is that to rounding, because a batched ``eigh`` of n small
-    matrices can cost more than the Jacobian products it factors for. Any other curvature is
-    diagonalised."""
+    used where the curvature, computed in float64, is that to float64 rounding (every entry
+    within ``1e-9`` of its example's largest plus ``CLOSED_FORM_ATOL``), because a batched
+    ``eigh`` of n small matrices can cost more than the Jacobian products it factors for. Any
+    other curvature is diagonalised: a temperature, a z-loss term or a one-vs-rest loss of a
+    confident model differ from softmax's by less than looser tolerances would see."""
     p = torch.softmax(z.double(), dim=-1)
     softmax = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
-    if torch.allclose(curvature.double(), softmax, rtol=1e-4, atol=1e-6):
+    if curvature.dtype == torch.float64 and _agrees(curvature, softmax):
         eye = torch.eye(p.shape[1], dtype=p.dtype, device=p.device)
         factor = (eye - p[:, :, None]) * p.sqrt()[:, None, :]  # column c: sqrt(p_c)(e_c - p)
         return factor.to(z.dtype), torch.ones_like(p)

@@ -29,7 +29,7 @@ import torch
 
 from flatness.errors import FlatnessError
 from flatness.hessian.checks import ConvergenceWarning, check_options, with_autograd
-from flatness.hessian.estimates import Estimate
+from flatness.hessian.estimates import Estimate, with_rounding
 from flatness.hessian.lanczos import SpectralDensity, block_krylov, default_max_steps
 from flatness.hessian.operator import HessianOperator
 
@@ -207,10 +207,18 @@ def joint_measurement(
     shared = dict(
         method=METHOD, hvps=hvps, passes=passes, seconds=seconds, probes=n, converged=reached
     )
-    trace = Estimate(estimate=exact_trace + t_mean, stderr=t_se, exact_part=exact_trace, **shared)
+    value = exact_trace + t_mean
+    trace = Estimate(
+        estimate=value,
+        stderr=with_rounding(t_se, value, op.dtype),
+        exact_part=exact_trace,
+        **shared,
+    )
     frobenius = Estimate(
         estimate=norm,
-        stderr=s_se / (2 * norm) if norm > 0 else (0.0 if s_se == 0 else math.inf),
+        stderr=with_rounding(
+            s_se / (2 * norm) if norm > 0 else (0.0 if s_se == 0 else math.inf), norm, op.dtype
+        ),
         exact_part=math.sqrt(max(exact_square, 0.0)),
         **shared,
     )

@@ -19,24 +19,18 @@ import torch
 
 from flatness.errors import FlatnessError
 from flatness.hessian.checks import ConvergenceWarning, check_options, with_autograd
-from flatness.hessian.operator import HessianOperator
+from flatness.hessian.operator import KEEP_BYTES, HessianOperator
 
 #: the rounding error of a product H v in the operator's dtype, in machine epsilons times the
 #: largest Ritz value's magnitude, added to every reported residual (float32 MLPs, a CNN and
 #: softmax regression: the residual of a converged pair measured against the float64 Hessian
 #: is 1.1 to 3 of them, while the Lanczos recurrence's own estimate keeps shrinking far below)
 RESIDUAL_FLOOR = 4
-#: the same in float64, where the recurrence's estimate of a deeply converged pair parts from
-#: the explicit residual by more than one product's rounding (37 machine epsilons on the
-#: small softmax regression of ``tests/test_estimators.py``, which checks that reported
-#: residuals bound the ones against the dense Hessian)
-RESIDUAL_FLOOR_FLOAT64 = 256
 
 
 def rounding_floor(dtype: torch.dtype, scale: float) -> float:
     """What a reported residual adds for the rounding of the products in ``dtype``."""
-    times = RESIDUAL_FLOOR_FLOAT64 if dtype == torch.float64 else RESIDUAL_FLOOR
-    return times * torch.finfo(dtype).eps * scale
+    return RESIDUAL_FLOOR * torch.finfo(dtype).eps * scale
 
 
 @dataclass(frozen=True)
@@ -131,6 +125,25 @@ def crowded(values: list[float], residuals: list[float], block: int, k: int) -> 
     return False
 
 
+def _all_met(residuals, values, tol: float, k: int, spans: bool, rounding: float) -> bool:
+    """Whether all k top pairs have relative residuals at most ``tol``."""
+    met = residuals <= tol * values.abs().clamp_min(1e-300)
+    if spans:
+        # a basis that spans everything: an eigenvalue at rounding level is an exact 0, which
+        # no relative residual can reach
+        met |= values.abs() <= rounding
+    return len(values) == k and bool(met.all())
+
+
+def _explicit(op, products, basis, s, top, theta) -> torch.Tensor:
+    """``||H y - theta y||`` of the top Ritz pairs, ``y = Q^T s``, with ``H y`` combined from
+    the products ``H q_i`` already made, or (``products`` None: they were not kept) made."""
+    coefficients = s[:, top].to(basis)  # (m, k)
+    y = coefficients.T @ basis
+    hy = coefficients.T @ torch.cat(products) if products is not None else op.matmat(y)
+    return (hy.double() - theta[top].to(hy.device)[:, None] * y.double()).norm(dim=1).cpu()
+
+
 def default_max_steps(op: HessianOperator, k: int, block: int) -> int:
     """Block steps enough for ``min(P, max(100, 30 k))`` vectors."""
     return math.ceil(min(op.size, max(100, 30 * k)) / block)
@@ -180,13 +193,22 @@ def block_krylov(
     current = q.T  # (b, P), orthonormal
     b = first = len(current)
     basis = current
+    # H q for every basis row, for explicit residuals, while they fit in KEEP_BYTES
+    products: list[torch.Tensor] | None = []
     t = torch.zeros(0, 0, dtype=torch.float64)
     history = []
     squared_norms = 0.0
     converged = False
     steps = 0
+    # after a widening, the new vector gets as many steps as the round before it took, so
+    # that a hidden copy has converged before the top values are judged again
+    hold, round_start = 0, 0
     while True:
         w = op.matmat(current)  # (b, P)
+        if products is not None:
+            products.append(w)
+            if sum(x.numel() for x in products) * w.element_size() > KEEP_BYTES:
+                products = None  # too large to keep: explicit residuals cost k products
         squared_norms += (w.double() ** 2).sum().item()
         coupling = basis @ w.T  # (m, b): column block of Q^T H Q for the newest vectors
         m, new = len(basis), len(current)
@@ -207,24 +229,29 @@ def block_krylov(
             # the basis spans everything: exact in exact arithmetic, rounding in any other
             residuals = torch.zeros_like(residuals)
         rounding = rounding_floor(op.dtype, scale)
-        residuals = residuals + rounding
         row = torch.full((k,), float("nan"), dtype=torch.float64)
         row[: len(top)] = theta[top]
         history.append(row)
-        met = residuals <= tol * theta[top].abs().clamp_min(1e-300)
-        if m >= op.size:
-            # a basis that spans everything: an eigenvalue at rounding level is an exact 0,
-            # which no relative residual can reach
-            met |= theta[top].abs() <= rounding
-        converged = len(top) == k and bool(met.all())
+        values, spans = theta[top], m >= op.size
+        final = steps >= max_steps or spans
+        if _all_met(residuals + rounding, values, tol, k, spans, rounding) or final:
+            # the recurrence's estimate loses touch with the true residual once the basis
+            # loses orthogonality: check it against H y - theta y from the products kept
+            residuals = torch.maximum(residuals, _explicit(op, products, basis, s, top, theta))
+        residuals = residuals + rounding
+        converged = _all_met(residuals, values, tol, k, spans, rounding) and (
+            steps >= hold or spans  # a basis of everything hides nothing
+        )
         if (
             converged
             and b < widen_to
             and m < op.size  # a basis of everything hides nothing
             and crowded(theta[top].tolist(), residuals.tolist(), b, k)
         ):
-            b, converged = b + 1, False  # copies may be hiding: one more vector per block
-        if (converged and steps >= min_steps) or steps >= max_steps or m >= op.size:
+            # copies may be hiding: one more vector per block, and time for it to converge
+            b, converged = b + 1, False
+            hold, round_start = steps + (steps - round_start), steps
+        if (converged and steps >= min_steps) or final:
             break
         current = _next_block(r, basis, min(b, op.size - m), gen, op, scale)
         basis = torch.cat([basis, current])
@@ -279,7 +306,10 @@ def lanczos_top(
     recurrence's estimate of a residual keeps shrinking below what the model's dtype can
     verify, so each reported residual adds the rounding of one product in that dtype,
     ``RESIDUAL_FLOOR`` machine epsilons times the largest ``|theta|`` (float32: about 4.8e-7 of
-    it; float64: ``RESIDUAL_FLOOR_FLOAT64``, 5.7e-14), which bounds the true residual. A
+    it; float64: 8.9e-16), which bounds the true residual by the triangle inequality. Where
+    the estimate says converged (and at the end), the residual is also formed explicitly,
+    ``||H y - theta y||`` from the products already made, and the larger one counts: once the
+    basis loses orthogonality the recurrence's estimate can fall below the true residual. A
     ``tol`` below that floor is accepted (it spends ``max_steps``, as a fixed budget does) but
     is never reported as met: in float32, ``tol`` under about 5e-7 needs a float64 model
     (``model.double()`` and float64 inputs).
@@ -298,7 +328,9 @@ def lanczos_top(
     Raises:
         FlatnessError: ``k``, ``tol`` or ``block`` out of range.
 
-    Memory: the basis, ``steps x block x P`` numbers of the model's dtype.
+    Memory: the basis, ``steps x block x P`` numbers of the model's dtype, and as many again
+    for its products while they fit in :data:`~flatness.hessian.operator.KEEP_BYTES` (beyond,
+    each explicit residual costs ``k`` more products instead).
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1 or k > op.size:
         raise FlatnessError(f"k must be an integer from 1 to {op.size}, got {k!r}")
@@ -327,10 +359,15 @@ def lanczos_top(
     values, residuals, top = krylov.values, krylov.residuals, krylov.top
     if not krylov.converged:
         worst = (residuals / values.abs().clamp_min(1e-300)).max().item() if len(top) else math.inf
+        why = (
+            f"the largest relative residual {worst:.3g} above tol={tol:g}"
+            if not (len(top) == k and worst <= tol)
+            else f"every relative residual within tol={tol:g}, but cut short while the block "
+            "widened to look for more copies of a repeated eigenvalue"
+        )
         warnings.warn(
-            f"top_eigenvalues: {len(top)} of k={k} pairs after {krylov.steps} steps, the largest "
-            f"relative residual {worst:.3g} above tol={tol:g} (converged=False); raise max_steps "
-            "or tol, or use a float64 model",
+            f"top_eigenvalues: {len(top)} of k={k} pairs after {krylov.steps} steps, {why} "
+            "(converged=False); raise max_steps or tol, or use a float64 model",
             ConvergenceWarning,
             stacklevel=4,  # the caller of flatness.hessian.top_eigenvalues
         )

@@ -27,7 +27,7 @@ import torch
 
 from flatness.errors import FlatnessError, unknown
 from flatness.hessian.checks import ConvergenceWarning, check_options, with_autograd
-from flatness.hessian.estimates import Estimate
+from flatness.hessian.estimates import Estimate, with_rounding
 from flatness.hessian.joint import joint_measurement
 from flatness.hessian.operator import HessianOperator
 
@@ -286,7 +286,7 @@ def _run(op, quadratic, *, exact=0.0, extra_hvps=0, **kwargs) -> Estimate:
     value, se, method, n, ok, exact_part = estimate_trace_of(op, quadratic, exact=exact, **kwargs)
     return Estimate(
         estimate=value,
-        stderr=se,
+        stderr=with_rounding(se, value, op.dtype),
         method=method,
         hvps=op.hvps - hvps0 + extra_hvps,
         passes=op.passes - passes0,
