@@ -234,14 +234,13 @@ def block_krylov(
         history.append(row)
         values, spans = theta[top], m >= op.size
         final = steps >= max_steps or spans
-        if _all_met(residuals + rounding, values, tol, k, spans, rounding) or final:
+        judged = steps >= hold or spans  # held: the top values are not judged yet
+        if (judged and _all_met(residuals + rounding, values, tol, k, spans, rounding)) or final:
             # the recurrence's estimate loses touch with the true residual once the basis
             # loses orthogonality: check it against H y - theta y from the products kept
             residuals = torch.maximum(residuals, _explicit(op, products, basis, s, top, theta))
         residuals = residuals + rounding
-        converged = _all_met(residuals, values, tol, k, spans, rounding) and (
-            steps >= hold or spans  # a basis of everything hides nothing
-        )
+        converged = judged and _all_met(residuals, values, tol, k, spans, rounding)
         if (
             converged
             and b < widen_to

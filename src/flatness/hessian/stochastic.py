@@ -41,7 +41,8 @@ MIN_PROBES = 32
 #: reach ``rtol`` of the whole; below :data:`MIN_PROBES` sampling stops only when the standard
 #: error is within ``rtol`` even with the spread at its upper 95 % confidence bound
 #: (:func:`_caution`), and with 8 probes a normal error lies beyond 3 reported standard errors
-#: with probability 0.02 (Student's t, 7 degrees of freedom; ``tests/test_coverage.py``).
+#: with probability 0.02 (Student's t, 7 degrees of freedom; ``tests/test_gauss_newton_split.py``
+#: checks the coverage near a minimum, where the floor is reached).
 RESIDUAL_MIN_PROBES = 8
 #: the Krylov estimator's Lanczos run: block size and the relative residual of its top Ritz
 #: pair at which its space is fixed (on the bench's BatchNorm CNN, a trace to 1 % took 40 to
@@ -87,7 +88,7 @@ def _caution(n: int) -> float:
         return 1.0
     if n < 2:
         return math.inf
-    from scipy.special import chdtri  # scipy.stats costs seconds to import, this not
+    from scipy.special import chdtri  # not scipy.stats, far slower to import
 
     return math.sqrt((n - 1) / chdtri(n - 1, 0.95))
 
