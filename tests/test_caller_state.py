@@ -68,7 +68,8 @@ def test_a_float32_estimate_inside_bf16_autocast_has_float32_accuracy():
     model, (x, y) = tanh_mlp(torch.float32), batch(torch.float32)
     truth = torch.linalg.eigvalsh(reference_hessian(model, x, y))
     with bf16_autocast():
-        top = H.top_eigenvalues(model, ce, (x, y), k=2, tol=1e-6, seed=0)
+        # 1e-5: a float32 product's rounding already takes 4.8e-7 of the largest eigenvalue
+        top = H.top_eigenvalues(model, ce, (x, y), k=2, tol=1e-5, seed=0)
         ggn = H.ggn_trace(model, ce, (x, y))
     # bf16 products are off by about 1e-3 relative; float32 ones by about 1e-6
     expected = truth.flip(0)[:2].to(top.eigenvalues)

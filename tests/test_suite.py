@@ -9,6 +9,7 @@ from test_measures import batch, dense, relu_net
 from torch import nn
 from torch.nn import functional as F
 
+from flatness import hessian as H
 from flatness.errors import FlatnessError
 from flatness.measures import suite
 from flatness.training.config import RunConfig
@@ -105,7 +106,9 @@ def _saturated():
 
 def test_a_loss_below_the_dtypes_resolution_flags_every_curvature_measure():
     model, x, y = _saturated()
-    coarse = suite.measure_suite(model, F.cross_entropy, (x, y))
+    # its float32 products cannot verify the top eigenvalue either, and measure_all says so
+    with pytest.warns(H.ConvergenceWarning, match="missed tol"):
+        coarse = suite.measure_suite(model, F.cross_entropy, (x, y))
     assert set(suite.CURVATURE) <= set(coarse.imprecise)
     fine = suite.measure_suite(model.double(), F.cross_entropy, (x.double(), y))
     assert not set(suite.CURVATURE) & set(fine.imprecise)

@@ -41,7 +41,7 @@ class Eigenpairs:
     eigenvalues: torch.Tensor
     #: ``||H y - theta y||`` of each Ritz pair (the error in theta is at most this, and usually
     #: far smaller: about residual^2 / gap): the recurrence's estimate plus the rounding of a
-    #: product in the model's dtype (:func:`rounding_floor` of the largest ``|theta|``)
+    #: product in the model's dtype (``rounding_floor`` of the largest ``|theta|``)
     residuals: torch.Tensor
     #: (k, P) unit Ritz vectors, or None unless asked for
     eigenvectors: torch.Tensor | None
@@ -49,7 +49,7 @@ class Eigenpairs:
     steps: int
     hvps: int
     seconds: float
-    #: (steps, k) the top-k Ritz values after each block step (NaN until k exist): the
+    #: (steps, k) the top-k Ritz values after each block step (NaN until k exist); the
     #: convergence history (a step costs one product per vector of its block)
     history: torch.Tensor | None = None
 
@@ -187,7 +187,7 @@ def block_krylov(
 ) -> Krylov:
     """Block Lanczos from the rows of ``start`` until the top ``k`` Ritz pairs have relative
     residuals at most ``tol`` (and at least ``min_steps`` block steps), or ``max_steps``.
-    With ``widen_to``, a converged run whose top values are :func:`crowded` goes on with a
+    With ``widen_to``, a converged run whose top values are ``crowded`` goes on with a
     block wider by one random vector, up to ``widen_to`` vectors, until they are not."""
     q, _ = torch.linalg.qr(start.T)
     current = q.T  # (b, P), orthonormal
@@ -295,7 +295,7 @@ def lanczos_top(
     polynomial is of lower degree for the same products, so it needs more of them (``make
     bench``: the top 5 of its MLP and CNN to ``tol=0.03`` took 25 products in blocks of 5).
     Once converged, if ``b`` or more of the top Ritz values may be copies of one eigenvalue
-    (they agree to within the sum of their residuals, :func:`crowded`) with room for more copies
+    (they agree to within the sum of their residuals, ``crowded``) with room for more copies
     among the top ``k``, the block widens by a random vector orthogonal to the basis and the
     run goes on, up to ``k`` vectors, so every copy among the top ``k`` is still found. A
     given ``block`` (at least ``k``) is kept throughout.
