@@ -72,9 +72,14 @@ class TraceMethod:
 
 
 # -- flatness ----------------------------------------------------------------------------------
-def _flatness_top(p: Problem, mode: str, k: int, tol: float):
-    r = H.top_eigenvalues(p.model, ce, p.data(mode), k=k, tol=tol)
+def _flatness_top(p: Problem, mode: str, k: int, tol: float, block: int | None = None):
+    r = H.top_eigenvalues(p.model, ce, p.data(mode), k=k, tol=tol, block=block)
     return r.eigenvalues.numpy(), r.hvps, not r.converged
+
+
+def _flatness_top_block_k(p: Problem, mode: str, k: int, tol: float):
+    """A block of k throughout: the detail block's comparison for the default's block of 2."""
+    return _flatness_top(p, mode, k, tol, block=k)
 
 
 def _flatness_estimate(quantity: str, adaptive: bool):
@@ -264,6 +269,7 @@ def _cl_estimator(name: str):
 def eigen_methods() -> list[EigenMethod]:
     return [
         EigenMethod("flatness", "Lanczos", "tol", TOLS, _flatness_top),
+        EigenMethod("flatness", "Lanczos, block=k", "tol", TOLS, _flatness_top_block_k),
         EigenMethod("PyHessian", "power iteration", "tol", TOLS, _pyhessian_top),
         EigenMethod("eigenthings", "Lanczos", "steps", STEPS, _he_lanczos),
         EigenMethod("eigenthings", "power iteration", "tol", TOLS, _he_power),
